@@ -1,0 +1,635 @@
+package bpf
+
+import (
+	"fmt"
+	"net/netip"
+	"testing"
+	"time"
+
+	"github.com/google/gopacket"
+	"github.com/google/gopacket/layers"
+)
+
+const (
+	clientPort  = 40000
+	servicePort = 80
+	backendPort = 8080
+)
+
+var protos = []Proto{TCP, UDP}
+
+// firstFlags is the TCP flags of a flow's first packet.
+func firstFlags(proto Proto) string {
+	if proto == TCP {
+		return "S"
+	}
+	return ""
+}
+
+// forEach runs f for every address family and protocol.
+func forEach(t *testing.T, f func(t *testing.T, fam family, proto Proto)) {
+	for _, fam := range families {
+		for _, proto := range protos {
+			t.Run(fam.name+"/"+proto.String(), func(t *testing.T) { f(t, fam, proto) })
+		}
+	}
+}
+
+func TestServiceFlowIsTranslatedBothWays(t *testing.T) {
+	forEach(t, func(t *testing.T, fam family, proto Proto) {
+		d := loadTest(t)
+		f := Frontend{VIP: fam.vip, Port: servicePort, Proto: proto}
+		service(t, d, f, 1, backendPort, fam.backends[0])
+		client, vip, backend := ap(fam.client, clientPort), ap(fam.vip, servicePort), ap(fam.backends[0], backendPort)
+
+		// The first packet chooses the backend and is DNATed to it.
+		out := pkt{src: client, dst: vip, proto: proto, flags: firstFlags(proto), seq: 1000, payload: []byte("hello")}
+		before := counted(t, d, DirFromPod, ReasonDNATNew)
+		ret, got := run(t, d.Programs.FromPod, out.bytes(t))
+		if ret != actUnspec {
+			t.Fatalf("verdict %d, want TC_ACT_UNSPEC", ret)
+		}
+		expectPacket(t, "first packet", got, out.with(client, backend).bytes(t))
+		expectCounted(t, d, DirFromPod, ReasonDNATNew, before)
+
+		// The reply is translated back to the Service.
+		reply := pkt{src: backend, dst: client, proto: proto, flags: "SA", seq: 5000, ack: 1001, payload: []byte("world"), srcMAC: gwMAC, dstMAC: podMAC}
+		if proto == UDP {
+			reply.flags = ""
+		}
+		before = counted(t, d, DirToPod, ReasonRevNAT)
+		ret, got = run(t, d.Programs.ToPod, reply.bytes(t))
+		if ret != actUnspec {
+			t.Fatalf("reply verdict %d, want TC_ACT_UNSPEC", ret)
+		}
+		expectPacket(t, "reply", got, reply.with(vip, client).bytes(t))
+		expectCounted(t, d, DirToPod, ReasonRevNAT, before)
+
+		// Later packets of the flow follow conntrack.
+		next := out
+		next.flags, next.seq, next.ack = "A", 1001, 5001
+		if proto == UDP {
+			next.flags = ""
+		}
+		before = counted(t, d, DirFromPod, ReasonDNATCT)
+		_, got = run(t, d.Programs.FromPod, next.bytes(t))
+		expectPacket(t, "established packet", got, next.with(client, backend).bytes(t))
+		expectCounted(t, d, DirFromPod, ReasonDNATCT, before)
+	})
+}
+
+func TestTrafficNotForAServicePassesUntouched(t *testing.T) {
+	forEach(t, func(t *testing.T, fam family, proto Proto) {
+		d := loadTest(t)
+		service(t, d, Frontend{VIP: fam.vip, Port: servicePort, Proto: proto}, 1, backendPort, fam.backends[0])
+		in := pkt{src: ap(fam.client, clientPort), dst: ap(fam.router, servicePort), proto: proto, flags: firstFlags(proto)}.bytes(t)
+		before := counted(t, d, DirFromPod, ReasonPass)
+		ret, got := run(t, d.Programs.FromPod, in)
+		if ret != actUnspec {
+			t.Errorf("egress verdict %d, want TC_ACT_UNSPEC so later programs run", ret)
+		}
+		expectPacket(t, "egress", got, in)
+		expectCounted(t, d, DirFromPod, ReasonPass, before)
+
+		in = pkt{src: ap(fam.router, servicePort), dst: ap(fam.client, clientPort), proto: proto, flags: "SA"}.bytes(t)
+		ret, got = run(t, d.Programs.ToPod, in)
+		if ret != actUnspec {
+			t.Errorf("ingress verdict %d, want TC_ACT_UNSPEC", ret)
+		}
+		expectPacket(t, "ingress", got, in)
+	})
+}
+
+func TestKnownVIPOnUnknownPortIsDropped(t *testing.T) {
+	forEach(t, func(t *testing.T, fam family, proto Proto) {
+		d := loadTest(t)
+		service(t, d, Frontend{VIP: fam.vip, Port: servicePort, Proto: proto}, 1, backendPort, fam.backends[0])
+		before := counted(t, d, DirFromPod, DropUnknownPort)
+		ret, _ := run(t, d.Programs.FromPod, pkt{src: ap(fam.client, clientPort), dst: ap(fam.vip, 81), proto: proto, flags: firstFlags(proto)}.bytes(t))
+		if ret != actShot {
+			t.Errorf("verdict %d, want TC_ACT_SHOT", ret)
+		}
+		expectCounted(t, d, DirFromPod, DropUnknownPort, before)
+	})
+}
+
+func TestFragmentsAndOtherProtocolsToAVIPAreDropped(t *testing.T) {
+	d := loadTest(t)
+	fam := families[0]
+	service(t, d, Frontend{VIP: fam.vip, Port: servicePort, Proto: UDP}, 1, backendPort, fam.backends[0])
+	frag := pkt{src: ap(fam.client, clientPort), dst: ap(fam.vip, servicePort), proto: UDP, payload: []byte("part"), fragmented: true}
+	before := counted(t, d, DirFromPod, DropFragment)
+	if ret, _ := run(t, d.Programs.FromPod, frag.bytes(t)); ret != actShot {
+		t.Errorf("fragment verdict %d, want TC_ACT_SHOT", ret)
+	}
+	expectCounted(t, d, DirFromPod, DropFragment, before)
+
+	echo := serialize(t,
+		&layers.Ethernet{SrcMAC: podMAC, DstMAC: gwMAC, EthernetType: layers.EthernetTypeIPv4},
+		ipLayer(fam.client, fam.vip, layers.IPProtocolICMPv4, false),
+		&layers.ICMPv4{TypeCode: layers.CreateICMPv4TypeCode(layers.ICMPv4TypeEchoRequest, 0), Id: 1, Seq: 1})
+	before = counted(t, d, DirFromPod, DropProto)
+	if ret, _ := run(t, d.Programs.FromPod, echo); ret != actShot {
+		t.Errorf("ICMP echo to VIP verdict %d, want TC_ACT_SHOT", ret)
+	}
+	expectCounted(t, d, DirFromPod, DropProto, before)
+
+	// The same echo to an address that is no VIP passes.
+	other := serialize(t,
+		&layers.Ethernet{SrcMAC: podMAC, DstMAC: gwMAC, EthernetType: layers.EthernetTypeIPv4},
+		ipLayer(fam.client, fam.router, layers.IPProtocolICMPv4, false),
+		&layers.ICMPv4{TypeCode: layers.CreateICMPv4TypeCode(layers.ICMPv4TypeEchoRequest, 0), Id: 1, Seq: 1})
+	if ret, got := run(t, d.Programs.FromPod, other); ret != actUnspec {
+		t.Errorf("ICMP echo elsewhere verdict %d, want TC_ACT_UNSPEC", ret)
+	} else {
+		expectPacket(t, "ICMP echo elsewhere", got, other)
+	}
+}
+
+// rstFor builds the RST podnic must answer a TCP segment with.
+func rstFor(t *testing.T, seg pkt) []byte {
+	t.Helper()
+	rst := pkt{src: seg.dst, dst: seg.src, proto: TCP, srcMAC: gwMAC, dstMAC: podMAC}
+	if seg.flags == "A" || seg.flags == "PA" {
+		rst.flags, rst.seq = "R", seg.ack
+	} else {
+		rst.flags, rst.ack = "RA", seg.seq+uint32(len(seg.payload))+1
+	}
+	b := rst.bytes(t)
+	// podnic's RST carries a zero window, no options.
+	hdr := 14 + 20
+	if seg.src.Addr().Is6() {
+		hdr = 14 + 40
+	}
+	b[hdr+14], b[hdr+15] = 0, 0
+	return fixTCPChecksum(t, b, hdr)
+}
+
+func fixTCPChecksum(t *testing.T, b []byte, l4 int) []byte {
+	t.Helper()
+	p := gopacket.NewPacket(b, layers.LayerTypeEthernet, gopacket.Default)
+	tcp := p.Layer(layers.LayerTypeTCP).(*layers.TCP)
+	nl := p.NetworkLayer()
+	if err := tcp.SetNetworkLayerForChecksum(nl); err != nil {
+		t.Fatal(err)
+	}
+	var ip gopacket.SerializableLayer
+	switch l := nl.(type) {
+	case *layers.IPv4:
+		ip = l
+	case *layers.IPv6:
+		ip = l
+	}
+	eth := p.Layer(layers.LayerTypeEthernet).(*layers.Ethernet)
+	// gopacket pads short frames to 60 bytes; podnic's RST is not padded.
+	return serialize(t, eth, ip, tcp)[:l4+20]
+}
+
+// unreachableFor builds the ICMP port unreachable podnic must answer a UDP
+// datagram with: from the VIP, quoting the IP header and 8 bytes.
+func unreachableFor(t *testing.T, dgram []byte, fam family) []byte {
+	t.Helper()
+	if fam.client.Is4() {
+		quote := dgram[14 : 14+20+8]
+		return serialize(t,
+			&layers.Ethernet{SrcMAC: gwMAC, DstMAC: podMAC, EthernetType: layers.EthernetTypeIPv4},
+			&layers.IPv4{Version: 4, IHL: 5, TTL: 64, Protocol: layers.IPProtocolICMPv4, SrcIP: fam.vip.AsSlice(), DstIP: fam.client.AsSlice()},
+			&layers.ICMPv4{TypeCode: layers.CreateICMPv4TypeCode(layers.ICMPv4TypeDestinationUnreachable, layers.ICMPv4CodePort)},
+			gopacket.Payload(quote))
+	}
+	quote := append([]byte{0, 0, 0, 0}, dgram[14:14+40+8]...)
+	ip := &layers.IPv6{Version: 6, HopLimit: 64, NextHeader: layers.IPProtocolICMPv6, SrcIP: fam.vip.AsSlice(), DstIP: fam.client.AsSlice()}
+	icmp := &layers.ICMPv6{TypeCode: layers.CreateICMPv6TypeCode(layers.ICMPv6TypeDestinationUnreachable, layers.ICMPv6CodePortUnreachable)}
+	_ = icmp.SetNetworkLayerForChecksum(ip)
+	return serialize(t,
+		&layers.Ethernet{SrcMAC: gwMAC, DstMAC: podMAC, EthernetType: layers.EthernetTypeIPv6},
+		ip, icmp, gopacket.Payload(quote))
+}
+
+func TestServiceWithoutBackendsIsRejected(t *testing.T) {
+	for _, fam := range families {
+		t.Run(fam.name+"/TCP-SYN", func(t *testing.T) {
+			d := loadTest(t)
+			service(t, d, Frontend{VIP: fam.vip, Port: servicePort, Proto: TCP}, 1, backendPort)
+			syn := pkt{src: ap(fam.client, clientPort), dst: ap(fam.vip, servicePort), proto: TCP, flags: "S", seq: 777}
+			before := counted(t, d, DirFromPod, ReasonReject)
+			ret, got := run(t, d.Programs.FromPod, syn.bytes(t))
+			if ret != actRedirect {
+				t.Errorf("verdict %d, want TC_ACT_REDIRECT back into the pod", ret)
+			}
+			expectPacket(t, "RST", got, rstFor(t, syn))
+			expectCounted(t, d, DirFromPod, ReasonReject, before)
+		})
+		t.Run(fam.name+"/TCP-ACK", func(t *testing.T) {
+			d := loadTest(t)
+			service(t, d, Frontend{VIP: fam.vip, Port: servicePort, Proto: TCP}, 1, backendPort)
+			seg := pkt{src: ap(fam.client, clientPort), dst: ap(fam.vip, servicePort), proto: TCP, flags: "PA", seq: 10, ack: 99, payload: []byte("GET /")}
+			ret, got := run(t, d.Programs.FromPod, seg.bytes(t))
+			if ret != actRedirect {
+				t.Errorf("verdict %d, want TC_ACT_REDIRECT", ret)
+			}
+			expectPacket(t, "RST", got, rstFor(t, seg))
+		})
+		t.Run(fam.name+"/UDP", func(t *testing.T) {
+			d := loadTest(t)
+			service(t, d, Frontend{VIP: fam.vip, Port: servicePort, Proto: UDP}, 1, backendPort)
+			dgram := pkt{src: ap(fam.client, clientPort), dst: ap(fam.vip, servicePort), proto: UDP, payload: []byte("query payload longer than eight bytes")}.bytes(t)
+			ret, got := run(t, d.Programs.FromPod, dgram)
+			if ret != actRedirect {
+				t.Errorf("verdict %d, want TC_ACT_REDIRECT", ret)
+			}
+			expectPacket(t, "ICMP port unreachable", got, unreachableFor(t, dgram, fam))
+		})
+	}
+}
+
+func TestSelfAccessIsRedirectedToLoopback(t *testing.T) {
+	for _, fam := range families {
+		t.Run(fam.name, func(t *testing.T) {
+			d := loadTest(t)
+			service(t, d, Frontend{VIP: fam.vip, Port: servicePort, Proto: TCP}, 1, backendPort, fam.client)
+			client, vip, self := ap(fam.client, clientPort), ap(fam.vip, servicePort), ap(fam.client, backendPort)
+
+			syn := pkt{src: client, dst: vip, proto: TCP, flags: "S", seq: 1}
+			before := counted(t, d, DirFromPod, ReasonSelf)
+			ret, got := run(t, d.Programs.FromPod, syn.bytes(t))
+			if ret != actRedirect {
+				t.Fatalf("verdict %d, want TC_ACT_REDIRECT to lo", ret)
+			}
+			want := syn.with(client, self)
+			want.dstMAC = make([]byte, 6) // lo drops frames not for it
+			expectPacket(t, "SYN to self", got, want.bytes(t))
+			expectCounted(t, d, DirFromPod, ReasonSelf, before)
+
+			// The pod's own stack answers through lo; lo egress translates.
+			synack := pkt{src: self, dst: client, proto: TCP, flags: "SA", seq: 9, ack: 2, srcMAC: make([]byte, 6), dstMAC: make([]byte, 6)}
+			before = counted(t, d, DirLo, ReasonRevNAT)
+			ret, got = run(t, d.Programs.LoOut, synack.bytes(t))
+			if ret != actUnspec {
+				t.Fatalf("lo verdict %d, want TC_ACT_UNSPEC", ret)
+			}
+			expectPacket(t, "SYN-ACK on lo", got, synack.with(vip, client).bytes(t))
+			expectCounted(t, d, DirLo, ReasonRevNAT, before)
+
+			// The client's ACK follows conntrack back to lo.
+			ack := pkt{src: client, dst: vip, proto: TCP, flags: "A", seq: 2, ack: 10}
+			before = counted(t, d, DirFromPod, ReasonSelf)
+			if ret, _ := run(t, d.Programs.FromPod, ack.bytes(t)); ret != actRedirect {
+				t.Errorf("ACK verdict %d, want TC_ACT_REDIRECT", ret)
+			}
+			expectCounted(t, d, DirFromPod, ReasonSelf, before)
+		})
+	}
+}
+
+// dnatTarget runs one packet of a flow and returns the backend it went to.
+func dnatTarget(t *testing.T, d *Datapath, p pkt) netip.AddrPort {
+	t.Helper()
+	ret, out := run(t, d.Programs.FromPod, p.bytes(t))
+	if ret != actUnspec {
+		t.Fatalf("verdict %d, want TC_ACT_UNSPEC", ret)
+	}
+	pk := gopacket.NewPacket(out, layers.LayerTypeEthernet, gopacket.Default)
+	var dst netip.Addr
+	switch ip := pk.NetworkLayer().(type) {
+	case *layers.IPv4:
+		dst, _ = netip.AddrFromSlice(ip.DstIP.To4())
+	case *layers.IPv6:
+		dst, _ = netip.AddrFromSlice(ip.DstIP)
+	}
+	var port uint16
+	switch l := pk.TransportLayer().(type) {
+	case *layers.TCP:
+		port = uint16(l.DstPort)
+	case *layers.UDP:
+		port = uint16(l.DstPort)
+	}
+	return ap(dst, port)
+}
+
+func TestEstablishedFlowKeepsItsBackendWhenBackendsChange(t *testing.T) {
+	forEach(t, func(t *testing.T, fam family, proto Proto) {
+		d := loadTest(t)
+		f := Frontend{VIP: fam.vip, Port: servicePort, Proto: proto}
+		service(t, d, f, 1, backendPort, fam.backends[0])
+		first := pkt{src: ap(fam.client, clientPort), dst: ap(fam.vip, servicePort), proto: proto, flags: firstFlags(proto)}
+		if got := dnatTarget(t, d, first); got != ap(fam.backends[0], backendPort) {
+			t.Fatalf("first packet went to %s", got)
+		}
+		service(t, d, f, 1, backendPort, fam.backends[1])
+
+		next := first
+		if proto == TCP {
+			next.flags = "A"
+		}
+		if got := dnatTarget(t, d, next); got != ap(fam.backends[0], backendPort) {
+			t.Errorf("established flow moved to %s after the backend set changed", got)
+		}
+		// A retransmitted SYN of a live flow keeps its backend too.
+		if got := dnatTarget(t, d, first); got != ap(fam.backends[0], backendPort) {
+			t.Errorf("retransmitted first packet moved to %s", got)
+		}
+		other := first.with(ap(fam.client, clientPort+1), first.dst)
+		if got := dnatTarget(t, d, other); got != ap(fam.backends[1], backendPort) {
+			t.Errorf("new flow went to %s, want the new backend", got)
+		}
+	})
+}
+
+func TestReusedClientPortAfterCloseChoosesAnew(t *testing.T) {
+	for _, fam := range families {
+		for _, closer := range []string{"client-FIN", "client-RST", "backend-RST"} {
+			t.Run(fam.name+"/"+closer, func(t *testing.T) {
+				d := loadTest(t)
+				f := Frontend{VIP: fam.vip, Port: servicePort, Proto: TCP}
+				service(t, d, f, 1, backendPort, fam.backends[0])
+				client, vip := ap(fam.client, clientPort), ap(fam.vip, servicePort)
+				syn := pkt{src: client, dst: vip, proto: TCP, flags: "S"}
+				dnatTarget(t, d, syn)
+				dnatTarget(t, d, pkt{src: client, dst: vip, proto: TCP, flags: "A"})
+				switch closer {
+				case "client-FIN":
+					dnatTarget(t, d, pkt{src: client, dst: vip, proto: TCP, flags: "FA"})
+				case "client-RST":
+					dnatTarget(t, d, pkt{src: client, dst: vip, proto: TCP, flags: "R"})
+				case "backend-RST":
+					rst := pkt{src: ap(fam.backends[0], backendPort), dst: client, proto: TCP, flags: "R"}
+					if _, got := run(t, d.Programs.ToPod, rst.bytes(t)); !equalPacket(got, rst.with(vip, client).bytes(t)) {
+						t.Fatalf("backend RST not reverse-translated")
+					}
+				}
+				service(t, d, f, 1, backendPort, fam.backends[1])
+				if got := dnatTarget(t, d, syn); got != ap(fam.backends[1], backendPort) {
+					t.Errorf("SYN on a closed flow's port went to %s, want a new choice", got)
+				}
+			})
+		}
+	}
+}
+
+func equalPacket(a, b []byte) bool { return string(a) == string(b) }
+
+func TestExpiredFlowChoosesAnew(t *testing.T) {
+	forEach(t, func(t *testing.T, fam family, proto Proto) {
+		d := loadTest(t)
+		f := Frontend{VIP: fam.vip, Port: servicePort, Proto: proto}
+		service(t, d, f, 1, backendPort, fam.backends[0])
+		p := pkt{src: ap(fam.client, clientPort), dst: ap(fam.vip, servicePort), proto: proto, flags: firstFlags(proto)}
+		dnatTarget(t, d, p)
+
+		// Age the flow past its lifetime, as time would.
+		k := CTKey{Src: AddrFrom(fam.client), Dst: AddrFrom(fam.vip), Sport: PortFrom(clientPort), Dport: PortFrom(servicePort), Proto: proto, Dir: CTForward}
+		var e CTEntry
+		if err := d.Maps.Conntrack.Lookup(&k, &e); err != nil {
+			t.Fatalf("forward conntrack entry missing: %v", err)
+		}
+		if proto == UDP {
+			if life := time.Duration(e.Expires - monotonicNow(t)); life < 50*time.Second || life > 61*time.Second {
+				t.Errorf("UDP entry lifetime %s, want about 60s", life)
+			}
+		}
+		e.Expires = monotonicNow(t) - 1
+		if err := d.Maps.Conntrack.Put(&k, &e); err != nil {
+			t.Fatal(err)
+		}
+		service(t, d, f, 1, backendPort, fam.backends[1])
+		if got := dnatTarget(t, d, p); got != ap(fam.backends[1], backendPort) {
+			t.Errorf("expired flow went to %s, want a new choice", got)
+		}
+	})
+}
+
+func TestTCPLifetimeFollowsState(t *testing.T) {
+	d := loadTest(t)
+	fam := families[0]
+	service(t, d, Frontend{VIP: fam.vip, Port: servicePort, Proto: TCP}, 1, backendPort, fam.backends[0])
+	client, vip := ap(fam.client, clientPort), ap(fam.vip, servicePort)
+	k := CTKey{Src: AddrFrom(fam.client), Dst: AddrFrom(fam.vip), Sport: PortFrom(clientPort), Dport: PortFrom(servicePort), Proto: TCP, Dir: CTForward}
+	lifetime := func() (time.Duration, uint8) {
+		var e CTEntry
+		if err := d.Maps.Conntrack.Lookup(&k, &e); err != nil {
+			t.Fatal(err)
+		}
+		return time.Duration(e.Expires - monotonicNow(t)), e.Flags
+	}
+	for _, step := range []struct {
+		flags    string
+		min, max time.Duration
+		state    uint8
+	}{
+		{"S", 55 * time.Second, 61 * time.Second, 0},
+		{"A", 5 * time.Hour, 6*time.Hour + time.Second, CTEstablished},
+		{"FA", 5 * time.Second, 11 * time.Second, CTEstablished | CTClosing},
+	} {
+		dnatTarget(t, d, pkt{src: client, dst: vip, proto: TCP, flags: step.flags})
+		life, flags := lifetime()
+		if life < step.min || life > step.max || flags != step.state {
+			t.Errorf("after %q: lifetime %s flags %#x, want %s..%s flags %#x", step.flags, life, flags, step.min, step.max, step.state)
+		}
+	}
+}
+
+func TestSessionAffinityKeepsClientOnOneBackend(t *testing.T) {
+	for _, fam := range families {
+		t.Run(fam.name, func(t *testing.T) {
+			d := loadTest(t)
+			f := Frontend{VIP: fam.vip, Port: servicePort, Proto: TCP}
+			s := ServiceEntry{Frontend: f, ID: 7, Affinity: 3 * time.Hour, Backends: []BackendEntry{
+				{ID: 1, Addr: ap(fam.backends[0], backendPort)},
+				{ID: 2, Addr: ap(fam.backends[1], backendPort)},
+			}}
+			if err := d.Maps.UpsertService(s); err != nil {
+				t.Fatal(err)
+			}
+			var first netip.AddrPort
+			for i := range 32 {
+				got := dnatTarget(t, d, pkt{src: ap(fam.client, uint16(clientPort+i)), dst: ap(fam.vip, servicePort), proto: TCP, flags: "S"})
+				if i == 0 {
+					first = got
+				} else if got != first {
+					t.Fatalf("flow %d went to %s, affinity said %s", i, got, first)
+				}
+			}
+			// Without affinity, 32 flows over 2 backends all landing on one
+			// happens with probability 2^-31.
+			s.Affinity = 0
+			s.ID = 8
+			s.Frontend.Port = servicePort + 1
+			if err := d.Maps.UpsertService(s); err != nil {
+				t.Fatal(err)
+			}
+			seen := map[netip.AddrPort]bool{}
+			for i := range 32 {
+				seen[dnatTarget(t, d, pkt{src: ap(fam.client, uint16(clientPort+100+i)), dst: ap(fam.vip, servicePort+1), proto: TCP, flags: "S"})] = true
+			}
+			if len(seen) != 2 {
+				t.Errorf("without affinity flows used %d backends, want 2", len(seen))
+			}
+		})
+	}
+}
+
+func TestSessionAffinityExpiresAndSkipsTerminatingBackends(t *testing.T) {
+	fam := families[0]
+	for _, c := range []string{"expired", "terminating"} {
+		t.Run(c, func(t *testing.T) {
+			d := loadTest(t)
+			f := Frontend{VIP: fam.vip, Port: servicePort, Proto: TCP}
+			// The client's affinity says backend 1; the Service's slots
+			// hold only backend 2.
+			s := ServiceEntry{Frontend: f, ID: 7, Affinity: 10 * time.Second, Backends: []BackendEntry{{ID: 2, Addr: ap(fam.backends[1], backendPort)}}}
+			if err := d.Maps.UpsertService(s); err != nil {
+				t.Fatal(err)
+			}
+			b1 := Backend{Addr: AddrFrom(fam.backends[0]), Port: PortFrom(backendPort)}
+			last := monotonicNow(t)
+			if c == "expired" {
+				last -= uint64(11 * time.Second)
+			} else {
+				b1.State = BackendTerminating
+			}
+			if err := d.Maps.Backends.Put(uint32(1), &b1); err != nil {
+				t.Fatal(err)
+			}
+			ak := AffinityKey{Client: AddrFrom(fam.client), ServiceID: 7}
+			if err := d.Maps.Affinity.Put(&ak, &AffinityValue{BackendID: 1, LastUsed: last}); err != nil {
+				t.Fatal(err)
+			}
+			got := dnatTarget(t, d, pkt{src: ap(fam.client, clientPort), dst: ap(fam.vip, servicePort), proto: TCP, flags: "S"})
+			if got != ap(fam.backends[1], backendPort) {
+				t.Errorf("new flow went to %s, want %s", got, ap(fam.backends[1], backendPort))
+			}
+			var av AffinityValue
+			if err := d.Maps.Affinity.Lookup(&ak, &av); err != nil || av.BackendID != 2 {
+				t.Errorf("affinity now %+v (%v), want backend 2", av, err)
+			}
+		})
+	}
+	t.Run("fresh", func(t *testing.T) {
+		d := loadTest(t)
+		s := ServiceEntry{Frontend: Frontend{VIP: fam.vip, Port: servicePort, Proto: TCP}, ID: 7, Affinity: 10 * time.Second, Backends: []BackendEntry{{ID: 2, Addr: ap(fam.backends[1], backendPort)}}}
+		if err := d.Maps.UpsertService(s); err != nil {
+			t.Fatal(err)
+		}
+		b1 := Backend{Addr: AddrFrom(fam.backends[0]), Port: PortFrom(backendPort)}
+		if err := d.Maps.Backends.Put(uint32(1), &b1); err != nil {
+			t.Fatal(err)
+		}
+		ak := AffinityKey{Client: AddrFrom(fam.client), ServiceID: 7}
+		if err := d.Maps.Affinity.Put(&ak, &AffinityValue{BackendID: 1, LastUsed: monotonicNow(t)}); err != nil {
+			t.Fatal(err)
+		}
+		got := dnatTarget(t, d, pkt{src: ap(fam.client, clientPort), dst: ap(fam.vip, servicePort), proto: TCP, flags: "S"})
+		if got != ap(fam.backends[0], backendPort) {
+			t.Errorf("fresh affinity ignored: flow went to %s", got)
+		}
+	})
+}
+
+// icmpError builds an ICMP error from src about the quoted packet.
+func icmpError(t *testing.T, src, dst netip.Addr, v6Type, v6Code, v4Type, v4Code uint8, quoted []byte) []byte {
+	t.Helper()
+	if src.Is4() {
+		return serialize(t,
+			&layers.Ethernet{SrcMAC: gwMAC, DstMAC: podMAC, EthernetType: layers.EthernetTypeIPv4},
+			&layers.IPv4{Version: 4, IHL: 5, TTL: 64, Protocol: layers.IPProtocolICMPv4, SrcIP: src.AsSlice(), DstIP: dst.AsSlice()},
+			&layers.ICMPv4{TypeCode: layers.CreateICMPv4TypeCode(v4Type, v4Code), Seq: 1400},
+			gopacket.Payload(quoted))
+	}
+	ip := &layers.IPv6{Version: 6, HopLimit: 64, NextHeader: layers.IPProtocolICMPv6, SrcIP: src.AsSlice(), DstIP: dst.AsSlice()}
+	icmp := &layers.ICMPv6{TypeCode: layers.CreateICMPv6TypeCode(v6Type, v6Code)}
+	_ = icmp.SetNetworkLayerForChecksum(ip)
+	return serialize(t,
+		&layers.Ethernet{SrcMAC: gwMAC, DstMAC: podMAC, EthernetType: layers.EthernetTypeIPv6},
+		ip, icmp, gopacket.Payload(append([]byte{0, 0, 0x05, 0x78}, quoted...)))
+}
+
+// quote returns the L3 header and the first 8 L4 bytes of a frame, with the
+// destination rewritten as given but the L4 checksum left as it was (podnic
+// does not touch the quoted L4 checksum).
+func quote(t *testing.T, frame []byte, dst netip.AddrPort) []byte {
+	t.Helper()
+	p := gopacket.NewPacket(frame, layers.LayerTypeEthernet, gopacket.Default)
+	var ip []byte
+	switch l := p.NetworkLayer().(type) {
+	case *layers.IPv4:
+		c := *l
+		c.DstIP = dst.Addr().AsSlice()
+		ip = serialize(t, &c)[:20]
+	case *layers.IPv6:
+		c := *l
+		c.DstIP = dst.Addr().AsSlice()
+		ip = serialize(t, &c)[:40]
+	}
+	l4 := append([]byte(nil), p.NetworkLayer().LayerPayload()[:8]...)
+	l4[2], l4[3] = byte(dst.Port()>>8), byte(dst.Port())
+	return append(ip, l4...)
+}
+
+func TestICMPErrorsAboutAFlowAreReverseTranslated(t *testing.T) {
+	for _, fam := range families {
+		for _, c := range []struct {
+			name  string
+			proto Proto
+			from  func(fam family) netip.Addr
+			// ICMP type/code for v6 and v4
+			t6, c6, t4, c4 uint8
+		}{
+			{"frag-needed-from-router", TCP, func(f family) netip.Addr { return f.router }, layers.ICMPv6TypePacketTooBig, 0, layers.ICMPv4TypeDestinationUnreachable, layers.ICMPv4CodeFragmentationNeeded},
+			{"port-unreachable-from-backend", UDP, func(f family) netip.Addr { return f.backends[0] }, layers.ICMPv6TypeDestinationUnreachable, layers.ICMPv6CodePortUnreachable, layers.ICMPv4TypeDestinationUnreachable, layers.ICMPv4CodePort},
+		} {
+			t.Run(fam.name+"/"+c.name, func(t *testing.T) {
+				d := loadTest(t)
+				service(t, d, Frontend{VIP: fam.vip, Port: servicePort, Proto: c.proto}, 1, backendPort, fam.backends[0])
+				client, vip, backend := ap(fam.client, clientPort), ap(fam.vip, servicePort), ap(fam.backends[0], backendPort)
+				out := pkt{src: client, dst: vip, proto: c.proto, flags: firstFlags(c.proto), payload: []byte("a payload")}
+				_, sent := run(t, d.Programs.FromPod, out.bytes(t))
+
+				from := c.from(fam)
+				in := icmpError(t, from, fam.client, c.t6, c.c6, c.t4, c.c4, quote(t, sent, backend))
+				wantFrom := from
+				if from == fam.backends[0] {
+					wantFrom = fam.vip
+				}
+				want := icmpError(t, wantFrom, fam.client, c.t6, c.c6, c.t4, c.c4, quote(t, sent, vip))
+				before := counted(t, d, DirToPod, ReasonICMPRevNAT)
+				ret, got := run(t, d.Programs.ToPod, in)
+				if ret != actUnspec {
+					t.Errorf("verdict %d, want TC_ACT_UNSPEC", ret)
+				}
+				expectPacket(t, "ICMP error", got, want)
+				expectCounted(t, d, DirToPod, ReasonICMPRevNAT, before)
+			})
+		}
+	}
+}
+
+func TestDropsAndRejectsAreReportedAsEvents(t *testing.T) {
+	d := loadTest(t)
+	fam := families[0]
+	service(t, d, Frontend{VIP: fam.vip, Port: servicePort, Proto: TCP}, 1, backendPort, fam.backends[0])
+	r, err := NewEventReader(d.Maps.Events)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	run(t, d.Programs.FromPod, pkt{src: ap(fam.client, clientPort), dst: ap(fam.vip, 443), proto: TCP, flags: "S"}.bytes(t))
+	ev, err := r.Read(time.Second)
+	if err != nil {
+		t.Fatalf("reading event: %v", err)
+	}
+	if ev.Reason != DropUnknownPort || ev.Dir != DirFromPod || ev.Dst.IP() != fam.vip || ev.Dport.Host() != 443 || ev.Proto != TCP {
+		t.Errorf("event %+v does not describe the dropped packet", ev)
+	}
+}
+
+func TestEveryReasonHasAName(t *testing.T) {
+	for _, r := range Reasons() {
+		if r.String() == fmt.Sprintf("reason(%d)", int32(r)) {
+			t.Errorf("reason %d has no name", r)
+		}
+	}
+	if len(Reasons()) != len(podnicPnReasonValues()) {
+		t.Errorf("Go knows %d reasons, C defines %d", len(Reasons()), len(podnicPnReasonValues()))
+	}
+}

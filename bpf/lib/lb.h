@@ -1,0 +1,79 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/* Service lookup and backend choice. */
+#pragma once
+
+#include "ct.h"
+
+static __always_inline struct pn_svc_val *pn_svc_lookup(const struct pn_pkt *p, __be16 port,
+							__u8 proto)
+{
+	struct pn_svc_key k = {
+		.addr = p->daddr,
+		.port = port,
+		.proto = proto,
+		.scope = PN_SCOPE_CLUSTER,
+	};
+
+	return bpf_map_lookup_elem(&podnic_svc_v1, &k);
+}
+
+/* pn_is_vip reports whether the packet's destination is a Service VIP: the
+ * agent writes a marker entry (port 0, protocol 0) for every VIP. */
+static __always_inline int pn_is_vip(const struct pn_pkt *p)
+{
+	return pn_svc_lookup(p, 0, 0) != NULL;
+}
+
+/* pn_select_backend picks the backend of a new flow: the client's affinity
+ * backend while it is fresh and active, otherwise a random slot, as
+ * kube-proxy's iptables mode does. The affinity timeout counts from the
+ * client's last new flow, as iptables' "recent" match does. */
+static __always_inline int pn_select_backend(const struct pn_pkt *p, const struct pn_svc_val *svc,
+					     __u64 now, __u32 *backend_id,
+					     struct pn_backend **backend)
+{
+	struct pn_affinity_key ak = {};
+	struct pn_slot_key sk = {};
+	struct pn_backend *be;
+	__u32 *id;
+
+	if (svc->flags & PN_SVC_AFFINITY) {
+		struct pn_affinity_val *av;
+
+		ak.client = p->saddr;
+		ak.svc_id = svc->id;
+		av = bpf_map_lookup_elem(&podnic_aff_v1, &ak);
+		if (av && now - av->last_used < (__u64)svc->affinity_timeout * PN_NS) {
+			__u32 aid = av->backend_id;
+
+			be = bpf_map_lookup_elem(&podnic_be_v1, &aid);
+			if (be && be->state == PN_BACKEND_ACTIVE) {
+				av->last_used = now;
+				*backend_id = aid;
+				*backend = be;
+				return 0;
+			}
+		}
+	}
+
+	sk.svc_id = svc->id;
+	sk.slot = bpf_get_prandom_u32() % svc->count + 1;
+	id = bpf_map_lookup_elem(&podnic_slot_v1, &sk);
+	if (!id)
+		return PN_DROP_NO_BACKEND;
+	*backend_id = *id;
+	be = bpf_map_lookup_elem(&podnic_be_v1, id);
+	if (!be)
+		return PN_DROP_NO_BACKEND;
+	*backend = be;
+
+	if (svc->flags & PN_SVC_AFFINITY) {
+		struct pn_affinity_val av = {
+			.backend_id = *backend_id,
+			.last_used = now,
+		};
+
+		bpf_map_update_elem(&podnic_aff_v1, &ak, &av, BPF_ANY);
+	}
+	return 0;
+}

@@ -1,0 +1,172 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/* Header parsing into a flat description of the packet. */
+#pragma once
+
+#include <linux/icmpv6.h>
+#include <linux/ip.h>
+#include <linux/ipv6.h>
+#include <linux/tcp.h>
+#include <linux/udp.h>
+
+#include "common.h"
+
+/* linux/icmp.h drags in libc's socket headers; the few ICMP definitions
+ * podnic needs are here instead. */
+struct icmphdr {
+	__u8 type;
+	__u8 code;
+	__sum16 checksum;
+	__be32 un;
+};
+
+#define ICMP_DEST_UNREACH 3
+#define ICMP_TIME_EXCEEDED 11
+#define ICMP_PARAMETERPROB 12
+#define ICMP_PORT_UNREACH 3
+
+#define IP_MF 0x2000
+#define IP_OFFSET 0x1fff
+
+#ifndef IPPROTO_ICMPV6
+#define IPPROTO_ICMPV6 58
+#endif
+
+/* TCP flag bits as in byte 13 of the TCP header. */
+#define PN_TCP_FIN 0x01
+#define PN_TCP_SYN 0x02
+#define PN_TCP_RST 0x04
+#define PN_TCP_ACK 0x10
+
+struct pn_pkt {
+	struct pn_addr saddr;
+	struct pn_addr daddr;
+	__be16 sport;
+	__be16 dport;
+	__u8 proto;
+	__u8 v6;
+	__u8 tcp_flags;
+	__u8 fragment; /* any IPv4 fragment, first one included */
+	__u32 l3off;
+	__u32 l4off;
+};
+
+enum pn_parse_result {
+	PN_PARSE_OK = 0,
+	PN_PARSE_SKIP = 1, /* not IP, or an L4 podnic does not handle */
+	PN_PARSE_BAD = 2,  /* truncated or malformed */
+};
+
+/* Make at least len bytes linear; tc may see headers in paged data. */
+static __always_inline int pn_ensure(struct __sk_buff *skb, __u32 len)
+{
+	if ((void *)(long)skb->data + len <= (void *)(long)skb->data_end)
+		return 0;
+	if (len > skb->len)
+		return -1;
+	if (bpf_skb_pull_data(skb, len) < 0)
+		return -1;
+	return (void *)(long)skb->data + len <= (void *)(long)skb->data_end ? 0 : -1;
+}
+
+static __always_inline int pn_parse_l4(struct __sk_buff *skb, struct pn_pkt *p)
+{
+	void *data, *end;
+
+	if (p->fragment) {
+		/* Only the first fragment carries ports; callers drop
+		 * fragments to VIPs, so ports stay zero. */
+		return PN_PARSE_OK;
+	}
+	switch (p->proto) {
+	case IPPROTO_TCP: {
+		struct tcphdr *th;
+
+		if (pn_ensure(skb, p->l4off + sizeof(*th)) < 0)
+			return PN_PARSE_BAD;
+		data = (void *)(long)skb->data;
+		end = (void *)(long)skb->data_end;
+		th = data + p->l4off;
+		if ((void *)(th + 1) > end)
+			return PN_PARSE_BAD;
+		p->sport = th->source;
+		p->dport = th->dest;
+		p->tcp_flags = ((__u8 *)th)[13];
+		return PN_PARSE_OK;
+	}
+	case IPPROTO_UDP: {
+		struct udphdr *uh;
+
+		if (pn_ensure(skb, p->l4off + sizeof(*uh)) < 0)
+			return PN_PARSE_BAD;
+		data = (void *)(long)skb->data;
+		end = (void *)(long)skb->data_end;
+		uh = data + p->l4off;
+		if ((void *)(uh + 1) > end)
+			return PN_PARSE_BAD;
+		p->sport = uh->source;
+		p->dport = uh->dest;
+		return PN_PARSE_OK;
+	}
+	default:
+		return PN_PARSE_OK;
+	}
+}
+
+static __always_inline int pn_parse(struct __sk_buff *skb, struct pn_pkt *p)
+{
+	void *data, *end;
+	struct ethhdr *eth;
+
+	if (pn_ensure(skb, sizeof(*eth)) < 0)
+		return PN_PARSE_SKIP;
+	data = (void *)(long)skb->data;
+	end = (void *)(long)skb->data_end;
+	eth = data;
+	if ((void *)(eth + 1) > end)
+		return PN_PARSE_SKIP;
+	p->l3off = sizeof(*eth);
+
+	if (eth->h_proto == bpf_htons(ETH_P_IP)) {
+		struct iphdr *ip;
+		__u32 ihl;
+
+		if (pn_ensure(skb, sizeof(*eth) + sizeof(*ip)) < 0)
+			return PN_PARSE_BAD;
+		data = (void *)(long)skb->data;
+		end = (void *)(long)skb->data_end;
+		ip = data + sizeof(*eth);
+		if ((void *)(ip + 1) > end)
+			return PN_PARSE_BAD;
+		ihl = ip->ihl * 4;
+		if (ip->version != 4 || ihl < sizeof(*ip))
+			return PN_PARSE_BAD;
+		p->v6 = 0;
+		p->proto = ip->protocol;
+		p->fragment = (ip->frag_off & bpf_htons(IP_MF | IP_OFFSET)) != 0;
+		pn_addr_v4(&p->saddr, ip->saddr);
+		pn_addr_v4(&p->daddr, ip->daddr);
+		p->l4off = sizeof(*eth) + ihl;
+		return pn_parse_l4(skb, p);
+	}
+	if (eth->h_proto == bpf_htons(ETH_P_IPV6)) {
+		struct ipv6hdr *ip6;
+
+		if (pn_ensure(skb, sizeof(*eth) + sizeof(*ip6)) < 0)
+			return PN_PARSE_BAD;
+		data = (void *)(long)skb->data;
+		end = (void *)(long)skb->data_end;
+		ip6 = data + sizeof(*eth);
+		if ((void *)(ip6 + 1) > end)
+			return PN_PARSE_BAD;
+		p->v6 = 1;
+		p->proto = ip6->nexthdr;
+		/* Extension headers are not walked: a fragment header marks the
+		 * packet as a fragment, others leave it to the next program. */
+		p->fragment = ip6->nexthdr == 44 /* IPPROTO_FRAGMENT */;
+		__builtin_memcpy(&p->saddr, &ip6->saddr, 16);
+		__builtin_memcpy(&p->daddr, &ip6->daddr, 16);
+		p->l4off = sizeof(*eth) + sizeof(*ip6);
+		return pn_parse_l4(skb, p);
+	}
+	return PN_PARSE_SKIP;
+}

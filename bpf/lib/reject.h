@@ -1,0 +1,242 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/* Rejecting a connection to a Service without usable backends: the packet
+ * is rewritten in place into a TCP RST or an ICMP port unreachable from the
+ * VIP and redirected to the ingress of the device it was leaving, so the
+ * client's stack sees the answer at once instead of timing out. */
+#pragma once
+
+#include "nat.h"
+
+#define PN_ICMP_QUOTE 8 /* bytes of the original L4 header quoted */
+
+/* The frame in one of the structs below: all but the alignment bytes. */
+#define PN_FRAME_LEN(out) (sizeof(out) - sizeof((out).align))
+
+struct pn_ip4_rst {
+	__u8 align[2]; /* puts the IP header on a 4-byte boundary */
+	struct ethhdr eth;
+	struct iphdr ip;
+	struct tcphdr tcp;
+};
+
+struct pn_ip6_rst {
+	__u8 align[2]; /* puts the IP header on a 4-byte boundary */
+	struct ethhdr eth;
+	struct ipv6hdr ip;
+	struct tcphdr tcp;
+};
+
+struct pn_ip4_unreach {
+	__u8 align[2]; /* puts the IP header on a 4-byte boundary */
+	struct ethhdr eth;
+	struct iphdr ip;
+	struct icmphdr icmp;
+	struct iphdr orig;
+	__u8 quote[PN_ICMP_QUOTE];
+};
+
+struct pn_ip6_unreach {
+	__u8 align[2]; /* puts the IP header on a 4-byte boundary */
+	struct ethhdr eth;
+	struct ipv6hdr ip;
+	struct icmp6hdr icmp;
+	struct ipv6hdr orig;
+	__u8 quote[PN_ICMP_QUOTE];
+};
+
+struct pn_pseudo6 {
+	struct in6_addr saddr;
+	struct in6_addr daddr;
+	__be32 len;
+	__u8 zero[3];
+	__u8 nexthdr;
+};
+
+static __always_inline void pn_swap_eth(struct ethhdr *dst, const struct ethhdr *src)
+{
+	__builtin_memcpy(dst->h_dest, src->h_source, ETH_ALEN);
+	__builtin_memcpy(dst->h_source, src->h_dest, ETH_ALEN);
+	dst->h_proto = src->h_proto;
+}
+
+/* pn_rst_fill sets the RST's header from the offending segment, RFC 9293
+ * section 3.10.7.1: answer an ACK with its ack number, anything else with
+ * an ACK of everything the segment occupied. */
+static __always_inline void pn_rst_fill(struct tcphdr *rst, const struct tcphdr *th,
+					__u32 payload)
+{
+	__builtin_memset(rst, 0, sizeof(*rst));
+	rst->source = th->dest;
+	rst->dest = th->source;
+	rst->doff = sizeof(*rst) / 4;
+	rst->rst = 1;
+	if (th->ack) {
+		rst->seq = th->ack_seq;
+	} else {
+		rst->ack = 1;
+		rst->ack_seq = bpf_htonl(bpf_ntohl(th->seq) + payload + th->syn + th->fin);
+	}
+}
+
+static __always_inline int pn_reject4(struct __sk_buff *skb, const struct pn_pkt *p)
+{
+	void *data = (void *)(long)skb->data, *end = (void *)(long)skb->data_end;
+	struct ethhdr *eth = data;
+	struct iphdr *ip = data + sizeof(*eth);
+	__s64 sum;
+
+	if ((void *)(ip + 1) > end || ip->ihl != 5)
+		return -1;
+
+	if (p->proto == IPPROTO_TCP) {
+		struct tcphdr *th = data + sizeof(*eth) + sizeof(*ip);
+		struct pn_ip4_rst out = {};
+		struct {
+			__be32 saddr, daddr;
+			__u8 zero, proto;
+			__be16 len;
+		} ph = {};
+		__u32 payload;
+
+		if ((void *)(th + 1) > end)
+			return -1;
+		payload = bpf_ntohs(ip->tot_len) - sizeof(*ip) - th->doff * 4;
+		pn_swap_eth(&out.eth, eth);
+		out.ip.version = 4;
+		out.ip.ihl = 5;
+		out.ip.tot_len = bpf_htons(sizeof(out.ip) + sizeof(out.tcp));
+		out.ip.frag_off = bpf_htons(0x4000); /* DF */
+		out.ip.ttl = 64;
+		out.ip.protocol = IPPROTO_TCP;
+		out.ip.saddr = ip->daddr;
+		out.ip.daddr = ip->saddr;
+		pn_rst_fill(&out.tcp, th, payload);
+
+		ph.saddr = out.ip.saddr;
+		ph.daddr = out.ip.daddr;
+		ph.proto = IPPROTO_TCP;
+		ph.len = bpf_htons(sizeof(out.tcp));
+		sum = bpf_csum_diff(0, 0, (__be32 *)&ph, sizeof(ph), 0);
+		sum = bpf_csum_diff(0, 0, (__be32 *)&out.tcp, sizeof(out.tcp), sum);
+		out.tcp.check = pn_csum_fold(sum);
+		sum = bpf_csum_diff(0, 0, (__be32 *)&out.ip, sizeof(out.ip), 0);
+		out.ip.check = pn_csum_fold(sum);
+
+		if (bpf_skb_change_tail(skb, PN_FRAME_LEN(out), 0) < 0)
+			return -1;
+		return bpf_skb_store_bytes(skb, 0, &out.eth, PN_FRAME_LEN(out), 0);
+	} else {
+		struct pn_ip4_unreach out = {};
+		__u8 *l4 = data + sizeof(*eth) + sizeof(*ip);
+
+		if ((void *)(l4 + PN_ICMP_QUOTE) > end)
+			return -1;
+		pn_swap_eth(&out.eth, eth);
+		out.orig = *ip;
+		__builtin_memcpy(out.quote, l4, PN_ICMP_QUOTE);
+		out.ip.version = 4;
+		out.ip.ihl = 5;
+		out.ip.tot_len = bpf_htons(PN_FRAME_LEN(out) - sizeof(out.eth));
+		out.ip.ttl = 64;
+		out.ip.protocol = IPPROTO_ICMP;
+		out.ip.saddr = ip->daddr;
+		out.ip.daddr = ip->saddr;
+		out.icmp.type = ICMP_DEST_UNREACH;
+		out.icmp.code = ICMP_PORT_UNREACH;
+
+		sum = bpf_csum_diff(0, 0, (__be32 *)&out.icmp,
+				    PN_FRAME_LEN(out) - sizeof(out.eth) - sizeof(out.ip), 0);
+		out.icmp.checksum = pn_csum_fold(sum);
+		sum = bpf_csum_diff(0, 0, (__be32 *)&out.ip, sizeof(out.ip), 0);
+		out.ip.check = pn_csum_fold(sum);
+
+		if (bpf_skb_change_tail(skb, PN_FRAME_LEN(out), 0) < 0)
+			return -1;
+		return bpf_skb_store_bytes(skb, 0, &out.eth, PN_FRAME_LEN(out), 0);
+	}
+}
+
+static __always_inline int pn_reject6(struct __sk_buff *skb, const struct pn_pkt *p)
+{
+	void *data = (void *)(long)skb->data, *end = (void *)(long)skb->data_end;
+	struct ethhdr *eth = data;
+	struct ipv6hdr *ip = data + sizeof(*eth);
+	struct pn_pseudo6 ph = {};
+	__s64 sum;
+
+	if ((void *)(ip + 1) > end)
+		return -1;
+
+	if (p->proto == IPPROTO_TCP) {
+		struct tcphdr *th = data + sizeof(*eth) + sizeof(*ip);
+		struct pn_ip6_rst out = {};
+		__u32 payload;
+
+		if ((void *)(th + 1) > end)
+			return -1;
+		payload = bpf_ntohs(ip->payload_len) - th->doff * 4;
+		pn_swap_eth(&out.eth, eth);
+		out.ip.version = 6;
+		out.ip.payload_len = bpf_htons(sizeof(out.tcp));
+		out.ip.nexthdr = IPPROTO_TCP;
+		out.ip.hop_limit = 64;
+		out.ip.saddr = ip->daddr;
+		out.ip.daddr = ip->saddr;
+		pn_rst_fill(&out.tcp, th, payload);
+
+		ph.saddr = out.ip.saddr;
+		ph.daddr = out.ip.daddr;
+		ph.len = bpf_htonl(sizeof(out.tcp));
+		ph.nexthdr = IPPROTO_TCP;
+		sum = bpf_csum_diff(0, 0, (__be32 *)&ph, sizeof(ph), 0);
+		sum = bpf_csum_diff(0, 0, (__be32 *)&out.tcp, sizeof(out.tcp), sum);
+		out.tcp.check = pn_csum_fold(sum);
+
+		if (bpf_skb_change_tail(skb, PN_FRAME_LEN(out), 0) < 0)
+			return -1;
+		return bpf_skb_store_bytes(skb, 0, &out.eth, PN_FRAME_LEN(out), 0);
+	} else {
+		struct pn_ip6_unreach out = {};
+		__u8 *l4 = data + sizeof(*eth) + sizeof(*ip);
+		__u32 icmp_len = PN_FRAME_LEN(out) - sizeof(out.eth) - sizeof(out.ip);
+
+		if ((void *)(l4 + PN_ICMP_QUOTE) > end)
+			return -1;
+		pn_swap_eth(&out.eth, eth);
+		out.orig = *ip;
+		__builtin_memcpy(out.quote, l4, PN_ICMP_QUOTE);
+		out.ip.version = 6;
+		out.ip.payload_len = bpf_htons(icmp_len);
+		out.ip.nexthdr = IPPROTO_ICMPV6;
+		out.ip.hop_limit = 64;
+		out.ip.saddr = ip->daddr;
+		out.ip.daddr = ip->saddr;
+		out.icmp.icmp6_type = ICMPV6_DEST_UNREACH;
+		out.icmp.icmp6_code = ICMPV6_PORT_UNREACH;
+
+		ph.saddr = out.ip.saddr;
+		ph.daddr = out.ip.daddr;
+		ph.len = bpf_htonl(icmp_len);
+		ph.nexthdr = IPPROTO_ICMPV6;
+		sum = bpf_csum_diff(0, 0, (__be32 *)&ph, sizeof(ph), 0);
+		sum = bpf_csum_diff(0, 0, (__be32 *)&out.icmp, icmp_len, sum);
+		out.icmp.icmp6_cksum = pn_csum_fold(sum);
+
+		if (bpf_skb_change_tail(skb, PN_FRAME_LEN(out), 0) < 0)
+			return -1;
+		return bpf_skb_store_bytes(skb, 0, &out.eth, PN_FRAME_LEN(out), 0);
+	}
+}
+
+/* pn_reject answers the packet and returns the tc verdict to use. */
+static __always_inline int pn_reject(struct __sk_buff *skb, const struct pn_pkt *p, int *reason)
+{
+	int err = p->v6 ? pn_reject6(skb, p) : pn_reject4(skb, p);
+
+	if (err < 0) {
+		*reason = PN_DROP_REJECT;
+		return TC_ACT_SHOT;
+	}
+	*reason = PN_REJECT;
+	return bpf_redirect(skb->ifindex, BPF_F_INGRESS);
+}

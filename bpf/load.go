@@ -1,0 +1,255 @@
+package bpf
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"github.com/cilium/ebpf"
+	"golang.org/x/sys/unix"
+)
+
+// DefaultRoot is where podnic pins its programs, maps and links.
+const DefaultRoot = "/sys/fs/bpf/podnic"
+
+// Program names, as bpftool and tc show them.
+const (
+	ProgFromPod = "podnic_from_pod"
+	ProgToPod   = "podnic_to_pod"
+	ProgLoOut   = "podnic_lo_out"
+)
+
+// ErrNotLoaded means the datapath has not been loaded and pinned yet.
+var ErrNotLoaded = errors.New("podnic datapath is not loaded")
+
+// Maps are the datapath's pinned maps, shared by every pod on the node.
+type Maps struct {
+	Services  *ebpf.Map
+	Slots     *ebpf.Map
+	Backends  *ebpf.Map
+	Conntrack *ebpf.Map
+	Affinity  *ebpf.Map
+	Counters  *ebpf.Map
+	Events    *ebpf.Map
+}
+
+// Programs are the datapath's pinned programs.
+type Programs struct {
+	FromPod *ebpf.Program
+	ToPod   *ebpf.Program
+	LoOut   *ebpf.Program
+}
+
+// Datapath is a loaded (or opened) podnic object.
+type Datapath struct {
+	Root     string
+	Maps     Maps
+	Programs Programs
+}
+
+func mapsDir(root string) string  { return filepath.Join(root, "maps") }
+func progsDir(root string) string { return filepath.Join(root, "progs") }
+func linksDir(root string) string { return filepath.Join(root, "links") }
+
+// Load loads the object, reusing compatible pinned maps so live state
+// (conntrack, Services) survives, pins new maps and the programs under
+// root, and returns the loaded datapath. Pinned maps whose layout differs
+// from this build are refused, never replaced. Concurrent loaders on one
+// node are serialised by a lock on root.
+func Load(root string) (*Datapath, error) {
+	if root == "" {
+		root = DefaultRoot
+	}
+	if err := ensureBPFFS(root); err != nil {
+		return nil, err
+	}
+	unlock, err := lockRoot(root)
+	if err != nil {
+		return nil, err
+	}
+	defer unlock()
+
+	spec, err := loadPodnic()
+	if err != nil {
+		return nil, fmt.Errorf("loading object spec: %w", err)
+	}
+	for name, m := range spec.Maps {
+		// Only the datapath's own maps are shared state; .bss only
+		// carries the type anchors that give Go the C enums.
+		if strings.HasPrefix(name, "podnic_") {
+			m.Pinning = ebpf.PinByName
+		}
+	}
+	if err := os.MkdirAll(mapsDir(root), 0o700); err != nil {
+		return nil, fmt.Errorf("creating map pin dir: %w", err)
+	}
+	var objs podnicObjects
+	err = spec.LoadAndAssign(&objs, &ebpf.CollectionOptions{
+		Maps: ebpf.MapOptions{PinPath: mapsDir(root)},
+	})
+	if errors.Is(err, ebpf.ErrMapIncompatible) {
+		return nil, fmt.Errorf("loading datapath: a pinned map in %s has another layout than this podnic build (remove it only if losing live connections is acceptable): %w", mapsDir(root), err)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("loading datapath: %w", err)
+	}
+	_ = objs.PodnicNoop.Close()
+
+	d := &Datapath{
+		Root: root,
+		Maps: Maps{
+			Services:  objs.PodnicSvcV1,
+			Slots:     objs.PodnicSlotV1,
+			Backends:  objs.PodnicBeV1,
+			Conntrack: objs.PodnicCtV1,
+			Affinity:  objs.PodnicAffV1,
+			Counters:  objs.PodnicCntV1,
+			Events:    objs.PodnicEvV1,
+		},
+		Programs: Programs{
+			FromPod: objs.PodnicFromPod,
+			ToPod:   objs.PodnicToPod,
+			LoOut:   objs.PodnicLoOut,
+		},
+	}
+	for name, p := range d.programsByName() {
+		if err := pinReplace(p, filepath.Join(progsDir(root), name)); err != nil {
+			d.Close()
+			return nil, err
+		}
+	}
+	return d, nil
+}
+
+// OpenPinned opens the pinned maps and programs under root without loading
+// anything: no verifier run, so it is cheap enough for every CNI ADD.
+func OpenPinned(root string) (*Datapath, error) {
+	if root == "" {
+		root = DefaultRoot
+	}
+	d := &Datapath{Root: root}
+	maps := map[string]**ebpf.Map{
+		"podnic_svc_v1":  &d.Maps.Services,
+		"podnic_slot_v1": &d.Maps.Slots,
+		"podnic_be_v1":   &d.Maps.Backends,
+		"podnic_ct_v1":   &d.Maps.Conntrack,
+		"podnic_aff_v1":  &d.Maps.Affinity,
+		"podnic_cnt_v1":  &d.Maps.Counters,
+		"podnic_ev_v1":   &d.Maps.Events,
+	}
+	for name, dst := range maps {
+		m, err := ebpf.LoadPinnedMap(filepath.Join(mapsDir(root), name), nil)
+		if err != nil {
+			d.Close()
+			return nil, notLoaded(fmt.Errorf("opening pinned map %s: %w", name, err))
+		}
+		*dst = m
+	}
+	progs := map[string]**ebpf.Program{
+		ProgFromPod: &d.Programs.FromPod,
+		ProgToPod:   &d.Programs.ToPod,
+		ProgLoOut:   &d.Programs.LoOut,
+	}
+	for name, dst := range progs {
+		p, err := ebpf.LoadPinnedProgram(filepath.Join(progsDir(root), name), nil)
+		if err != nil {
+			d.Close()
+			return nil, notLoaded(fmt.Errorf("opening pinned program %s: %w", name, err))
+		}
+		*dst = p
+	}
+	return d, nil
+}
+
+func notLoaded(err error) error {
+	if errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("%w: %w", ErrNotLoaded, err)
+	}
+	return err
+}
+
+func (d *Datapath) programsByName() map[string]*ebpf.Program {
+	return map[string]*ebpf.Program{
+		ProgFromPod: d.Programs.FromPod,
+		ProgToPod:   d.Programs.ToPod,
+		ProgLoOut:   d.Programs.LoOut,
+	}
+}
+
+// Close releases the file descriptors; pins stay.
+func (d *Datapath) Close() {
+	for _, m := range []*ebpf.Map{d.Maps.Services, d.Maps.Slots, d.Maps.Backends,
+		d.Maps.Conntrack, d.Maps.Affinity, d.Maps.Counters, d.Maps.Events} {
+		if m != nil {
+			_ = m.Close()
+		}
+	}
+	for _, p := range d.programsByName() {
+		if p != nil {
+			_ = p.Close()
+		}
+	}
+}
+
+// Unpin removes every pin under root: programs, maps and links. Attached
+// TCX links are detached by it; live connections lose their state.
+func Unpin(root string) error {
+	if root == "" {
+		root = DefaultRoot
+	}
+	if err := os.RemoveAll(root); err != nil {
+		return fmt.Errorf("removing pins under %s: %w", root, err)
+	}
+	return nil
+}
+
+// pinReplace pins p at path, replacing an older pin atomically: pin to a
+// temporary name, then rename over the old one, so a concurrent CNI ADD
+// never finds the path missing.
+func pinReplace(p *ebpf.Program, path string) error {
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+		return fmt.Errorf("creating pin dir: %w", err)
+	}
+	tmp := path + "_new" // bpffs refuses dots in names
+	_ = os.Remove(tmp)
+	if err := p.Pin(tmp); err != nil {
+		return fmt.Errorf("pinning program to %s: %w", tmp, err)
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		_ = os.Remove(tmp)
+		return fmt.Errorf("renaming pin to %s: %w", path, err)
+	}
+	return nil
+}
+
+func ensureBPFFS(root string) error {
+	if err := os.MkdirAll(root, 0o700); err != nil {
+		return fmt.Errorf("creating bpffs root %s: %w", root, err)
+	}
+	var st unix.Statfs_t
+	if err := unix.Statfs(root, &st); err != nil {
+		return fmt.Errorf("checking filesystem of %s: %w", root, err)
+	}
+	if st.Type != unix.BPF_FS_MAGIC {
+		return fmt.Errorf("checking filesystem of %s: not on bpffs (mount it: mount -t bpf bpffs /sys/fs/bpf)", root)
+	}
+	return nil
+}
+
+// lockRoot takes an exclusive flock on the root directory.
+func lockRoot(root string) (func(), error) {
+	f, err := os.Open(root)
+	if err != nil {
+		return nil, fmt.Errorf("opening %s for locking: %w", root, err)
+	}
+	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX); err != nil {
+		_ = f.Close()
+		return nil, fmt.Errorf("locking %s: %w", root, err)
+	}
+	return func() {
+		_ = unix.Flock(int(f.Fd()), unix.LOCK_UN)
+		_ = f.Close()
+	}, nil
+}

@@ -1,0 +1,212 @@
+package bpf
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"time"
+
+	"github.com/cilium/ebpf"
+)
+
+// Frontend identifies one port of a Service.
+type Frontend struct {
+	VIP   netip.Addr
+	Port  uint16
+	Proto Proto
+}
+
+func (f Frontend) String() string {
+	return fmt.Sprintf("%s/%s", netip.AddrPortFrom(f.VIP, f.Port), f.Proto)
+}
+
+// Key returns the services map key of the frontend.
+func (f Frontend) Key() ServiceKey {
+	return ServiceKey{Addr: AddrFrom(f.VIP), Port: PortFrom(f.Port), Proto: f.Proto, Scope: ScopeCluster}
+}
+
+func vipKey(vip netip.Addr) ServiceKey {
+	return ServiceKey{Addr: AddrFrom(vip), Scope: ScopeCluster}
+}
+
+// BackendEntry is one backend of a Service, with its node-wide id.
+type BackendEntry struct {
+	ID    uint32
+	Addr  netip.AddrPort
+	State BackendState
+}
+
+// ServiceEntry is the full datapath state of one Service port.
+type ServiceEntry struct {
+	Frontend
+	ID       uint32         // unique per frontend on the node, never 0
+	Affinity time.Duration  // session affinity ClientIP timeout; 0 is none
+	Backends []BackendEntry // the backends new flows may use, in slot order
+}
+
+// ErrInvalidService is returned for a ServiceEntry the datapath cannot hold.
+var ErrInvalidService = errors.New("invalid service")
+
+func (s ServiceEntry) validate() error {
+	switch {
+	case !s.VIP.IsValid():
+		return fmt.Errorf("%w: no VIP", ErrInvalidService)
+	case s.Proto != TCP && s.Proto != UDP:
+		return fmt.Errorf("%w %s: protocol %s is not supported", ErrInvalidService, s.Frontend, s.Proto)
+	case s.Port == 0:
+		return fmt.Errorf("%w %s: port 0", ErrInvalidService, s.Frontend)
+	case s.ID == 0:
+		return fmt.Errorf("%w %s: id 0 is reserved", ErrInvalidService, s.Frontend)
+	case len(s.Backends) > 0xffff:
+		return fmt.Errorf("%w %s: %d backends, at most 65535", ErrInvalidService, s.Frontend, len(s.Backends))
+	case s.Affinity < 0 || s.Affinity > 24*time.Hour:
+		return fmt.Errorf("%w %s: affinity timeout %s out of range (0 to 24h)", ErrInvalidService, s.Frontend, s.Affinity)
+	}
+	for _, b := range s.Backends {
+		if b.ID == 0 || !b.Addr.IsValid() || b.Addr.Port() == 0 {
+			return fmt.Errorf("%w %s: backend %d %s is incomplete", ErrInvalidService, s.Frontend, b.ID, b.Addr)
+		}
+		if b.Addr.Addr().Is4() != s.VIP.Is4() {
+			return fmt.Errorf("%w %s: backend %s is of another address family", ErrInvalidService, s.Frontend, b.Addr)
+		}
+	}
+	return nil
+}
+
+// UpsertService writes one Service port in an order that never lets a
+// packet see a service entry pointing at a missing slot or backend:
+// backends, then slots, then the service entry, then the VIP marker; slots
+// beyond a shrunk count are removed only after the entry shrank.
+func (m *Maps) UpsertService(s ServiceEntry) error {
+	if err := s.validate(); err != nil {
+		return err
+	}
+	key := s.Key()
+	var old ServiceValue
+	oldCount := 0
+	if err := m.Services.Lookup(&key, &old); err == nil {
+		oldCount = int(old.Count)
+		if old.ID != s.ID {
+			return fmt.Errorf("%w %s: already present with id %d, not %d", ErrInvalidService, s.Frontend, old.ID, s.ID)
+		}
+	} else if !errors.Is(err, ebpf.ErrKeyNotExist) {
+		return fmt.Errorf("looking up service %s: %w", s.Frontend, err)
+	}
+
+	for _, b := range s.Backends {
+		v := Backend{Addr: AddrFrom(b.Addr.Addr()), Port: PortFrom(b.Addr.Port()), State: b.State}
+		if err := m.Backends.Put(b.ID, &v); err != nil {
+			return fmt.Errorf("writing backend %d: %w", b.ID, err)
+		}
+	}
+	for i, b := range s.Backends {
+		k := SlotKey{ServiceID: s.ID, Slot: uint32(i + 1)}
+		if err := m.Slots.Put(&k, b.ID); err != nil {
+			return fmt.Errorf("writing slot %d of service %s: %w", i+1, s.Frontend, err)
+		}
+	}
+	v := ServiceValue{ID: s.ID, Count: uint16(len(s.Backends))}
+	if s.Affinity > 0 {
+		v.Flags |= ServiceAffinity
+		v.AffinitySeconds = uint32((s.Affinity + time.Second - 1) / time.Second)
+	}
+	if err := m.Services.Put(&key, &v); err != nil {
+		return fmt.Errorf("writing service %s: %w", s.Frontend, err)
+	}
+	vk := vipKey(s.VIP)
+	if err := m.Services.Put(&vk, &ServiceValue{}); err != nil {
+		return fmt.Errorf("writing VIP marker %s: %w", s.VIP, err)
+	}
+	for i := len(s.Backends) + 1; i <= oldCount; i++ {
+		k := SlotKey{ServiceID: s.ID, Slot: uint32(i)}
+		if err := m.Slots.Delete(&k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+			return fmt.Errorf("removing slot %d of service %s: %w", i, s.Frontend, err)
+		}
+	}
+	return nil
+}
+
+// DeleteService removes one Service port and its slots. The VIP marker
+// stays until DeleteVIP, since other ports may share the VIP; backends
+// stay, since other Services may share them.
+func (m *Maps) DeleteService(f Frontend) error {
+	key := f.Key()
+	var v ServiceValue
+	if err := m.Services.Lookup(&key, &v); err != nil {
+		if errors.Is(err, ebpf.ErrKeyNotExist) {
+			return nil
+		}
+		return fmt.Errorf("looking up service %s: %w", f, err)
+	}
+	if err := m.Services.Delete(&key); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+		return fmt.Errorf("removing service %s: %w", f, err)
+	}
+	for i := 1; i <= int(v.Count); i++ {
+		k := SlotKey{ServiceID: v.ID, Slot: uint32(i)}
+		if err := m.Slots.Delete(&k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+			return fmt.Errorf("removing slot %d of service %s: %w", i, f, err)
+		}
+	}
+	return nil
+}
+
+// DeleteVIP removes the VIP marker: the VIP is no longer a Service's, and
+// traffic to it passes untouched.
+func (m *Maps) DeleteVIP(vip netip.Addr) error {
+	k := vipKey(vip)
+	if err := m.Services.Delete(&k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+		return fmt.Errorf("removing VIP marker %s: %w", vip, err)
+	}
+	return nil
+}
+
+// DeleteBackend removes a backend no Service uses any more.
+func (m *Maps) DeleteBackend(id uint32) error {
+	if err := m.Backends.Delete(id); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+		return fmt.Errorf("removing backend %d: %w", id, err)
+	}
+	return nil
+}
+
+// VerdictCount is the sum over CPUs of one counter slot.
+type VerdictCount struct {
+	Dir     Dir
+	Reason  Reason
+	Packets uint64
+	Bytes   uint64
+}
+
+// ReadVerdicts returns every non-zero verdict counter.
+func (m *Maps) ReadVerdicts() ([]VerdictCount, error) {
+	var out []VerdictCount
+	for d := Dir(0); d < dirMax; d++ {
+		for _, r := range Reasons() {
+			var per []Counter
+			if err := m.Counters.Lookup(counterIndex(d, r), &per); err != nil {
+				return nil, fmt.Errorf("reading counter %s/%s: %w", d, r, err)
+			}
+			c := VerdictCount{Dir: d, Reason: r}
+			for _, p := range per {
+				c.Packets += p.Packets
+				c.Bytes += p.Bytes
+			}
+			if c.Packets > 0 {
+				out = append(out, c)
+			}
+		}
+	}
+	return out, nil
+}
+
+// Verdicts sums the packets counted for one verdict at one attach point.
+func (m *Maps) Verdicts(d Dir, r Reason) (uint64, error) {
+	var per []Counter
+	if err := m.Counters.Lookup(counterIndex(d, r), &per); err != nil {
+		return 0, fmt.Errorf("reading counter %s/%s: %w", d, r, err)
+	}
+	var n uint64
+	for _, p := range per {
+		n += p.Packets
+	}
+	return n, nil
+}

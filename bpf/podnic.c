@@ -1,0 +1,234 @@
+// SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
+//go:build ignore
+
+/* podnic's datapath inside an exclusive-NIC pod. One object, loaded once by
+ * the agent and pinned; every pod attaches the same programs:
+ *
+ *   podnic_from_pod  NIC egress: Service lookup, backend choice, DNAT,
+ *                    conntrack, reject, self-access redirect to lo.
+ *   podnic_to_pod    NIC ingress: reverse DNAT of replies and ICMP errors.
+ *   podnic_lo_out    lo egress: reverse DNAT of self-access replies.
+ *
+ * Each entry is a short dispatcher with one exit that counts the verdict. */
+
+#include "lib/common.h"
+#include "lib/parse.h"
+#include "lib/nat.h"
+#include "lib/ct.h"
+#include "lib/lb.h"
+#include "lib/icmp.h"
+#include "lib/reject.h"
+
+char __license[] SEC("license") = "Dual BSD/GPL";
+
+static __always_inline void pn_emit(struct __sk_buff *skb, const struct pn_pkt *p, __u8 dir,
+				    int reason)
+{
+	struct pn_event ev = {
+		.ts = bpf_ktime_get_ns(),
+		.reason = reason,
+		.ifindex = skb->ifindex,
+		.saddr = p->saddr,
+		.daddr = p->daddr,
+		.sport = p->sport,
+		.dport = p->dport,
+		.proto = p->proto,
+		.dir = dir,
+	};
+
+	bpf_ringbuf_output(&podnic_ev_v1, &ev, sizeof(ev), 0);
+}
+
+static __always_inline int pn_finish(struct __sk_buff *skb, const struct pn_pkt *p, __u8 dir,
+				     int reason, int verdict)
+{
+	pn_count(skb, dir, reason);
+	if (reason < 0 || reason == PN_REJECT)
+		pn_emit(skb, p, dir, reason);
+	return verdict;
+}
+
+/* Self access: the backend is the client itself. The packet must not leave
+ * the NIC; it enters the pod's stack again through lo. The destination MAC
+ * is zeroed because lo drops frames not addressed to it as
+ * PACKET_OTHERHOST, and BPF_F_INGRESS is required: a plain redirect to lo
+ * transmits into nowhere. The IPv4 stack then needs lo accept_local=1. */
+static __always_inline int pn_redirect_self(struct __sk_buff *skb)
+{
+	__u8 zero[ETH_ALEN] = {};
+
+	if (bpf_skb_store_bytes(skb, 0, zero, ETH_ALEN, 0) < 0)
+		return -1;
+	return bpf_redirect(LOOPBACK_IFINDEX, BPF_F_INGRESS);
+}
+
+static __always_inline int pn_from_pod(struct __sk_buff *skb, struct pn_pkt *p, int *reason)
+{
+	struct pn_ct_entry *fe;
+	struct pn_svc_val *svc;
+	struct pn_backend *be;
+	struct pn_ct_key fk;
+	__u32 backend_id;
+	__u64 now;
+	__u8 flags;
+	int ret;
+
+	switch (pn_parse(skb, p)) {
+	case PN_PARSE_OK:
+		break;
+	case PN_PARSE_BAD:
+		*reason = PN_DROP_INVALID;
+		return TC_ACT_SHOT;
+	default:
+		return TC_ACT_UNSPEC;
+	}
+
+	if (p->fragment || (p->proto != IPPROTO_TCP && p->proto != IPPROTO_UDP)) {
+		if (!pn_is_vip(p))
+			return TC_ACT_UNSPEC;
+		*reason = p->fragment ? PN_DROP_FRAGMENT : PN_DROP_PROTO;
+		return TC_ACT_SHOT;
+	}
+
+	now = bpf_ktime_get_ns();
+	pn_ct_key_of(&fk, p, PN_CT_FORWARD);
+	fe = bpf_map_lookup_elem(&podnic_ct_v1, &fk);
+	if (fe && pn_ct_forward_hit(&fk, fe, p->tcp_flags, now)) {
+		struct pn_addr addr = fe->addr;
+
+		if (pn_rewrite(skb, p, 1, &p->daddr, p->dport, &addr, fe->port) < 0) {
+			*reason = PN_DROP_NAT;
+			return TC_ACT_SHOT;
+		}
+		if (fe->flags & PN_CT_SELF) {
+			*reason = PN_SELF;
+			return pn_redirect_self(skb);
+		}
+		*reason = PN_DNAT_CT;
+		return TC_ACT_UNSPEC;
+	}
+
+	svc = pn_svc_lookup(p, p->dport, p->proto);
+	if (!svc) {
+		if (pn_is_vip(p)) {
+			*reason = PN_DROP_UNKNOWN_PORT;
+			return TC_ACT_SHOT;
+		}
+		return TC_ACT_UNSPEC;
+	}
+	if (svc->count == 0)
+		return pn_reject(skb, p, reason);
+
+	ret = pn_select_backend(p, svc, now, &backend_id, &be);
+	if (ret < 0) {
+		*reason = ret;
+		return TC_ACT_SHOT;
+	}
+	flags = pn_addr_eq(&be->addr, &p->saddr) ? PN_CT_SELF : 0;
+	if (pn_ct_create(&fk, be, svc->id, backend_id, flags, p->tcp_flags, now) < 0) {
+		*reason = PN_DROP_CT_CREATE;
+		return TC_ACT_SHOT;
+	}
+	{
+		struct pn_addr addr = be->addr;
+
+		if (pn_rewrite(skb, p, 1, &p->daddr, p->dport, &addr, be->port) < 0) {
+			*reason = PN_DROP_NAT;
+			return TC_ACT_SHOT;
+		}
+	}
+	if (flags & PN_CT_SELF) {
+		*reason = PN_SELF;
+		return pn_redirect_self(skb);
+	}
+	*reason = PN_DNAT_NEW;
+	return TC_ACT_UNSPEC;
+}
+
+/* pn_to_pod reverse-translates replies arriving at the pod, on the NIC or,
+ * for self access, leaving through lo. */
+static __always_inline int pn_to_pod(struct __sk_buff *skb, struct pn_pkt *p, int *reason)
+{
+	struct pn_ct_entry *re;
+	struct pn_ct_key rk;
+	__u64 now;
+
+	switch (pn_parse(skb, p)) {
+	case PN_PARSE_OK:
+		break;
+	case PN_PARSE_BAD:
+		/* Not ours to judge on the way in: let the stack decide. */
+		return TC_ACT_UNSPEC;
+	default:
+		return TC_ACT_UNSPEC;
+	}
+	if (p->fragment)
+		return TC_ACT_UNSPEC;
+
+	now = bpf_ktime_get_ns();
+	if (p->proto == IPPROTO_ICMP || p->proto == IPPROTO_ICMPV6) {
+		int ret = pn_icmp_revnat(skb, p, now);
+
+		if (ret < 0) {
+			*reason = ret;
+			return TC_ACT_SHOT;
+		}
+		if (ret > 0)
+			*reason = PN_ICMP_REVNAT;
+		return TC_ACT_UNSPEC;
+	}
+	if (p->proto != IPPROTO_TCP && p->proto != IPPROTO_UDP)
+		return TC_ACT_UNSPEC;
+
+	pn_ct_key_of(&rk, p, PN_CT_REPLY);
+	re = bpf_map_lookup_elem(&podnic_ct_v1, &rk);
+	if (!re || !pn_ct_reply_hit(&rk, re, p->tcp_flags, now))
+		return TC_ACT_UNSPEC;
+	{
+		struct pn_addr addr = re->addr;
+
+		if (pn_rewrite(skb, p, 0, &p->saddr, p->sport, &addr, re->port) < 0) {
+			*reason = PN_DROP_NAT;
+			return TC_ACT_SHOT;
+		}
+	}
+	*reason = PN_REVNAT;
+	return TC_ACT_UNSPEC;
+}
+
+SEC("tc")
+int podnic_from_pod(struct __sk_buff *skb)
+{
+	struct pn_pkt p = {};
+	int reason = PN_PASS;
+	int verdict = pn_from_pod(skb, &p, &reason);
+
+	return pn_finish(skb, &p, PN_DIR_FROM_POD, reason, verdict);
+}
+
+SEC("tc")
+int podnic_to_pod(struct __sk_buff *skb)
+{
+	struct pn_pkt p = {};
+	int reason = PN_PASS;
+	int verdict = pn_to_pod(skb, &p, &reason);
+
+	return pn_finish(skb, &p, PN_DIR_TO_POD, reason, verdict);
+}
+
+SEC("tc")
+int podnic_lo_out(struct __sk_buff *skb)
+{
+	struct pn_pkt p = {};
+	int reason = PN_PASS;
+	int verdict = pn_to_pod(skb, &p, &reason);
+
+	return pn_finish(skb, &p, PN_DIR_LO, reason, verdict);
+}
+
+/* An empty program: the floor the benchmarks compare against. */
+SEC("tc")
+int podnic_noop(struct __sk_buff *skb)
+{
+	return TC_ACT_UNSPEC;
+}

@@ -1,0 +1,102 @@
+package bpf
+
+import "fmt"
+
+// Reason is a verdict of the datapath: positive codes for packets that go
+// on, negative codes for drops. The values come from enum pn_reason in
+// lib/common.h through bpf2go, so C and Go cannot disagree.
+type Reason int32
+
+// Verdicts.
+const (
+	ReasonPass       = Reason(podnicPnReasonPN_PASS)
+	ReasonDNATNew    = Reason(podnicPnReasonPN_DNAT_NEW)
+	ReasonDNATCT     = Reason(podnicPnReasonPN_DNAT_CT)
+	ReasonRevNAT     = Reason(podnicPnReasonPN_REVNAT)
+	ReasonSelf       = Reason(podnicPnReasonPN_SELF)
+	ReasonReject     = Reason(podnicPnReasonPN_REJECT)
+	ReasonICMPRevNAT = Reason(podnicPnReasonPN_ICMP_REVNAT)
+
+	DropInvalid     = Reason(podnicPnReasonPN_DROP_INVALID)
+	DropUnknownPort = Reason(podnicPnReasonPN_DROP_UNKNOWN_PORT)
+	DropNoBackend   = Reason(podnicPnReasonPN_DROP_NO_BACKEND)
+	DropFragment    = Reason(podnicPnReasonPN_DROP_FRAGMENT)
+	DropProto       = Reason(podnicPnReasonPN_DROP_PROTO)
+	DropCTCreate    = Reason(podnicPnReasonPN_DROP_CT_CREATE)
+	DropNAT         = Reason(podnicPnReasonPN_DROP_NAT)
+	DropReject      = Reason(podnicPnReasonPN_DROP_REJECT)
+)
+
+var reasonNames = map[Reason]string{
+	ReasonPass:       "pass",
+	ReasonDNATNew:    "dnat-new",
+	ReasonDNATCT:     "dnat-established",
+	ReasonRevNAT:     "reverse-nat",
+	ReasonSelf:       "self-access",
+	ReasonReject:     "reject",
+	ReasonICMPRevNAT: "icmp-reverse-nat",
+	DropInvalid:      "drop-invalid-packet",
+	DropUnknownPort:  "drop-unknown-port",
+	DropNoBackend:    "drop-missing-backend",
+	DropFragment:     "drop-fragment",
+	DropProto:        "drop-unsupported-protocol",
+	DropCTCreate:     "drop-conntrack-full",
+	DropNAT:          "drop-rewrite-failed",
+	DropReject:       "drop-reject-failed",
+}
+
+// Reasons lists every verdict the datapath can give.
+func Reasons() []Reason {
+	rs := make([]Reason, 0, len(reasonNames))
+	for r := range reasonNames {
+		rs = append(rs, r)
+	}
+	return rs
+}
+
+func (r Reason) String() string {
+	if n, ok := reasonNames[r]; ok {
+		return n
+	}
+	return fmt.Sprintf("reason(%d)", int32(r))
+}
+
+// IsDrop reports whether the verdict drops the packet.
+func (r Reason) IsDrop() bool { return r < 0 }
+
+// Dir is the attach point a verdict was counted at.
+type Dir uint8
+
+// Attach points of the counters.
+const (
+	DirFromPod = Dir(podnicPnDirPN_DIR_FROM_POD)
+	DirToPod   = Dir(podnicPnDirPN_DIR_TO_POD)
+	DirLo      = Dir(podnicPnDirPN_DIR_LO)
+	dirMax     = Dir(podnicPnDirPN_DIR_MAX)
+)
+
+func (d Dir) String() string {
+	switch d {
+	case DirFromPod:
+		return "from-pod"
+	case DirToPod:
+		return "to-pod"
+	case DirLo:
+		return "lo"
+	}
+	return fmt.Sprintf("dir(%d)", uint8(d))
+}
+
+// Counter slots, as pn_counter_index in lib/common.h computes them.
+const (
+	reasonSlots = 32
+	dropBase    = 16
+)
+
+func counterIndex(d Dir, r Reason) uint32 {
+	idx := uint32(r)
+	if r < 0 {
+		idx = uint32(dropBase - int32(r))
+	}
+	return uint32(d)*reasonSlots + idx%reasonSlots
+}

@@ -1,0 +1,188 @@
+package bpf
+
+import (
+	"encoding/binary"
+	"fmt"
+	"net/netip"
+)
+
+// Map key and value layouts. They mirror the structs in lib/common.h byte
+// for byte; TestMapLayoutsMatchObject checks them against the object's BTF.
+// Addresses are 16 bytes in network order, IPv4 as ::ffff:a.b.c.d; ports
+// are in network order.
+
+// Addr is an address as the datapath stores it.
+type Addr [16]byte
+
+// AddrFrom converts a netip address to the datapath form.
+func AddrFrom(a netip.Addr) Addr { return Addr(a.As16()) }
+
+// IP returns the address, unmapped when it is IPv4.
+func (a Addr) IP() netip.Addr { return netip.AddrFrom16(a).Unmap() }
+
+// Port is a port in network byte order.
+type Port [2]byte
+
+// PortFrom converts a host-order port.
+func PortFrom(p uint16) Port {
+	var b Port
+	binary.BigEndian.PutUint16(b[:], p)
+	return b
+}
+
+// Host returns the port in host order.
+func (p Port) Host() uint16 { return binary.BigEndian.Uint16(p[:]) }
+
+// Proto is an IP protocol number.
+type Proto uint8
+
+// Protocols the datapath translates.
+const (
+	TCP Proto = 6
+	UDP Proto = 17
+)
+
+func (p Proto) String() string {
+	switch p {
+	case TCP:
+		return "TCP"
+	case UDP:
+		return "UDP"
+	case 0:
+		return "ANY"
+	}
+	return fmt.Sprintf("proto(%d)", uint8(p))
+}
+
+// Scope says from where a Service frontend is reached.
+type Scope uint8
+
+// Scopes of a Service frontend.
+const (
+	ScopeCluster  Scope = 0 // ClusterIP from inside the cluster
+	ScopeExternal Scope = 1 // reserved for NodePort, ExternalIP, LoadBalancer
+)
+
+// ServiceKey is the key of the services map.
+type ServiceKey struct {
+	Addr  Addr
+	Port  Port // zero with Proto zero: the VIP marker
+	Proto Proto
+	Scope Scope
+}
+
+// Service flags.
+const (
+	ServiceAffinity = uint16(podnicPnSvcFlagsPN_SVC_AFFINITY)
+)
+
+// ServiceValue is the value of the services map.
+type ServiceValue struct {
+	ID              uint32 // prefix of its slots, and reverse NAT id
+	Count           uint16 // slots 1..Count; zero rejects
+	Flags           uint16
+	AffinitySeconds uint32
+}
+
+// SlotKey is the key of the slots map; its value is a backend id.
+type SlotKey struct {
+	ServiceID uint32
+	Slot      uint32 // 1-based
+}
+
+// BackendState says whether a backend takes new affinity sessions.
+type BackendState uint8
+
+// Backend states.
+const (
+	BackendActive      = BackendState(podnicPnBackendStatePN_BACKEND_ACTIVE)
+	BackendTerminating = BackendState(podnicPnBackendStatePN_BACKEND_TERMINATING)
+)
+
+func (s BackendState) String() string {
+	switch s {
+	case BackendActive:
+		return "active"
+	case BackendTerminating:
+		return "terminating"
+	}
+	return fmt.Sprintf("state(%d)", uint8(s))
+}
+
+// Backend is the value of the backends map, keyed by backend id.
+type Backend struct {
+	Addr  Addr
+	Port  Port
+	State BackendState
+	_     uint8
+}
+
+// Conntrack directions.
+const (
+	CTForward uint8 = 0
+	CTReply   uint8 = 1
+)
+
+// Conntrack flags.
+const (
+	CTSelf        = uint8(podnicPnCtFlagsPN_CT_SELF)
+	CTEstablished = uint8(podnicPnCtFlagsPN_CT_ESTABLISHED)
+	CTClosing     = uint8(podnicPnCtFlagsPN_CT_CLOSING)
+)
+
+// CTKey is the key of the conntrack map.
+type CTKey struct {
+	Src   Addr
+	Dst   Addr
+	Sport Port
+	Dport Port
+	Proto Proto
+	Dir   uint8
+	_     uint16
+}
+
+// CTEntry is a conntrack entry: forward entries hold the backend, reply
+// entries the Service frontend.
+type CTEntry struct {
+	Addr      Addr
+	Port      Port
+	Flags     uint8
+	_         uint8
+	ServiceID uint32
+	BackendID uint32
+	_         uint32
+	Expires   uint64 // CLOCK_MONOTONIC nanoseconds
+}
+
+// AffinityKey is the key of the session affinity map.
+type AffinityKey struct {
+	Client    Addr
+	ServiceID uint32
+}
+
+// AffinityValue is the value of the session affinity map.
+type AffinityValue struct {
+	BackendID uint32
+	_         uint32
+	LastUsed  uint64 // CLOCK_MONOTONIC nanoseconds
+}
+
+// Counter is one per-CPU slot of the verdict counters.
+type Counter struct {
+	Packets uint64
+	Bytes   uint64
+}
+
+// Event is a drop or reject reported through the ring buffer.
+type Event struct {
+	Time    uint64 // CLOCK_MONOTONIC nanoseconds
+	Reason  Reason
+	Ifindex uint32
+	Src     Addr
+	Dst     Addr
+	Sport   Port
+	Dport   Port
+	Proto   Proto
+	Dir     Dir
+	_       uint16
+}
