@@ -95,7 +95,6 @@ func Load(root string) (*Datapath, error) {
 	if err != nil {
 		return nil, fmt.Errorf("loading datapath: %w", err)
 	}
-	_ = objs.PodnicNoop.Close()
 
 	d := &Datapath{
 		Root: root,

@@ -225,10 +225,3 @@ int podnic_lo_out(struct __sk_buff *skb)
 
 	return pn_finish(skb, &p, PN_DIR_LO, reason, verdict);
 }
-
-/* An empty program: the floor the benchmarks compare against. */
-SEC("tc")
-int podnic_noop(struct __sk_buff *skb)
-{
-	return TC_ACT_UNSPEC;
-}

@@ -166,7 +166,6 @@ const (
 	podnicMapPodnicSvcV1      = "podnic_svc_v1"
 	podnicProgPodnicFromPod   = "podnic_from_pod"
 	podnicProgPodnicLoOut     = "podnic_lo_out"
-	podnicProgPodnicNoop      = "podnic_noop"
 	podnicProgPodnicToPod     = "podnic_to_pod"
 	podnicVarPnUnusedCtDir    = "pn_unused_ct_dir"
 	podnicVarPnUnusedCtFlags  = "pn_unused_ct_flags"
@@ -222,7 +221,6 @@ type podnicSpecs struct {
 type podnicProgramSpecs struct {
 	PodnicFromPod *ebpf.ProgramSpec `ebpf:"podnic_from_pod"`
 	PodnicLoOut   *ebpf.ProgramSpec `ebpf:"podnic_lo_out"`
-	PodnicNoop    *ebpf.ProgramSpec `ebpf:"podnic_noop"`
 	PodnicToPod   *ebpf.ProgramSpec `ebpf:"podnic_to_pod"`
 }
 
@@ -314,7 +312,6 @@ type podnicVariables struct {
 type podnicPrograms struct {
 	PodnicFromPod *ebpf.Program `ebpf:"podnic_from_pod"`
 	PodnicLoOut   *ebpf.Program `ebpf:"podnic_lo_out"`
-	PodnicNoop    *ebpf.Program `ebpf:"podnic_noop"`
 	PodnicToPod   *ebpf.Program `ebpf:"podnic_to_pod"`
 }
 
@@ -322,7 +319,6 @@ func (p *podnicPrograms) Close() error {
 	return _PodnicClose(
 		p.PodnicFromPod,
 		p.PodnicLoOut,
-		p.PodnicNoop,
 		p.PodnicToPod,
 	)
 }
