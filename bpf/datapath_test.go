@@ -454,7 +454,7 @@ func TestSessionAffinityKeepsClientOnOneBackend(t *testing.T) {
 			// happens with probability 2^-31.
 			s.Affinity = 0
 			s.ID = 8
-			s.Frontend.Port = servicePort + 1
+			s.Port = servicePort + 1
 			if err := d.Maps.UpsertService(s); err != nil {
 				t.Fatal(err)
 			}

@@ -21,33 +21,33 @@
  * codes are drops. The Go package bpf mirrors them as Reason and a test
  * keeps both in step; codes are stable, never renumber. */
 enum pn_reason {
-	PN_PASS = 1,        /* not Service traffic: left to the next program */
+	PN_PASS = 1,	    /* not Service traffic: left to the next program */
 	PN_DNAT_NEW = 2,    /* new flow: backend chosen, destination rewritten */
-	PN_DNAT_CT = 3,     /* established flow rewritten from conntrack */
-	PN_REVNAT = 4,      /* reply source rewritten back to the Service */
-	PN_SELF = 5,        /* self access: rewritten and redirected to lo */
-	PN_REJECT = 6,      /* no usable backend: TCP RST or ICMP unreachable */
+	PN_DNAT_CT = 3,	    /* established flow rewritten from conntrack */
+	PN_REVNAT = 4,	    /* reply source rewritten back to the Service */
+	PN_SELF = 5,	    /* self access: rewritten and redirected to lo */
+	PN_REJECT = 6,	    /* no usable backend: TCP RST or ICMP unreachable */
 	PN_ICMP_REVNAT = 7, /* ICMP error about a flow translated back */
 
-	PN_DROP_INVALID = -1,      /* truncated or malformed headers */
+	PN_DROP_INVALID = -1,	   /* truncated or malformed headers */
 	PN_DROP_UNKNOWN_PORT = -2, /* known Service VIP, unknown port */
 	PN_DROP_NO_BACKEND = -3,   /* slot or backend entry missing */
-	PN_DROP_FRAGMENT = -4,     /* IP fragment to a Service VIP */
-	PN_DROP_PROTO = -5,        /* protocol other than TCP/UDP to a VIP */
-	PN_DROP_CT_CREATE = -6,    /* conntrack entry could not be written */
-	PN_DROP_NAT = -7,          /* header rewrite failed */
-	PN_DROP_REJECT = -8,       /* building the reject reply failed */
+	PN_DROP_FRAGMENT = -4,	   /* IP fragment to a Service VIP */
+	PN_DROP_PROTO = -5,	   /* protocol other than TCP/UDP to a VIP */
+	PN_DROP_CT_CREATE = -6,	   /* conntrack entry could not be written */
+	PN_DROP_NAT = -7,	   /* header rewrite failed */
+	PN_DROP_REJECT = -8,	   /* building the reject reply failed */
 };
 
 /* Counter slots: direction * PN_REASON_SLOTS + index, where index is the
  * code for verdicts and PN_DROP_BASE - code for drops. */
 #define PN_REASON_SLOTS 32
-#define PN_DROP_BASE 16
+#define PN_DROP_BASE	16
 
 enum pn_dir {
 	PN_DIR_FROM_POD = 0, /* pod NIC egress */
 	PN_DIR_TO_POD = 1,   /* pod NIC ingress */
-	PN_DIR_LO = 2,       /* pod lo egress (self-access replies) */
+	PN_DIR_LO = 2,	     /* pod lo egress (self-access replies) */
 	PN_DIR_MAX = 4,
 };
 
@@ -57,7 +57,7 @@ struct pn_addr {
 };
 
 enum pn_scope {
-	PN_SCOPE_CLUSTER = 0, /* ClusterIP as seen from inside the cluster */
+	PN_SCOPE_CLUSTER = 0,  /* ClusterIP as seen from inside the cluster */
 	PN_SCOPE_EXTERNAL = 1, /* reserved: NodePort, ExternalIP, LoadBalancer */
 };
 
@@ -112,9 +112,9 @@ struct pn_ct_key {
 };
 
 enum pn_ct_flags {
-	PN_CT_SELF = 1 << 0,        /* backend is the client itself */
+	PN_CT_SELF = 1 << 0,	    /* backend is the client itself */
 	PN_CT_ESTABLISHED = 1 << 1, /* TCP handshake completed */
-	PN_CT_CLOSING = 1 << 2,     /* TCP FIN or RST seen */
+	PN_CT_CLOSING = 1 << 2,	    /* TCP FIN or RST seen */
 };
 
 /* A conntrack entry. Forward entries hold the backend; reply entries hold
@@ -162,10 +162,10 @@ struct pn_event {
 };
 
 /* Map sizes: docs/maps.md explains each and what fills it. */
-#define PN_SVC_MAX 262144
-#define PN_BACKEND_MAX 262144
-#define PN_SLOT_MAX 1048576
-#define PN_CT_MAX 262144
+#define PN_SVC_MAX	262144
+#define PN_BACKEND_MAX	262144
+#define PN_SLOT_MAX	1048576
+#define PN_CT_MAX	262144
 #define PN_AFFINITY_MAX 65536
 #define PN_EVENTS_BYTES (256 * 1024)
 
@@ -209,7 +209,7 @@ struct {
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, PN_DIR_MAX * PN_REASON_SLOTS);
+	__uint(max_entries, PN_DIR_MAX *PN_REASON_SLOTS);
 	__type(key, __u32);
 	__type(value, struct pn_counter);
 } podnic_cnt_v1 SEC(".maps");

@@ -17,12 +17,12 @@
 
 #include "parse.h"
 
-#define PN_NS 1000000000ULL
-#define PN_CT_TCP_SYN_NS (60 * PN_NS)
-#define PN_CT_TCP_EST_NS (21600 * PN_NS)
+#define PN_NS		   1000000000ULL
+#define PN_CT_TCP_SYN_NS   (60 * PN_NS)
+#define PN_CT_TCP_EST_NS   (21600 * PN_NS)
 #define PN_CT_TCP_CLOSE_NS (10 * PN_NS)
-#define PN_CT_UDP_NS (60 * PN_NS)
-#define PN_CT_REFRESH_NS (1 * PN_NS)
+#define PN_CT_UDP_NS	   (60 * PN_NS)
+#define PN_CT_REFRESH_NS   (1 * PN_NS)
 
 static __always_inline __u64 pn_ct_lifetime(__u8 proto, __u8 flags)
 {

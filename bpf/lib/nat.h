@@ -46,8 +46,8 @@ static __always_inline int pn_rewrite(struct __sk_buff *skb, const struct pn_pkt
 				return -1;
 			if (bpf_l3_csum_replace(skb, p->l3off + 10, f, t, sizeof(t)) < 0)
 				return -1;
-			if (bpf_skb_store_bytes(skb, p->l3off + (dst ? 16 : 12), &t, sizeof(t),
-						0) < 0)
+			if (bpf_skb_store_bytes(skb, p->l3off + (dst ? 16 : 12), &t, sizeof(t), 0) <
+			    0)
 				return -1;
 		}
 	} else if (!pn_addr_eq(from, to)) {

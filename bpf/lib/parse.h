@@ -19,12 +19,12 @@ struct icmphdr {
 	__be32 un;
 };
 
-#define ICMP_DEST_UNREACH 3
+#define ICMP_DEST_UNREACH  3
 #define ICMP_TIME_EXCEEDED 11
 #define ICMP_PARAMETERPROB 12
-#define ICMP_PORT_UNREACH 3
+#define ICMP_PORT_UNREACH  3
 
-#define IP_MF 0x2000
+#define IP_MF	  0x2000
 #define IP_OFFSET 0x1fff
 
 #ifndef IPPROTO_ICMPV6

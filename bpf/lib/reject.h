@@ -62,8 +62,7 @@ static __always_inline void pn_swap_eth(struct ethhdr *dst, const struct ethhdr 
 /* pn_rst_fill sets the RST's header from the offending segment, RFC 9293
  * section 3.10.7.1: answer an ACK with its ack number, anything else with
  * an ACK of everything the segment occupied. */
-static __always_inline void pn_rst_fill(struct tcphdr *rst, const struct tcphdr *th,
-					__u32 payload)
+static __always_inline void pn_rst_fill(struct tcphdr *rst, const struct tcphdr *th, __u32 payload)
 {
 	__builtin_memset(rst, 0, sizeof(*rst));
 	rst->source = th->dest;
