@@ -104,9 +104,11 @@ func TestLoadRefusesIncompatiblePinnedMap(t *testing.T) {
 		t.Fatalf("Load with an incompatible pinned map: got %v, want ErrMapIncompatible", err)
 	}
 	// The live map is untouched.
-	if _, err := ebpf.LoadPinnedMap(filepath.Join(root, "maps", "podnic_ct_v1"), nil); err != nil {
-		t.Errorf("incompatible pinned map was removed: %v", err)
+	live, err := ebpf.LoadPinnedMap(filepath.Join(root, "maps", "podnic_ct_v1"), nil)
+	if err != nil {
+		t.Fatalf("incompatible pinned map was removed: %v", err)
 	}
+	_ = live.Close()
 }
 
 func TestOpenPinnedWithoutLoadSaysNotLoaded(t *testing.T) {

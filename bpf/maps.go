@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"sort"
 	"time"
 
 	"github.com/cilium/ebpf"
@@ -209,4 +210,68 @@ func (m *Maps) Verdicts(d Dir, r Reason) (uint64, error) {
 		n += p.Packets
 	}
 	return n, nil
+}
+
+// ServiceInfo is a Service port as the maps hold it.
+type ServiceInfo struct {
+	Frontend
+	ID       uint32
+	Affinity time.Duration
+	Backends []BackendInfo
+}
+
+// BackendInfo is one backend of a listed Service.
+type BackendInfo struct {
+	ID    uint32
+	Addr  netip.AddrPort
+	State BackendState
+}
+
+// ListServices reads every Service port with its backends, sorted by
+// frontend. A slot whose backend is missing is listed with a zero address.
+func (m *Maps) ListServices() ([]ServiceInfo, error) {
+	var out []ServiceInfo
+	var k ServiceKey
+	var v ServiceValue
+	it := m.Services.Iterate()
+	for it.Next(&k, &v) {
+		if k.Proto == 0 {
+			continue // VIP marker
+		}
+		s := ServiceInfo{
+			Frontend: Frontend{VIP: k.Addr.IP(), Port: k.Port.Host(), Proto: k.Proto},
+			ID:       v.ID,
+		}
+		if v.Flags&ServiceAffinity != 0 {
+			s.Affinity = time.Duration(v.AffinitySeconds) * time.Second
+		}
+		for i := 1; i <= int(v.Count); i++ {
+			var id uint32
+			if err := m.Slots.Lookup(&SlotKey{ServiceID: v.ID, Slot: uint32(i)}, &id); err != nil {
+				return nil, fmt.Errorf("reading slot %d of service %s: %w", i, s.Frontend, err)
+			}
+			bi := BackendInfo{ID: id}
+			var b Backend
+			if err := m.Backends.Lookup(id, &b); err == nil {
+				bi.Addr = netip.AddrPortFrom(b.Addr.IP(), b.Port.Host())
+				bi.State = b.State
+			}
+			s.Backends = append(s.Backends, bi)
+		}
+		out = append(out, s)
+	}
+	if err := it.Err(); err != nil {
+		return nil, fmt.Errorf("reading services: %w", err)
+	}
+	sort.Slice(out, func(i, j int) bool {
+		a, b := out[i], out[j]
+		if c := a.VIP.Compare(b.VIP); c != 0 {
+			return c < 0
+		}
+		if a.Port != b.Port {
+			return a.Port < b.Port
+		}
+		return a.Proto < b.Proto
+	})
+	return out, nil
 }

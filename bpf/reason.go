@@ -100,3 +100,9 @@ func counterIndex(d Dir, r Reason) uint32 {
 	}
 	return uint32(d)*reasonSlots + idx%reasonSlots
 }
+
+// MarshalText writes the verdict by name.
+func (r Reason) MarshalText() ([]byte, error) { return []byte(r.String()), nil }
+
+// MarshalText writes the attach point by name.
+func (d Dir) MarshalText() ([]byte, error) { return []byte(d.String()), nil }

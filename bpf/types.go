@@ -186,3 +186,9 @@ type Event struct {
 	Dir     Dir
 	_       uint16
 }
+
+// MarshalText writes the protocol by name.
+func (p Proto) MarshalText() ([]byte, error) { return []byte(p.String()), nil }
+
+// MarshalText writes the state by name.
+func (s BackendState) MarshalText() ([]byte, error) { return []byte(s.String()), nil }

@@ -1,0 +1,624 @@
+package bpf
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"regexp"
+	"sort"
+	"strings"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+
+	"github.com/podnic/podnic/netdevice"
+)
+
+// Attachments are recorded in bpffs, one pin per attach point:
+//
+//	<root>/links/<owner>/<ifname>/<hook>_tcx     the pinned TCX link
+//	<root>/links/<owner>/<ifname>/<hook>_legacy  the program of a clsact filter
+//
+// A pinned TCX link is the attachment itself: it outlives the CNI process,
+// the pod's netns and even the device (it then stays as a defunct link
+// until unpinned), so DetachPod must remove it. A legacy pin only records
+// that podnic put a filter there; the filter lives and dies with the device.
+// bpffs refuses dots in names, hence the underscores.
+
+// Hook is the direction of a tc attach point.
+type Hook uint8
+
+// Hooks.
+const (
+	Ingress Hook = iota + 1
+	Egress
+)
+
+func (h Hook) String() string {
+	switch h {
+	case Ingress:
+		return "ingress"
+	case Egress:
+		return "egress"
+	}
+	return fmt.Sprintf("hook(%d)", uint8(h))
+}
+
+func (h Hook) tcxAttach() ebpf.AttachType {
+	if h == Ingress {
+		return ebpf.AttachTCXIngress
+	}
+	return ebpf.AttachTCXEgress
+}
+
+// Mode says how programs are attached.
+type Mode string
+
+// Attach modes.
+const (
+	ModeAuto   Mode = "auto"   // TCX, or clsact where the kernel lacks TCX
+	ModeTCX    Mode = "tcx"    // TCX links only (Linux >= 6.6)
+	ModeLegacy Mode = "legacy" // clsact + cls_bpf direct-action filters
+)
+
+// ParseMode turns a configured mode into a Mode; empty is ModeAuto.
+func ParseMode(s string) (Mode, error) {
+	switch m := Mode(s); m {
+	case "":
+		return ModeAuto, nil
+	case ModeAuto, ModeTCX, ModeLegacy:
+		return m, nil
+	}
+	return "", fmt.Errorf("parsing attach mode %q: want %q, %q or %q", s, ModeAuto, ModeTCX, ModeLegacy)
+}
+
+// Attachment is one program on one hook of one interface.
+type Attachment struct {
+	Owner       string // the caller's key (a container id); see QueryInterface
+	Ifname      string
+	Ifindex     int // in the pod's netns; 0 when unknown or the device is gone
+	Hook        Hook
+	Mode        Mode // ModeTCX or ModeLegacy
+	ProgramID   ebpf.ProgramID
+	ProgramName string
+	Pin         string // the bpffs pin recording it; empty if podnic has none
+}
+
+func (a Attachment) String() string {
+	return fmt.Sprintf("%s %s %s/%s %s id %d", a.Owner, a.Mode, a.Ifname, a.Hook, a.ProgramName, a.ProgramID)
+}
+
+// LegacyPriority is the tc filter priority of podnic's clsact filters
+// ("PN"). podnic only ever replaces or deletes filters at this priority
+// whose name starts with "podnic_".
+const LegacyPriority = 0x504e
+
+const (
+	legacyHandle = 1
+	loopback     = "lo"
+	pinTCX       = "tcx"
+	pinLegacy    = "legacy"
+	progPrefix   = "podnic_"
+	// OwnerPodnic marks podnic's programs in QueryInterface results, which
+	// cannot know which caller attached them.
+	OwnerPodnic = "podnic"
+)
+
+// ErrInvalidName is returned for an owner or interface name podnic cannot
+// use as a bpffs path element.
+var ErrInvalidName = errors.New("invalid name")
+
+var safeName = regexp.MustCompile(`^[A-Za-z0-9_-]+$`)
+
+func validateName(what, s string, max int) error {
+	if len(s) == 0 || len(s) > max || !safeName.MatchString(s) {
+		return fmt.Errorf("%w: %s %q must be 1 to %d characters of A-Z, a-z, 0-9, '_' and '-'", ErrInvalidName, what, s, max)
+	}
+	return nil
+}
+
+func validateOwner(owner string) error { return validateName("owner", owner, 128) }
+
+func validateIfname(ifname string) error {
+	if err := validateName("interface", ifname, unix.IFNAMSIZ-1); err != nil {
+		return err
+	}
+	if ifname == loopback {
+		return fmt.Errorf("%w: interface %q is where podnic's own loopback program goes", ErrInvalidName, ifname)
+	}
+	return nil
+}
+
+func ownerDir(root, owner string) string { return filepath.Join(linksDir(root), owner) }
+
+func pinPath(root, owner, ifname string, h Hook, kind string) string {
+	return filepath.Join(ownerDir(root, owner), ifname, h.String()+"_"+kind)
+}
+
+// parsePinName splits "<hook>_<kind>".
+func parsePinName(name string) (Hook, string, bool) {
+	hook, kind, ok := strings.Cut(name, "_")
+	if !ok || (kind != pinTCX && kind != pinLegacy) {
+		return 0, "", false
+	}
+	switch hook {
+	case Ingress.String():
+		return Ingress, kind, true
+	case Egress.String():
+		return Egress, kind, true
+	}
+	return 0, "", false
+}
+
+// attachStep is one program to attach.
+type attachStep struct {
+	ifname string
+	hook   Hook
+	prog   *ebpf.Program
+}
+
+// AttachPod attaches the datapath to a pod: podnic_from_pod on ifname
+// egress, podnic_to_pod on ifname ingress and podnic_lo_out on lo egress,
+// all in the netns at netnsPath ("" is the current one). owner keys the
+// pins (a container id). Attaching again is idempotent: existing links are
+// updated to the current programs, so a reloaded datapath takes over
+// without a gap. If a step fails, the attachments this call created are
+// removed again; ones that existed before are left in place.
+func (d *Datapath) AttachPod(netnsPath, ifname, owner string, mode Mode) ([]Attachment, error) {
+	if err := validateOwner(owner); err != nil {
+		return nil, err
+	}
+	if err := validateIfname(ifname); err != nil {
+		return nil, err
+	}
+	if _, err := ParseMode(string(mode)); err != nil {
+		return nil, err
+	}
+	if mode == "" {
+		mode = ModeAuto
+	}
+	steps := []attachStep{
+		{ifname, Egress, d.Programs.FromPod},
+		{ifname, Ingress, d.Programs.ToPod},
+		{loopback, Egress, d.Programs.LoOut},
+	}
+	for _, s := range steps {
+		if s.prog == nil {
+			return nil, fmt.Errorf("attaching to %s %s: %w", s.ifname, s.hook, ErrNotLoaded)
+		}
+	}
+
+	var out []Attachment
+	err := netdevice.InNetns(netnsPath, func() error {
+		var created []Attachment
+		success := false
+		defer func() {
+			if success {
+				return
+			}
+			for i := len(created) - 1; i >= 0; i-- {
+				_ = removeAttachment(created[i])
+			}
+		}()
+
+		for _, s := range steps {
+			a, isNew, err := d.attachOne(s, owner, mode)
+			if isNew {
+				created = append(created, a)
+			}
+			if err != nil {
+				return err
+			}
+			if a.Mode == ModeLegacy {
+				// Modes fall back together: the rest of the pod follows.
+				mode = ModeLegacy
+			}
+			out = append(out, a)
+		}
+		success = true
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+// attachOne attaches one program, inside the pod's netns. It reports
+// whether the attachment is new.
+func (d *Datapath) attachOne(s attachStep, owner string, mode Mode) (Attachment, bool, error) {
+	id, name, err := programIdentity(s.prog)
+	if err != nil {
+		return Attachment{}, false, fmt.Errorf("attaching to %s %s: %w", s.ifname, s.hook, err)
+	}
+	what := fmt.Sprintf("attaching %s to %s %s", name, s.ifname, s.hook)
+	l, err := netlink.LinkByName(s.ifname)
+	if err != nil {
+		return Attachment{}, false, fmt.Errorf("%s: finding interface: %w", what, err)
+	}
+	a := Attachment{
+		Owner:       owner,
+		Ifname:      s.ifname,
+		Ifindex:     l.Attrs().Index,
+		Hook:        s.hook,
+		ProgramID:   id,
+		ProgramName: name,
+	}
+	tcxPin := pinPath(d.Root, owner, s.ifname, s.hook, pinTCX)
+	legacyPin := pinPath(d.Root, owner, s.ifname, s.hook, pinLegacy)
+	if err := os.MkdirAll(filepath.Dir(tcxPin), 0o700); err != nil {
+		return Attachment{}, false, fmt.Errorf("%s: creating pin dir: %w", what, err)
+	}
+
+	if mode != ModeLegacy {
+		isNew, err := attachTCX(s.prog, a.Ifindex, s.hook, tcxPin)
+		switch {
+		case err == nil:
+			a.Mode, a.Pin = ModeTCX, tcxPin
+			// A filter left from an earlier legacy attach would run the
+			// program a second time.
+			if err := removeLegacy(legacyPin, s.ifname, s.hook); err != nil {
+				return a, isNew, fmt.Errorf("%s: removing the earlier clsact filter: %w", what, err)
+			}
+			return a, isNew, nil
+		case errors.Is(err, ebpf.ErrNotSupported) && mode == ModeAuto:
+			// Probe on failure: only a kernel without TCX falls back.
+		case errors.Is(err, ebpf.ErrNotSupported):
+			return Attachment{}, false, fmt.Errorf("%s: TCX not supported, needs Linux >= 6.6 (use mode %q or %q): %w", what, ModeAuto, ModeLegacy, err)
+		default:
+			return Attachment{}, false, fmt.Errorf("%s: %w", what, err)
+		}
+	}
+
+	isNew, err := attachLegacy(s.prog, name, a.Ifindex, s.hook, legacyPin)
+	if err != nil {
+		return Attachment{}, false, fmt.Errorf("%s with clsact: %w", what, err)
+	}
+	a.Mode, a.Pin = ModeLegacy, legacyPin
+	if err := removeTCXPin(tcxPin); err != nil {
+		return a, isNew, fmt.Errorf("%s: removing the earlier TCX link: %w", what, err)
+	}
+	return a, isNew, nil
+}
+
+// attachTCX creates or updates the pinned TCX link at pin. It must run in
+// the device's netns: the kernel resolves the ifindex in the caller's.
+func attachTCX(prog *ebpf.Program, ifindex int, h Hook, pin string) (bool, error) {
+	old, err := link.LoadPinnedLink(pin, nil)
+	switch {
+	case err == nil:
+		info, ierr := old.Info()
+		if ierr == nil && info.TCX() != nil && int(info.TCX().Ifindex) == ifindex &&
+			ebpf.AttachType(info.TCX().AttachType) == h.tcxAttach() {
+			err := old.Update(prog)
+			_ = old.Close()
+			if err != nil {
+				return false, fmt.Errorf("updating link %s: %w", pin, err)
+			}
+			return false, nil
+		}
+		// The link of a device that is gone (ifindex 0) or of another
+		// device: drop it and attach anew.
+		_ = old.Detach()
+		uerr := old.Unpin()
+		_ = old.Close()
+		if uerr != nil {
+			return false, fmt.Errorf("unpinning stale link %s: %w", pin, uerr)
+		}
+	case !errors.Is(err, os.ErrNotExist):
+		return false, fmt.Errorf("loading pinned link %s: %w", pin, err)
+	}
+
+	l, err := link.AttachTCX(link.TCXOptions{Interface: ifindex, Program: prog, Attach: h.tcxAttach()})
+	if err != nil {
+		return false, err
+	}
+	defer l.Close() // the pin keeps it attached
+	if err := l.Pin(pin); err != nil {
+		return false, fmt.Errorf("pinning link to %s: %w", pin, err)
+	}
+	return true, nil
+}
+
+// removeTCXPin detaches and unpins the TCX link at pin, if any.
+func removeTCXPin(pin string) error {
+	l, err := link.LoadPinnedLink(pin, nil)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("loading pinned link %s: %w", pin, err)
+	}
+	defer l.Close()
+	// Detach even if someone else holds the link open; a link whose
+	// device is gone detaches as a no-op.
+	if err := l.Detach(); err != nil && !errors.Is(err, ebpf.ErrNotSupported) {
+		return fmt.Errorf("detaching link %s: %w", pin, err)
+	}
+	if err := l.Unpin(); err != nil {
+		return fmt.Errorf("unpinning link %s: %w", pin, err)
+	}
+	return nil
+}
+
+// removeAttachment undoes one attachment; legacy ones need the netns.
+func removeAttachment(a Attachment) error {
+	if a.Mode == ModeLegacy {
+		return removeLegacy(a.Pin, a.Ifname, a.Hook)
+	}
+	return removeTCXPin(a.Pin)
+}
+
+// DetachPod removes every attachment recorded for owner: it detaches and
+// unpins its TCX links (which would otherwise outlive the pod), deletes its
+// clsact filters in the netns at netnsPath, and removes the owner's pins.
+// It is idempotent. A netns or interface that is gone is not an error: the
+// filters went with it. An empty netnsPath means the netns is gone.
+func DetachPod(root, owner, netnsPath string) error {
+	if root == "" {
+		root = DefaultRoot
+	}
+	if err := validateOwner(owner); err != nil {
+		return err
+	}
+	dir := ownerDir(root, owner)
+	ifdirs, err := os.ReadDir(dir)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("detaching %s: reading %s: %w", owner, dir, err)
+	}
+
+	type legacyPin struct {
+		pin, ifname string
+		hook        Hook
+	}
+	var legacy []legacyPin
+	var errs []error
+	for _, ifdir := range ifdirs {
+		if !ifdir.IsDir() {
+			continue
+		}
+		pins, err := os.ReadDir(filepath.Join(dir, ifdir.Name()))
+		if err != nil {
+			errs = append(errs, fmt.Errorf("detaching %s: reading pins: %w", owner, err))
+			continue
+		}
+		for _, p := range pins {
+			path := filepath.Join(dir, ifdir.Name(), p.Name())
+			h, kind, ok := parsePinName(p.Name())
+			switch {
+			case !ok:
+				// Not podnic's naming: the RemoveAll below drops it.
+			case kind == pinTCX:
+				if err := removeTCXPin(path); err != nil {
+					errs = append(errs, fmt.Errorf("detaching %s: %w", owner, err))
+				}
+			default:
+				legacy = append(legacy, legacyPin{path, ifdir.Name(), h})
+			}
+		}
+	}
+
+	if len(legacy) > 0 {
+		err := inPodNetns(netnsPath, func() error {
+			for _, l := range legacy {
+				if err := deleteLegacyFilters(l.ifname, l.hook); err != nil {
+					return fmt.Errorf("deleting clsact filter on %s %s: %w", l.ifname, l.hook, err)
+				}
+			}
+			return nil
+		})
+		if err != nil {
+			// Keep the pins: a retry must still know about the filters.
+			errs = append(errs, fmt.Errorf("detaching %s: %w", owner, err))
+			return errors.Join(errs...)
+		}
+	}
+	if len(errs) > 0 {
+		return errors.Join(errs...)
+	}
+	if err := os.RemoveAll(dir); err != nil {
+		return fmt.Errorf("detaching %s: removing %s: %w", owner, dir, err)
+	}
+	return nil
+}
+
+// inPodNetns runs fn in the pod's netns, and not at all when the netns is
+// gone: whatever fn would clean up went with it.
+func inPodNetns(netnsPath string, fn func() error) error {
+	if netnsPath == "" {
+		return nil
+	}
+	if _, err := os.Stat(netnsPath); errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	err := netdevice.InNetns(netnsPath, fn)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil // removed between the check and the open
+	}
+	return err
+}
+
+// ListAttachments returns every attachment recorded under root, sorted by
+// owner, interface and hook, with what the kernel says about it. The
+// ifindex of a legacy attachment is not recorded and reads 0; a TCX link
+// whose device is gone reads ifindex 0 too.
+func ListAttachments(root string) ([]Attachment, error) {
+	if root == "" {
+		root = DefaultRoot
+	}
+	owners, err := os.ReadDir(linksDir(root))
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("listing attachments: %w", err)
+	}
+	var out []Attachment
+	for _, o := range owners {
+		ifdirs, err := os.ReadDir(filepath.Join(linksDir(root), o.Name()))
+		if err != nil {
+			return nil, fmt.Errorf("listing attachments of %s: %w", o.Name(), err)
+		}
+		for _, ifdir := range ifdirs {
+			pins, err := os.ReadDir(filepath.Join(linksDir(root), o.Name(), ifdir.Name()))
+			if err != nil {
+				return nil, fmt.Errorf("listing attachments of %s: %w", o.Name(), err)
+			}
+			for _, p := range pins {
+				h, kind, ok := parsePinName(p.Name())
+				if !ok {
+					continue
+				}
+				a := Attachment{
+					Owner:  o.Name(),
+					Ifname: ifdir.Name(),
+					Hook:   h,
+					Pin:    filepath.Join(linksDir(root), o.Name(), ifdir.Name(), p.Name()),
+				}
+				if kind == pinTCX {
+					err = describeTCXPin(&a)
+				} else {
+					err = describeLegacyPin(&a)
+				}
+				if errors.Is(err, os.ErrNotExist) {
+					continue // removed while listing
+				}
+				if err != nil {
+					return nil, fmt.Errorf("listing attachments: %w", err)
+				}
+				out = append(out, a)
+			}
+		}
+	}
+	sort.Slice(out, func(i, j int) bool {
+		a, b := out[i], out[j]
+		if a.Owner != b.Owner {
+			return a.Owner < b.Owner
+		}
+		if a.Ifname != b.Ifname {
+			return a.Ifname < b.Ifname
+		}
+		return a.Hook < b.Hook
+	})
+	return out, nil
+}
+
+func describeTCXPin(a *Attachment) error {
+	l, err := link.LoadPinnedLink(a.Pin, nil)
+	if err != nil {
+		return fmt.Errorf("loading pinned link %s: %w", a.Pin, err)
+	}
+	defer l.Close()
+	info, err := l.Info()
+	if err != nil {
+		return fmt.Errorf("reading link %s: %w", a.Pin, err)
+	}
+	a.Mode = ModeTCX
+	if tcx := info.TCX(); tcx != nil {
+		a.Ifindex = int(tcx.Ifindex)
+	}
+	a.ProgramID = info.Program
+	a.ProgramName, err = programName(info.Program)
+	return err
+}
+
+func describeLegacyPin(a *Attachment) error {
+	p, err := ebpf.LoadPinnedProgram(a.Pin, nil)
+	if err != nil {
+		return fmt.Errorf("loading pinned program %s: %w", a.Pin, err)
+	}
+	defer p.Close()
+	a.Mode = ModeLegacy
+	a.ProgramID, a.ProgramName, err = programIdentity(p)
+	return err
+}
+
+// QueryInterface asks the kernel what runs on ifname in the netns at
+// netnsPath: TCX programs, then cls_bpf filters on clsact (the order they
+// run in), ingress before egress. It lists every owner's programs; those
+// that are podnic's (named podnic_*, and for clsact at LegacyPriority) have
+// Owner OwnerPodnic, the rest an empty Owner. No result has a Pin.
+func QueryInterface(netnsPath, ifname string) ([]Attachment, error) {
+	var out []Attachment
+	err := netdevice.InNetns(netnsPath, func() error {
+		l, err := netlink.LinkByName(ifname)
+		if err != nil {
+			return fmt.Errorf("querying %s: finding interface: %w", ifname, err)
+		}
+		ifindex := l.Attrs().Index
+		for _, h := range []Hook{Ingress, Egress} {
+			res, err := link.QueryPrograms(link.QueryOptions{Target: ifindex, Attach: h.tcxAttach()})
+			switch {
+			case errors.Is(err, ebpf.ErrNotSupported) || errors.Is(err, unix.EINVAL):
+				// No TCX on this kernel: nothing attached that way.
+			case err != nil:
+				return fmt.Errorf("querying %s %s TCX programs: %w", ifname, h, err)
+			default:
+				for _, p := range res.Programs {
+					name, err := programName(p.ID)
+					if errors.Is(err, os.ErrNotExist) {
+						continue // detached while querying
+					}
+					if err != nil {
+						return fmt.Errorf("querying %s %s: %w", ifname, h, err)
+					}
+					a := Attachment{Ifname: ifname, Ifindex: ifindex, Hook: h, Mode: ModeTCX, ProgramID: p.ID, ProgramName: name}
+					if strings.HasPrefix(name, progPrefix) {
+						a.Owner = OwnerPodnic
+					}
+					out = append(out, a)
+				}
+			}
+			filters, err := listBPFFilters(l, h)
+			if err != nil {
+				return fmt.Errorf("querying %s %s clsact filters: %w", ifname, h, err)
+			}
+			for _, f := range filters {
+				a := Attachment{Ifname: ifname, Ifindex: ifindex, Hook: h, Mode: ModeLegacy, ProgramID: ebpf.ProgramID(f.Id), ProgramName: f.Name}
+				if isPodnicFilter(f) {
+					a.Owner = OwnerPodnic
+				}
+				out = append(out, a)
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func programIdentity(p *ebpf.Program) (ebpf.ProgramID, string, error) {
+	info, err := p.Info()
+	if err != nil {
+		return 0, "", fmt.Errorf("reading program info: %w", err)
+	}
+	id, ok := info.ID()
+	if !ok {
+		return 0, "", fmt.Errorf("reading program info: kernel reports no program id")
+	}
+	return id, info.Name, nil
+}
+
+func programName(id ebpf.ProgramID) (string, error) {
+	p, err := ebpf.NewProgramFromID(id)
+	if err != nil {
+		return "", fmt.Errorf("opening program %d: %w", id, err)
+	}
+	defer p.Close()
+	info, err := p.Info()
+	if err != nil {
+		return "", fmt.Errorf("reading program %d info: %w", id, err)
+	}
+	return info.Name, nil
+}
+
+// MarshalText writes the hook by name, for podnicctl -o json.
+func (h Hook) MarshalText() ([]byte, error) { return []byte(h.String()), nil }

@@ -1,0 +1,476 @@
+package main
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"hash/fnv"
+	"net/netip"
+	"sort"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/podnic/podnic/bpf"
+	"golang.org/x/sys/unix"
+)
+
+func newFlags(name string) *flag.FlagSet {
+	return flag.NewFlagSet("podnicctl "+name, flag.ContinueOnError)
+}
+
+func noArgs(fs *flag.FlagSet) error {
+	if fs.NArg() > 0 {
+		return fmt.Errorf("%s: unexpected arguments %q", fs.Name(), fs.Args())
+	}
+	return nil
+}
+
+func open(g globals) (*bpf.Datapath, error) {
+	d, err := bpf.OpenPinned(g.root)
+	if errors.Is(err, bpf.ErrNotLoaded) {
+		return nil, fmt.Errorf("%w (run 'podnicctl load' or start podnic-agent)", err)
+	}
+	return d, err
+}
+
+func cmdLoad(g globals, args []string) error {
+	fs := newFlags("load")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if err := noArgs(fs); err != nil {
+		return err
+	}
+	d, err := bpf.Load(g.root)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	fmt.Fprintf(g.out, "datapath loaded and pinned under %s\n", g.root)
+	return nil
+}
+
+func cmdUnload(g globals, args []string) error {
+	fs := newFlags("unload")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if err := noArgs(fs); err != nil {
+		return err
+	}
+	if err := bpf.Unpin(g.root); err != nil {
+		return err
+	}
+	fmt.Fprintf(g.out, "removed every pin under %s\n", g.root)
+	return nil
+}
+
+func cmdAttach(g globals, args []string) error {
+	fs := newFlags("attach")
+	netns := fs.String("netns", "", "path of the pod's network namespace (required)")
+	ifname := fs.String("ifname", "eth0", "the pod's NIC inside the netns")
+	owner := fs.String("owner", "", "owner key of the attachment, e.g. the container id (required)")
+	mode := fs.String("mode", "auto", "attach mode: auto, tcx or legacy")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if err := noArgs(fs); err != nil {
+		return err
+	}
+	if *netns == "" || *owner == "" {
+		return errors.New("attach: --netns and --owner are required")
+	}
+	d, err := open(g)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	as, err := d.AttachPod(*netns, *ifname, *owner, bpf.Mode(*mode))
+	if err != nil {
+		return err
+	}
+	return printAttachments(g, as)
+}
+
+func cmdDetach(g globals, args []string) error {
+	fs := newFlags("detach")
+	netns := fs.String("netns", "", "path of the pod's network namespace, for legacy tc filters")
+	owner := fs.String("owner", "", "owner key given to attach (required)")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if err := noArgs(fs); err != nil {
+		return err
+	}
+	if *owner == "" {
+		return errors.New("detach: --owner is required")
+	}
+	if err := bpf.DetachPod(g.root, *owner, *netns); err != nil {
+		return err
+	}
+	fmt.Fprintf(g.out, "detached %s\n", *owner)
+	return nil
+}
+
+func cmdAttachments(g globals, args []string) error {
+	fs := newFlags("attachments")
+	netns := fs.String("netns", "", "ask the kernel about one interface in this netns")
+	ifname := fs.String("ifname", "", "the interface to ask about, with --netns")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if err := noArgs(fs); err != nil {
+		return err
+	}
+	var as []bpf.Attachment
+	var err error
+	if *netns != "" || *ifname != "" {
+		if *netns == "" || *ifname == "" {
+			return errors.New("attachments: --netns and --ifname go together")
+		}
+		as, err = bpf.QueryInterface(*netns, *ifname)
+	} else {
+		as, err = bpf.ListAttachments(g.root)
+	}
+	if err != nil {
+		return err
+	}
+	return printAttachments(g, as)
+}
+
+func printAttachments(g globals, as []bpf.Attachment) error {
+	if as == nil {
+		as = []bpf.Attachment{}
+	}
+	return g.emit(as, func(w *tabwriter.Writer) {
+		fmt.Fprintln(w, "OWNER\tINTERFACE\tIFINDEX\tHOOK\tMODE\tPROGRAM\tPROG ID")
+		for _, a := range as {
+			owner := a.Owner
+			if owner == "" {
+				owner = "-"
+			}
+			fmt.Fprintf(w, "%s\t%s\t%d\t%s\t%s\t%s\t%d\n", owner, a.Ifname, a.Ifindex, a.Hook, a.Mode, a.ProgramName, a.ProgramID)
+		}
+	})
+}
+
+type backendFlags []netip.AddrPort
+
+func (b *backendFlags) String() string { return fmt.Sprint(*b) }
+func (b *backendFlags) Set(s string) error {
+	ap, err := netip.ParseAddrPort(s)
+	if err != nil {
+		return fmt.Errorf("backend %q: want IP:PORT ([IPv6]:PORT)", s)
+	}
+	*b = append(*b, ap)
+	return nil
+}
+
+func parseProto(s string) (bpf.Proto, error) {
+	switch strings.ToLower(s) {
+	case "tcp":
+		return bpf.TCP, nil
+	case "udp":
+		return bpf.UDP, nil
+	}
+	return 0, fmt.Errorf("protocol %q: want tcp or udp", s)
+}
+
+func frontendFlags(fs *flag.FlagSet) func() (bpf.Frontend, error) {
+	vip := fs.String("vip", "", "Service VIP (required)")
+	port := fs.Uint("port", 0, "Service port (required)")
+	proto := fs.String("proto", "tcp", "tcp or udp")
+	return func() (bpf.Frontend, error) {
+		a, err := netip.ParseAddr(*vip)
+		if err != nil {
+			return bpf.Frontend{}, fmt.Errorf("--vip %q: %w", *vip, err)
+		}
+		if *port == 0 || *port > 65535 {
+			return bpf.Frontend{}, fmt.Errorf("--port %d: want 1-65535", *port)
+		}
+		p, err := parseProto(*proto)
+		if err != nil {
+			return bpf.Frontend{}, err
+		}
+		return bpf.Frontend{VIP: a.Unmap(), Port: uint16(*port), Proto: p}, nil
+	}
+}
+
+// backendID derives a stable node-wide id from a backend's address, so two
+// Services sharing a backend share its entry.
+func backendID(ap netip.AddrPort, p bpf.Proto) uint32 {
+	h := fnv.New32a()
+	fmt.Fprintf(h, "%s/%d", ap, p)
+	if id := h.Sum32(); id != 0 {
+		return id
+	}
+	return 1
+}
+
+func cmdServiceSet(g globals, args []string) error {
+	fs := newFlags("service set")
+	frontend := frontendFlags(fs)
+	id := fs.Uint("id", 0, "service id, unique per frontend on the node (required)")
+	affinity := fs.Duration("affinity", 0, "session affinity ClientIP timeout, e.g. 3h (0: none)")
+	var backends backendFlags
+	fs.Var(&backends, "backend", "backend IP:PORT; repeat for more (none: connections are rejected)")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if err := noArgs(fs); err != nil {
+		return err
+	}
+	f, err := frontend()
+	if err != nil {
+		return err
+	}
+	if *id == 0 || *id > 1<<32-1 {
+		return errors.New("service set: --id must be 1 to 4294967295")
+	}
+	s := bpf.ServiceEntry{Frontend: f, ID: uint32(*id), Affinity: *affinity}
+	for _, b := range backends {
+		s.Backends = append(s.Backends, bpf.BackendEntry{ID: backendID(b, f.Proto), Addr: netip.AddrPortFrom(b.Addr().Unmap(), b.Port())})
+	}
+	d, err := open(g)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	if err := d.Maps.UpsertService(s); err != nil {
+		return err
+	}
+	fmt.Fprintf(g.out, "service %s set with %d backends\n", f, len(backends))
+	return nil
+}
+
+func cmdServiceDelete(g globals, args []string) error {
+	fs := newFlags("service delete")
+	frontend := frontendFlags(fs)
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if err := noArgs(fs); err != nil {
+		return err
+	}
+	f, err := frontend()
+	if err != nil {
+		return err
+	}
+	d, err := open(g)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	if err := d.Maps.DeleteService(f); err != nil {
+		return err
+	}
+	services, err := d.Maps.ListServices()
+	if err != nil {
+		return err
+	}
+	for _, s := range services {
+		if s.VIP == f.VIP {
+			fmt.Fprintf(g.out, "service %s deleted\n", f)
+			return nil
+		}
+	}
+	if err := d.Maps.DeleteVIP(f.VIP); err != nil {
+		return err
+	}
+	fmt.Fprintf(g.out, "service %s deleted; %s is no VIP any more\n", f, f.VIP)
+	return nil
+}
+
+func cmdServiceList(g globals, args []string) error {
+	fs := newFlags("service list")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if err := noArgs(fs); err != nil {
+		return err
+	}
+	d, err := open(g)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	services, err := d.Maps.ListServices()
+	if err != nil {
+		return err
+	}
+	if services == nil {
+		services = []bpf.ServiceInfo{}
+	}
+	return g.emit(services, func(w *tabwriter.Writer) {
+		fmt.Fprintln(w, "ID\tFRONTEND\tAFFINITY\tBACKENDS")
+		for _, s := range services {
+			aff := "-"
+			if s.Affinity > 0 {
+				aff = s.Affinity.String()
+			}
+			var bs []string
+			for _, b := range s.Backends {
+				bs = append(bs, fmt.Sprintf("%s (%s)", b.Addr, b.State))
+			}
+			if len(bs) == 0 {
+				bs = []string{"none: rejected"}
+			}
+			fmt.Fprintf(w, "%d\t%s\t%s\t%s\n", s.ID, s.Frontend, aff, strings.Join(bs, ", "))
+		}
+	})
+}
+
+type ctRow struct {
+	Proto     string `json:"proto"`
+	Client    string `json:"client"`
+	Frontend  string `json:"frontend"`
+	Backend   string `json:"backend"`
+	State     string `json:"state"`
+	ExpiresIn string `json:"expiresIn"`
+	ServiceID uint32 `json:"serviceID"`
+}
+
+func cmdCTList(g globals, args []string) error {
+	fs := newFlags("ct list")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if err := noArgs(fs); err != nil {
+		return err
+	}
+	d, err := open(g)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	var ts unix.Timespec
+	if err := unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts); err != nil {
+		return fmt.Errorf("reading the monotonic clock: %w", err)
+	}
+	now := uint64(ts.Nano())
+	rows := []ctRow{}
+	var k bpf.CTKey
+	var e bpf.CTEntry
+	it := d.Maps.Conntrack.Iterate()
+	for it.Next(&k, &e) {
+		if k.Dir != bpf.CTForward || e.Expires <= now {
+			continue
+		}
+		rows = append(rows, ctRow{
+			Proto:     k.Proto.String(),
+			Client:    netip.AddrPortFrom(k.Src.IP(), k.Sport.Host()).String(),
+			Frontend:  netip.AddrPortFrom(k.Dst.IP(), k.Dport.Host()).String(),
+			Backend:   netip.AddrPortFrom(e.Addr.IP(), e.Port.Host()).String(),
+			State:     ctState(k.Proto, e.Flags),
+			ExpiresIn: (time.Duration(e.Expires-now) / time.Second * time.Second).String(),
+			ServiceID: e.ServiceID,
+		})
+	}
+	if err := it.Err(); err != nil {
+		return fmt.Errorf("reading conntrack: %w", err)
+	}
+	sort.Slice(rows, func(i, j int) bool { return rows[i].Client < rows[j].Client })
+	return g.emit(rows, func(w *tabwriter.Writer) {
+		fmt.Fprintln(w, "PROTO\tCLIENT\tFRONTEND\tBACKEND\tSTATE\tEXPIRES IN")
+		for _, r := range rows {
+			fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\n", r.Proto, r.Client, r.Frontend, r.Backend, r.State, r.ExpiresIn)
+		}
+	})
+}
+
+func ctState(p bpf.Proto, flags uint8) string {
+	var s []string
+	switch {
+	case p != bpf.TCP:
+		s = append(s, "active")
+	case flags&bpf.CTClosing != 0:
+		s = append(s, "closing")
+	case flags&bpf.CTEstablished != 0:
+		s = append(s, "established")
+	default:
+		s = append(s, "syn-sent")
+	}
+	if flags&bpf.CTSelf != 0 {
+		s = append(s, "self")
+	}
+	return strings.Join(s, ",")
+}
+
+type verdictRow struct {
+	Hook    string `json:"hook"`
+	Verdict string `json:"verdict"`
+	Code    int32  `json:"code"`
+	Packets uint64 `json:"packets"`
+	Bytes   uint64 `json:"bytes"`
+}
+
+func cmdVerdicts(g globals, args []string) error {
+	fs := newFlags("verdicts")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if err := noArgs(fs); err != nil {
+		return err
+	}
+	d, err := open(g)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	vs, err := d.Maps.ReadVerdicts()
+	if err != nil {
+		return err
+	}
+	rows := []verdictRow{}
+	for _, v := range vs {
+		rows = append(rows, verdictRow{Hook: v.Dir.String(), Verdict: v.Reason.String(), Code: int32(v.Reason), Packets: v.Packets, Bytes: v.Bytes})
+	}
+	sort.Slice(rows, func(i, j int) bool {
+		if rows[i].Hook != rows[j].Hook {
+			return rows[i].Hook < rows[j].Hook
+		}
+		return rows[i].Code > rows[j].Code
+	})
+	return g.emit(rows, func(w *tabwriter.Writer) {
+		fmt.Fprintln(w, "HOOK\tVERDICT\tCODE\tPACKETS\tBYTES")
+		for _, r := range rows {
+			fmt.Fprintf(w, "%s\t%s\t%d\t%d\t%d\n", r.Hook, r.Verdict, r.Code, r.Packets, r.Bytes)
+		}
+	})
+}
+
+func cmdEvents(g globals, args []string) error {
+	fs := newFlags("events")
+	count := fs.Int("count", 10, "stop after this many events")
+	timeout := fs.Duration("timeout", 10*time.Second, "stop after this long without an event")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if err := noArgs(fs); err != nil {
+		return err
+	}
+	d, err := open(g)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	r, err := bpf.NewEventReader(d.Maps.Events)
+	if err != nil {
+		return err
+	}
+	defer r.Close()
+	for range *count {
+		ev, err := r.Read(*timeout)
+		if errors.Is(err, bpf.ErrNoEvent) {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		src := netip.AddrPortFrom(ev.Src.IP(), ev.Sport.Host())
+		dst := netip.AddrPortFrom(ev.Dst.IP(), ev.Dport.Host())
+		fmt.Fprintf(g.out, "%s %s %s -> %s %s (ifindex %d)\n", ev.Dir, ev.Reason, src, dst, ev.Proto, ev.Ifindex)
+	}
+	return nil
+}
