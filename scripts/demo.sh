@@ -7,24 +7,28 @@
 # about three Services, attaches it inside the client pod, and curls the
 # Services from there. Everything lives in namespaces named podnic-demo-*
 # and under /sys/fs/bpf/podnic-demo; 'make demo-down' removes all of it.
+# Nothing is sent outside those namespaces.
 #
 #   ./scripts/demo.sh        set up and run the demo (needs root)
 #   ./scripts/demo.sh down   tear it down
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-ROOT=/sys/fs/bpf/podnic-demo
-RUN=/run/podnic-demo
-NS_FABRIC=podnic-demo-fabric
-NS_CLIENT=podnic-demo-client
-NS_SERVER=podnic-demo-server
+# PODNIC_DEMO_PREFIX and PODNIC_BIN let tests run the demo beside a live one.
+PREFIX=${PODNIC_DEMO_PREFIX:-podnic-demo}
+BIN=${PODNIC_BIN:-./bin}
+ROOT=/sys/fs/bpf/$PREFIX
+RUN=/run/$PREFIX
+NS_FABRIC=$PREFIX-fabric
+NS_CLIENT=$PREFIX-client
+NS_SERVER=$PREFIX-server
 CLIENT_IP=10.244.0.10
 SERVER_IP=10.244.0.20
 GW=169.254.1.1
 VIP_WEB=10.96.0.10   # backend: the server pod
 VIP_SELF=10.96.0.11  # backend: the client pod itself (self access)
 VIP_NONE=10.96.0.12  # no backends: rejected at once
-CTL=(./bin/podnicctl --bpf-root "$ROOT")
+CTL=("$BIN/podnicctl" --bpf-root "$ROOT")
 
 say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 show() { printf '$ %s\n' "$*"; "$@"; }
@@ -36,9 +40,9 @@ down() {
 		kill "$pid" 2>/dev/null || true
 		rm -f "$p"
 	done
-	if [[ -x ./bin/podnicctl && -d $ROOT ]]; then
-		./bin/podnicctl --bpf-root "$ROOT" detach --owner "$NS_CLIENT" --netns "/run/netns/$NS_CLIENT" >/dev/null 2>&1 || true
-		./bin/podnicctl --bpf-root "$ROOT" unload >/dev/null || true
+	if [[ -x $BIN/podnicctl && -d $ROOT ]]; then
+		"${CTL[@]}" detach --owner "$NS_CLIENT" --netns "/run/netns/$NS_CLIENT" >/dev/null 2>&1 || true
+		"${CTL[@]}" unload >/dev/null || true
 	fi
 	for ns in "$NS_CLIENT" "$NS_SERVER" "$NS_FABRIC"; do
 		ip netns del "$ns" 2>/dev/null || true
@@ -49,7 +53,7 @@ down() {
 
 # pod NAME IP: a pod whose eth0 is a veth end, peer in the fabric.
 pod() {
-	local ns=$1 ip=$2 peer=pd-${1#podnic-demo-}
+	local ns=$1 ip=$2 peer=pd-${1#"$PREFIX"-}
 	ip netns add "$ns"
 	ip link add eth0 netns "$ns" type veth peer name "$peer" netns "$NS_FABRIC"
 	ip -n "$ns" link set lo up
@@ -73,12 +77,12 @@ up() {
 		echo "demo.sh: run as root (it creates network namespaces and loads BPF)" >&2
 		exit 1
 	fi
-	if ip netns list | grep -q '^podnic-demo-'; then
+	if ip netns list | grep -q "^$PREFIX-"; then
 		echo "demo.sh: an earlier demo is still up; removing it first"
 		down
 	fi
 	mkdir -p "$RUN"
-	go build -o bin/ ./test/cmd/podnic-echo
+	go build -o "$BIN/" ./test/cmd/podnic-echo
 
 	say "A simulated node: a fabric namespace and two pods that own their NIC"
 	ip netns add "$NS_FABRIC"
@@ -88,9 +92,9 @@ up() {
 	show ip -n "$NS_CLIENT" -br addr show dev eth0
 	show ip -n "$NS_CLIENT" route
 
-	ip netns exec "$NS_SERVER" ./bin/podnic-echo --name server-pod >"$RUN/server.log" 2>&1 &
+	ip netns exec "$NS_SERVER" "$BIN/podnic-echo" --name server-pod >"$RUN/server.log" 2>&1 &
 	echo $! >"$RUN/server.pid"
-	ip netns exec "$NS_CLIENT" ./bin/podnic-echo --name client-pod >"$RUN/client.log" 2>&1 &
+	ip netns exec "$NS_CLIENT" "$BIN/podnic-echo" --name client-pod >"$RUN/client.log" 2>&1 &
 	echo $! >"$RUN/client.pid"
 
 	say "Load podnic's datapath once and pin it (no verifier run per pod after this)"
@@ -121,7 +125,7 @@ up() {
 	show "${CTL[@]}" ct list
 	show "${CTL[@]}" verdicts
 
-	say "Done. Inspect more with ./bin/podnicctl --bpf-root $ROOT ...; tear down with: make demo-down"
+	say "Done. Inspect more with $BIN/podnicctl --bpf-root $ROOT ...; tear down with: make demo-down"
 }
 
 case "${1:-up}" in

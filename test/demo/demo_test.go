@@ -1,0 +1,68 @@
+// Package demo checks that the README's first command, 'make demo', does
+// what the README says.
+package demo
+
+import (
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestDemoShowsServicesWorkingAndTearsDown(t *testing.T) {
+	if os.Getuid() != 0 {
+		t.Skip("the demo needs root")
+	}
+	repo, err := filepath.Abs("../..")
+	if err != nil {
+		t.Fatal(err)
+	}
+	bin := t.TempDir()
+	build := exec.Command("go", "build", "-o", bin+"/", "./nodeagent/cmd/podnicctl")
+	build.Dir = repo
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("building podnicctl: %v\n%s", err, out)
+	}
+	prefix := fmt.Sprintf("pndemo%d", os.Getpid()%100000)
+	env := append(os.Environ(), "PODNIC_DEMO_PREFIX="+prefix, "PODNIC_BIN="+bin)
+	demo := func(args ...string) string {
+		t.Helper()
+		cmd := exec.Command("./scripts/demo.sh", args...)
+		cmd.Dir, cmd.Env = repo, env
+		cmd.WaitDelay = time.Second
+		timer := time.AfterFunc(2*time.Minute, func() { _ = cmd.Process.Kill() })
+		defer timer.Stop()
+		out, err := cmd.CombinedOutput()
+		if err != nil {
+			t.Fatalf("demo.sh %v: %v\n%s", args, err, out)
+		}
+		return string(out)
+	}
+	t.Cleanup(func() { demo("down") })
+
+	out := demo()
+	for _, want := range []string{
+		"hello from server-pod (10.244.0.20:8080), you are 10.244.0.10:",
+		"hello from client-pod (10.244.0.10:8080), you are 10.244.0.10:",
+		"Couldn't connect to server",
+		"podnic_from_pod",
+		"dnat-new",
+		"self-access",
+		"reject",
+	} {
+		if !strings.Contains(out, want) {
+			t.Errorf("demo output lacks %q:\n%s", want, out)
+		}
+	}
+
+	demo("down")
+	if out, _ := exec.Command("ip", "netns", "list").Output(); strings.Contains(string(out), prefix) {
+		t.Errorf("namespaces left after demo down:\n%s", out)
+	}
+	if _, err := os.Stat("/sys/fs/bpf/" + prefix); !os.IsNotExist(err) {
+		t.Errorf("pins left after demo down: %v", err)
+	}
+}
