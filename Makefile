@@ -29,7 +29,7 @@ build:
 
 # The test command (README, CI): setup, generated files, lint, all tests.
 test: setup check-generate lint
-	$(GO) test -count=1 -p 1 $(PKGS)
+	$(GO) test -count=1 -p 1 -timeout 40m $(PKGS)
 
 test-unit:
 	$(GO) test -count=1 -short $(PKGS)
