@@ -229,7 +229,7 @@ func (d *Datapath) AttachPod(netnsPath, ifname, owner string, mode Mode) ([]Atta
 
 // attachOne attaches one program, inside the pod's netns. It reports
 // whether the attachment is new.
-func (d *Datapath) attachOne(s attachStep, owner string, mode Mode) (Attachment, bool, error) {
+func (d *Datapath) attachOne(s attachStep, owner string, mode Mode) (_ Attachment, _ bool, retErr error) {
 	id, name, err := programIdentity(s.prog)
 	if err != nil {
 		return Attachment{}, false, fmt.Errorf("attaching to %s %s: %w", s.ifname, s.hook, err)
@@ -252,6 +252,14 @@ func (d *Datapath) attachOne(s attachStep, owner string, mode Mode) (Attachment,
 	if err := os.MkdirAll(filepath.Dir(tcxPin), 0o700); err != nil {
 		return Attachment{}, false, fmt.Errorf("%s: creating pin dir: %w", what, err)
 	}
+	defer func() {
+		if retErr != nil {
+			// Leave no empty pin dirs behind a failed attach; Remove
+			// refuses dirs that still hold other attachments.
+			_ = os.Remove(filepath.Dir(tcxPin))
+			_ = os.Remove(filepath.Dir(filepath.Dir(tcxPin)))
+		}
+	}()
 
 	if mode != ModeLegacy {
 		isNew, err := attachTCX(s.prog, a.Ifindex, s.hook, tcxPin)

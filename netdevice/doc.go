@@ -1,6 +1,40 @@
 // Package netdevice owns the pod's network devices: finding a device (an
-// ENI by MAC or name, a VF by PCI address), moving it into and out of a
-// pod's network namespace, and restoring its original name, MAC, MTU and VF
-// settings. It is the only package that talks netlink and sysfs, except for
-// package bpf's tc attach. It never chooses addresses or programs.
+// ENI by MAC or name, a VF by PCI address or by PF name and VF index),
+// moving it into and out of a pod's network namespace, and restoring its
+// original name, MAC, MTU and VF settings; it also puts the pod's
+// addresses and routes on the device, prepares the pod netns (lo up,
+// accept_local) and announces the addresses to the fabric. It is the only
+// package that talks netlink and sysfs, except for package bpf's tc
+// attach. It never chooses addresses or programs.
+//
+// # Lifecycle
+//
+// CNI ADD: Find → MoveIn (keep the returned Saved, e.g. as JSON) →
+// ConfigureVF for a VF → ConfigureAddrs → PodSysctls → AnnounceAddrs.
+// CNI DEL: MoveOut with the Saved from ADD. MoveOut is idempotent and
+// succeeds when the pod netns or the device is gone.
+//
+// Devices move through a temporary, anonymous netns and are renamed there,
+// never in the host (renaming in place races with udev). Their alias
+// carries "podnic:<original name>" while a pod holds them.
+//
+// # When the pod netns dies first
+//
+// The kernel returns a physical device (ENI, VF netdev) of a dying netns
+// to the initial netns under its in-pod name ("devN" if that name is
+// taken); MoveOut finds it there by its alias or MAC and restores it, and
+// Find reports it as ErrBusy until then. A veth end is destroyed with its
+// netns instead, and its peer with it: MoveOut then returns nil. Note the
+// initial netns, not the caller's: if podnic runs in a netns of its own,
+// a returned physical device does not land there.
+//
+// # What is tested where
+//
+// On the real kernel (root, namespaces the tests create): finding by MAC
+// and name, the moves and every failure path on veth pairs standing in
+// for ENIs, addresses, routes, sysctls, and the announcements, which the
+// fabric's kernel must accept. There is no SR-IOV hardware there: the
+// sysfs lookups run against a fake sysfs tree (Sysfs.Root in
+// t.TempDir()), and the PF's VF settings (the pfLinks interface) against
+// a fake PF. A VF's netdev moves by the same code as any netdev.
 package netdevice

@@ -40,4 +40,7 @@ if ! "$gobin/golangci-lint" version 2>/dev/null | grep -q "${GOLANGCI_VERSION#v}
 	GOFLAGS= go install "github.com/golangci/golangci-lint/v2/cmd/golangci-lint@$GOLANGCI_VERSION"
 fi
 
+# The VM tests boot Debian's 6.1 kernel (no TCX) under qemu.
+"$(dirname "$0")/setup-vm.sh"
+
 echo "setup.sh: done"

@@ -1,0 +1,453 @@
+package cni
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"os"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/containernetworking/cni/pkg/invoke"
+	"github.com/containernetworking/cni/pkg/skel"
+	"github.com/containernetworking/cni/pkg/types"
+	types100 "github.com/containernetworking/cni/pkg/types/100"
+
+	"github.com/podnic/podnic/bpf"
+	"github.com/podnic/podnic/ipam"
+	"github.com/podnic/podnic/netdevice"
+)
+
+// addExclusive moves the selected device into the pod and configures it.
+// Every step is undone, in reverse, when a later one fails: the device
+// goes back to the host as it was, no address stays held, no pin remains.
+func addExclusive(args *skel.CmdArgs, conf *Config, dp *bpf.Datapath) (*types100.Result, error) {
+	dev, err := netdevice.Find(selector(conf.Device))
+	if err != nil {
+		code := ErrCodeDevice
+		switch {
+		case errors.Is(err, netdevice.ErrNotFound):
+			code = ErrCodeDeviceNotFound
+		case errors.Is(err, netdevice.ErrBusy):
+			code = ErrCodeDeviceBusy
+		}
+		return nil, cniError(code, "finding the pod's device by "+conf.Device.String(), err)
+	}
+
+	st := &State{Network: conf.Network, ContainerID: args.ContainerID, Ifname: args.IfName, Netns: args.Netns,
+		Created: time.Now(), BPFRoot: conf.BPFRoot, AttachMode: string(conf.AttachMode), IPAMType: conf.IPAMType}
+	success := false
+	defer func() {
+		if !success {
+			if err := teardown(conf, st); err != nil {
+				slog.Error("rolling back a failed ADD", "container", args.ContainerID, "err", err)
+			}
+		}
+	}()
+
+	if dev.VF != nil && conf.VF != nil {
+		saved, err := netdevice.ConfigureVF(dev, netdevice.VFConfig{MAC: conf.VF.MAC, VLAN: conf.VF.VLAN, SpoofChk: conf.VF.SpoofChk, Trust: conf.VF.Trust})
+		if err != nil {
+			return nil, cniError(ErrCodeDevice, "configuring the VF through its PF", err)
+		}
+		st.VF = marshalRaw(saved)
+		if err := st.save(conf.StateDir); err != nil {
+			return nil, types.NewError(types.ErrIOFailure, "saving state", err.Error())
+		}
+		if err := failpoint("vf"); err != nil {
+			return nil, err
+		}
+	}
+
+	result := &types100.Result{CNIVersion: types100.ImplementedSpecVersion}
+	podIface := 0
+	if dev.DPDK {
+		// A VF bound to a userspace driver has no netdev to move: the pod
+		// gets its addresses and the device through its device plugin.
+		result.Interfaces = []*types100.Interface{{Name: args.IfName, Sandbox: args.Netns, PciID: dev.PCIAddress}}
+	} else {
+		saved, err := netdevice.MoveIn(dev, args.Netns, args.IfName, conf.MTU)
+		if err != nil {
+			return nil, cniError(ErrCodeDevice, "moving the device into the pod", err)
+		}
+		st.Device = marshalRaw(saved)
+		st.MAC = dev.MAC.String()
+		if err := st.save(conf.StateDir); err != nil {
+			return nil, types.NewError(types.ErrIOFailure, "saving state", err.Error())
+		}
+		result.Interfaces = []*types100.Interface{{Name: args.IfName, Mac: dev.MAC.String(), Mtu: podMTU(conf, dev), Sandbox: args.Netns, PciID: dev.PCIAddress}}
+		if err := failpoint("move"); err != nil {
+			return nil, err
+		}
+	}
+
+	ips, routes, err := allocate(args, conf)
+	if err != nil {
+		return nil, cniError(ErrCodeIPAM, "allocating addresses", err)
+	}
+	for _, ip := range ips {
+		st.Addresses = append(st.Addresses, ip.Address.String())
+		ip.Interface = &podIface
+	}
+	if err := st.save(conf.StateDir); err != nil {
+		return nil, types.NewError(types.ErrIOFailure, "saving state", err.Error())
+	}
+	result.IPs = ips
+	result.Routes = podRoutes(ips, routes, conf.ServiceCIDRs)
+	if err := failpoint("ipam"); err != nil {
+		return nil, err
+	}
+
+	if dev.DPDK {
+		success = true
+		return result, nil
+	}
+
+	if err := netdevice.ConfigureAddrs(args.Netns, args.IfName, prefixes(ips), netdeviceRoutes(result.Routes)); err != nil {
+		return nil, cniError(ErrCodeDevice, "configuring addresses and routes", err)
+	}
+	if err := failpoint("addrs"); err != nil {
+		return nil, err
+	}
+	if err := netdevice.PodSysctls(args.Netns); err != nil {
+		return nil, cniError(ErrCodeDevice, "setting pod sysctls", err)
+	}
+	if err := failpoint("sysctls"); err != nil {
+		return nil, err
+	}
+	if _, err := dp.AttachPod(args.Netns, args.IfName, owner(args.ContainerID, args.IfName), conf.AttachMode); err != nil {
+		return nil, cniError(ErrCodeDatapath, "attaching podnic's programs", err)
+	}
+	if err := failpoint("attach"); err != nil {
+		return nil, err
+	}
+	st.Attached = true
+	if err := st.save(conf.StateDir); err != nil {
+		return nil, types.NewError(types.ErrIOFailure, "saving state", err.Error())
+	}
+	if err := failpoint("state"); err != nil {
+		return nil, err
+	}
+	// Tell the fabric where the addresses live now; a lost announcement
+	// only costs the first peer an ARP round trip.
+	if err := netdevice.AnnounceAddrs(args.Netns, args.IfName, addrs(ips)); err != nil {
+		slog.Warn("announcing pod addresses", "container", args.ContainerID, "err", err)
+	}
+	success = true
+	slog.Info("pod got its NIC", "container", args.ContainerID, "device", dev.Name, "ifname", args.IfName)
+	return result, nil
+}
+
+func selector(d DeviceSelector) netdevice.Selector {
+	return netdevice.Selector{MAC: d.MAC, Name: d.Name, PCIAddress: d.PCIAddress, PFName: d.PFName, VFIndex: d.VFIndex, HasVFIndex: d.HasVFIndex}
+}
+
+func podMTU(conf *Config, dev *netdevice.Device) int {
+	if conf.MTU > 0 {
+		return conf.MTU
+	}
+	return dev.MTU
+}
+
+// podRoutes are the IPAM routes, a default route per family with a
+// gateway when IPAM gave none, and a route per Service CIDR. Each goes via
+// the gateway of its family: with an on-link route the pod would ARP for a
+// VIP and the packet would never reach tc.
+func podRoutes(ips []*types100.IPConfig, routes []*types.Route, serviceCIDRs []netip.Prefix) []*types.Route {
+	gw := map[bool]net.IP{}
+	for _, ip := range ips {
+		if ip.Gateway != nil {
+			gw[ip.Address.IP.To4() == nil] = ip.Gateway
+		}
+	}
+	var out []*types.Route
+	hasDefault := map[bool]bool{}
+	for _, r := range routes {
+		r := *r
+		v6 := r.Dst.IP.To4() == nil
+		if r.GW == nil {
+			r.GW = gw[v6]
+		}
+		if ones, _ := r.Dst.Mask.Size(); ones == 0 {
+			hasDefault[v6] = true
+		}
+		out = append(out, &r)
+	}
+	for _, v6 := range []bool{false, true} {
+		if gw[v6] != nil && !hasDefault[v6] {
+			dst := net.IPNet{IP: net.IPv4zero.To4(), Mask: net.CIDRMask(0, 32)}
+			if v6 {
+				dst = net.IPNet{IP: net.IPv6zero, Mask: net.CIDRMask(0, 128)}
+			}
+			out = append(out, &types.Route{Dst: dst, GW: gw[v6]})
+		}
+	}
+	for _, p := range serviceCIDRs {
+		v6 := p.Addr().Is6()
+		if gw[v6] == nil {
+			continue
+		}
+		out = append(out, &types.Route{Dst: net.IPNet{IP: p.Addr().AsSlice(), Mask: net.CIDRMask(p.Bits(), p.Addr().BitLen())}, GW: gw[v6]})
+	}
+	return out
+}
+
+func prefixes(ips []*types100.IPConfig) []netip.Prefix {
+	var out []netip.Prefix
+	for _, ip := range ips {
+		a, _ := netip.AddrFromSlice(ip.Address.IP)
+		ones, _ := ip.Address.Mask.Size()
+		out = append(out, netip.PrefixFrom(a.Unmap(), ones))
+	}
+	return out
+}
+
+func addrs(ips []*types100.IPConfig) []netip.Addr {
+	var out []netip.Addr
+	for _, p := range prefixes(ips) {
+		out = append(out, p.Addr())
+	}
+	return out
+}
+
+func netdeviceRoutes(rs []*types.Route) []netdevice.Route {
+	var out []netdevice.Route
+	for _, r := range rs {
+		a, _ := netip.AddrFromSlice(r.Dst.IP)
+		ones, _ := r.Dst.Mask.Size()
+		nr := netdevice.Route{Dst: netip.PrefixFrom(a.Unmap(), ones)}
+		if r.GW != nil {
+			gw, _ := netip.AddrFromSlice(r.GW)
+			nr.GW = gw.Unmap()
+			nr.OnLink = true
+		}
+		out = append(out, nr)
+	}
+	return out
+}
+
+// allocate gets the pod's addresses from podnic's IPAM or a delegated
+// IPAM plugin.
+func allocate(args *skel.CmdArgs, conf *Config) ([]*types100.IPConfig, []*types.Route, error) {
+	if conf.IPAMType == IPAMTypePodnic {
+		store, cfg, err := openPodnicIPAM(conf)
+		if err != nil {
+			return nil, nil, err
+		}
+		defer store.Close()
+		allocs, err := store.Allocate(ipam.Owner{ContainerID: args.ContainerID, Ifname: args.IfName})
+		if err != nil {
+			return nil, nil, err
+		}
+		var ips []*types100.IPConfig
+		for _, a := range allocs {
+			ip := &types100.IPConfig{Address: net.IPNet{IP: a.Addr.Addr().AsSlice(), Mask: net.CIDRMask(a.Addr.Bits(), a.Addr.Addr().BitLen())}}
+			if a.Gateway.IsValid() {
+				ip.Gateway = a.Gateway.AsSlice()
+			}
+			ips = append(ips, ip)
+		}
+		return ips, ipamRoutes(cfg), nil
+	}
+	r, err := execIPAM(args, conf, "ADD")
+	if err != nil {
+		return nil, nil, err
+	}
+	res, err := types100.NewResultFromResult(r)
+	if err != nil {
+		return nil, nil, fmt.Errorf("converting %s result: %w", conf.IPAMType, err)
+	}
+	if len(res.IPs) == 0 {
+		return nil, nil, fmt.Errorf("ipam plugin %s returned no address", conf.IPAMType)
+	}
+	return res.IPs, res.Routes, nil
+}
+
+// execIPAM runs the delegated IPAM plugin with explicit arguments, so DEL
+// and GC work from cached state whatever the caller's environment says.
+func execIPAM(args *skel.CmdArgs, conf *Config, cmd string) (types.Result, error) {
+	paths := strings.Split(os.Getenv("CNI_PATH"), string(os.PathListSeparator))
+	if args.Path != "" {
+		paths = strings.Split(args.Path, string(os.PathListSeparator))
+	}
+	plugin, err := invoke.FindInPath(conf.IPAMType, paths)
+	if err != nil {
+		return nil, fmt.Errorf("finding ipam plugin %s: %w", conf.IPAMType, err)
+	}
+	iargs := &invoke.Args{Command: cmd, ContainerID: args.ContainerID, NetNS: args.Netns, IfName: args.IfName, Path: strings.Join(paths, string(os.PathListSeparator))}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if cmd == "ADD" {
+		return invoke.ExecPluginWithResult(ctx, plugin, conf.raw, iargs, nil)
+	}
+	return nil, invoke.ExecPluginWithoutResult(ctx, plugin, conf.raw, iargs, nil)
+}
+
+func openPodnicIPAM(conf *Config) (*ipam.Store, *ipam.Config, error) {
+	cfg, err := ipam.ParseConfig(conf.raw)
+	if err != nil {
+		return nil, nil, fmt.Errorf("%w: %w", ErrInvalidConfig, err)
+	}
+	store, err := ipam.Open(cfg)
+	if err != nil {
+		return nil, nil, err
+	}
+	return store, cfg, nil
+}
+
+func ipamRoutes(cfg *ipam.Config) []*types.Route {
+	var out []*types.Route
+	for _, r := range cfg.Routes {
+		rt := &types.Route{Dst: net.IPNet{IP: r.Dst.Addr().AsSlice(), Mask: net.CIDRMask(r.Dst.Bits(), r.Dst.Addr().BitLen())}}
+		if r.GW.IsValid() {
+			rt.GW = r.GW.AsSlice()
+		}
+		out = append(out, rt)
+	}
+	return out
+}
+
+// releaseAddresses gives the pod's addresses back, from cached state.
+func releaseAddresses(conf *Config, st *State) error {
+	typ := st.IPAMType
+	if typ == "" {
+		typ = conf.IPAMType
+	}
+	if typ == IPAMTypePodnic {
+		store, _, err := openPodnicIPAM(conf)
+		if err != nil {
+			return fmt.Errorf("releasing addresses: %w", err)
+		}
+		defer store.Close()
+		if err := store.Release(ipam.Owner{ContainerID: st.ContainerID, Ifname: st.Ifname}); err != nil {
+			return fmt.Errorf("releasing addresses: %w", err)
+		}
+		return nil
+	}
+	if typ == "" {
+		return nil
+	}
+	c := *conf
+	c.IPAMType = typ
+	if _, err := execIPAM(&skel.CmdArgs{ContainerID: st.ContainerID, Netns: st.Netns, IfName: st.Ifname}, &c, "DEL"); err != nil {
+		return fmt.Errorf("releasing addresses through %s: %w", typ, err)
+	}
+	return nil
+}
+
+// gcAddresses lets the IPAM release what no valid attachment holds.
+func gcAddresses(conf *Config) error {
+	if conf.IPAMType != IPAMTypePodnic {
+		// Delegated IPAM plugins implement GC themselves (1.1.0); the
+		// runtime calls them through the conflist.
+		return nil
+	}
+	store, _, err := openPodnicIPAM(conf)
+	if err != nil {
+		return fmt.Errorf("collecting addresses: %w", err)
+	}
+	defer store.Close()
+	var valid []ipam.Owner
+	for _, a := range conf.ValidAttach {
+		valid = append(valid, ipam.Owner{ContainerID: a.ContainerID, Ifname: a.IfName})
+	}
+	if _, err := store.GC(valid); err != nil {
+		return fmt.Errorf("collecting addresses: %w", err)
+	}
+	return nil
+}
+
+// releaseDevice returns the pod's device to the host as it was.
+func releaseDevice(st *State, netns string) error {
+	var errs []error
+	if len(st.Device) > 0 {
+		var saved netdevice.Saved
+		if err := json.Unmarshal(st.Device, &saved); err != nil {
+			return fmt.Errorf("decoding saved device: %w", err)
+		}
+		if err := netdevice.MoveOut(netns, st.Ifname, &saved); err != nil {
+			errs = append(errs, fmt.Errorf("returning the device to the host: %w", err))
+		}
+	}
+	if len(st.VF) > 0 {
+		var saved netdevice.VFSaved
+		if err := json.Unmarshal(st.VF, &saved); err != nil {
+			return fmt.Errorf("decoding saved VF settings: %w", err)
+		}
+		if err := netdevice.RestoreVF(&saved); err != nil {
+			errs = append(errs, fmt.Errorf("restoring VF settings: %w", err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// checkDevice verifies the device is in the pod with its MAC, addresses
+// and a default route through it.
+func checkDevice(args *skel.CmdArgs, st *State) error {
+	var mac net.HardwareAddr
+	var have []netip.Prefix
+	var defaultRoute bool
+	err := netdevice.InNetns(args.Netns, func() error {
+		ifc, err := net.InterfaceByName(args.IfName)
+		if err != nil {
+			return err
+		}
+		mac = ifc.HardwareAddr
+		as, err := ifc.Addrs()
+		if err != nil {
+			return err
+		}
+		for _, a := range as {
+			if p, err := netip.ParsePrefix(a.String()); err == nil {
+				have = append(have, p)
+			}
+		}
+		defaultRoute = hasDefaultRoute(args.IfName)
+		return nil
+	})
+	if err != nil {
+		return types.NewError(ErrCodeDevice, "device missing from the pod", err.Error())
+	}
+	if st.MAC != "" && !strings.EqualFold(mac.String(), st.MAC) {
+		return types.NewError(ErrCodeDevice, "device changed", fmt.Sprintf("%s has MAC %s, podnic gave it %s", args.IfName, mac, st.MAC))
+	}
+	for _, a := range st.Addresses {
+		p, err := netip.ParsePrefix(a)
+		if err != nil {
+			continue
+		}
+		if !slices.Contains(have, p) {
+			return types.NewError(ErrCodeDevice, "address missing", fmt.Sprintf("%s lacks %s", args.IfName, a))
+		}
+	}
+	if !defaultRoute {
+		return types.NewError(ErrCodeDevice, "route missing", fmt.Sprintf("no default route via %s in the pod", args.IfName))
+	}
+	return nil
+}
+
+// hasDefaultRoute reads the calling thread's IPv4 and IPv6 route tables.
+func hasDefaultRoute(ifname string) bool {
+	if b, err := os.ReadFile("/proc/thread-self/net/route"); err == nil {
+		for _, line := range strings.Split(string(b), "\n")[1:] {
+			f := strings.Fields(line)
+			if len(f) > 7 && f[0] == ifname && f[1] == "00000000" && f[7] == "00000000" {
+				return true
+			}
+		}
+	}
+	if b, err := os.ReadFile("/proc/thread-self/net/ipv6_route"); err == nil {
+		for _, line := range strings.Split(string(b), "\n") {
+			f := strings.Fields(line)
+			if len(f) == 10 && f[0] == strings.Repeat("0", 32) && f[1] == "00" && f[9] == ifname {
+				return true
+			}
+		}
+	}
+	return false
+}

@@ -1,0 +1,150 @@
+package cni
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"regexp"
+	"sort"
+	"strings"
+	"time"
+)
+
+// State is what ADD leaves for DEL, CHECK and GC: enough to undo every
+// step even when the runtime no longer knows the netns or the device.
+// It is written atomically after each step of ADD that changes the host.
+type State struct {
+	Version     int       `json:"version"`
+	Network     string    `json:"network"`
+	ContainerID string    `json:"containerID"`
+	Ifname      string    `json:"ifname"`
+	Netns       string    `json:"netns"`
+	Chained     bool      `json:"chained"`
+	Created     time.Time `json:"created"`
+
+	// Exclusive mode: the device as it was on the host, for MoveOut.
+	Device json.RawMessage `json:"device,omitempty"`
+	// VF settings as they were, for restoring them through the PF.
+	VF json.RawMessage `json:"vf,omitempty"`
+	// MAC is the pod NIC's address, for CHECK.
+	MAC string `json:"mac,omitempty"`
+
+	IPAMType  string   `json:"ipamType,omitempty"`
+	Addresses []string `json:"addresses,omitempty"` // CIDR notation
+
+	BPFRoot    string `json:"bpfRoot"`
+	AttachMode string `json:"attachMode,omitempty"`
+	Attached   bool   `json:"attached"`
+}
+
+const stateVersion = 1
+
+var unsafeName = regexp.MustCompile(`[^A-Za-z0-9_-]`)
+
+// owner is the key of an attachment in bpffs and in the state dir: the
+// container id and interface, made safe for bpffs (no dots).
+func owner(containerID, ifname string) string {
+	o := unsafeName.ReplaceAllString(containerID, "_") + "--" + unsafeName.ReplaceAllString(ifname, "_")
+	if len(o) > 128 {
+		o = o[:128]
+	}
+	return o
+}
+
+func statePath(dir, network, containerID, ifname string) string {
+	return filepath.Join(dir, unsafeName.ReplaceAllString(network, "_"), owner(containerID, ifname)+".json")
+}
+
+// save writes the state atomically: a crash leaves the old or the new
+// state, never a torn one.
+func (s *State) save(dir string) error {
+	s.Version = stateVersion
+	path := statePath(dir, s.Network, s.ContainerID, s.Ifname)
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+		return fmt.Errorf("creating state dir: %w", err)
+	}
+	b, err := json.MarshalIndent(s, "", "  ")
+	if err != nil {
+		return fmt.Errorf("encoding state: %w", err)
+	}
+	tmp, err := os.CreateTemp(filepath.Dir(path), ".state-*")
+	if err != nil {
+		return fmt.Errorf("writing state: %w", err)
+	}
+	defer os.Remove(tmp.Name())
+	if _, err := tmp.Write(b); err != nil {
+		tmp.Close()
+		return fmt.Errorf("writing state: %w", err)
+	}
+	if err := tmp.Sync(); err != nil {
+		tmp.Close()
+		return fmt.Errorf("syncing state: %w", err)
+	}
+	if err := tmp.Close(); err != nil {
+		return fmt.Errorf("writing state: %w", err)
+	}
+	if err := os.Rename(tmp.Name(), path); err != nil {
+		return fmt.Errorf("writing state: %w", err)
+	}
+	if d, err := os.Open(filepath.Dir(path)); err == nil {
+		_ = d.Sync()
+		d.Close()
+	}
+	return nil
+}
+
+// loadState reads the state of one attachment; a missing state is
+// (nil, nil).
+func loadState(dir, network, containerID, ifname string) (*State, error) {
+	b, err := os.ReadFile(statePath(dir, network, containerID, ifname))
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("reading state: %w", err)
+	}
+	var s State
+	if err := json.Unmarshal(b, &s); err != nil {
+		return nil, fmt.Errorf("decoding state %s: %w", statePath(dir, network, containerID, ifname), err)
+	}
+	return &s, nil
+}
+
+func removeState(dir, network, containerID, ifname string) error {
+	err := os.Remove(statePath(dir, network, containerID, ifname))
+	if err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("removing state: %w", err)
+	}
+	return nil
+}
+
+// listStates returns every attachment state of a network, oldest first.
+func listStates(dir, network string) ([]*State, error) {
+	netDir := filepath.Join(dir, unsafeName.ReplaceAllString(network, "_"))
+	entries, err := os.ReadDir(netDir)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("listing states: %w", err)
+	}
+	var out []*State
+	for _, e := range entries {
+		if !strings.HasSuffix(e.Name(), ".json") {
+			continue
+		}
+		b, err := os.ReadFile(filepath.Join(netDir, e.Name()))
+		if err != nil {
+			return nil, fmt.Errorf("reading state: %w", err)
+		}
+		var s State
+		if err := json.Unmarshal(b, &s); err != nil {
+			continue // a foreign file; leave it
+		}
+		out = append(out, &s)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Created.Before(out[j].Created) })
+	return out, nil
+}

@@ -1,0 +1,263 @@
+package cni_test
+
+import (
+	"bufio"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"slices"
+	"sort"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/podnic/podnic/bpf"
+	"github.com/podnic/podnic/netdevice"
+)
+
+// serve answers every TCP connection on port inside the pod with the pod's
+// name, until the test ends.
+func serve(t *testing.T, p pod, port int) {
+	t.Helper()
+	var ln net.Listener
+	err := netdevice.InNetns(p.netns, func() error {
+		var err error
+		ln, err = net.Listen("tcp", fmt.Sprintf(":%d", port))
+		return err
+	})
+	if err != nil {
+		t.Fatalf("listening in %s: %v", p.name, err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			fmt.Fprintf(c, "%s\n", p.name)
+			c.Close()
+		}
+	}()
+}
+
+// ask connects from inside the pod and returns the first line answered.
+func ask(t *testing.T, p pod, addr netip.AddrPort) (string, error) {
+	t.Helper()
+	var c net.Conn
+	err := netdevice.InNetns(p.netns, func() error {
+		var err error
+		c, err = net.DialTimeout("tcp", addr.String(), 5*time.Second)
+		return err
+	})
+	if err != nil {
+		return "", err
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(5 * time.Second))
+	line, err := bufio.NewReader(c).ReadString('\n')
+	if err != nil && !errors.Is(err, io.EOF) {
+		return "", err
+	}
+	return strings.TrimSpace(line), nil
+}
+
+func podAddr(t *testing.T, ips []string, v6 bool) netip.Addr {
+	t.Helper()
+	for _, s := range ips {
+		p := netip.MustParsePrefix(s)
+		if p.Addr().Is6() == v6 {
+			return p.Addr()
+		}
+	}
+	t.Fatalf("no %v address in %v", v6, ips)
+	return netip.Addr{}
+}
+
+func TestClusterIPAndSelfAccessWorkFromAPluginPod(t *testing.T) {
+	n := newNode(t)
+	client, server := n.addPod("client"), n.addPod("server")
+	addrsOf := map[string][]string{}
+	for i, p := range []pod{client, server} {
+		e := n.addENI(i + 1)
+		l := n.list(n.conf("1.1.0", map[string]any{"deviceMAC": e.mac.String()}))
+		r, err := n.add(l, p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = n.del(l, p) })
+		for _, ip := range r.IPs {
+			addrsOf[p.name] = append(addrsOf[p.name], ip.Address.String())
+		}
+		serve(t, p, 8080)
+	}
+	id := uint32(1)
+	for _, v6 := range []bool{false, true} {
+		vip, self := netip.MustParseAddr("10.96.0.10"), netip.MustParseAddr("10.96.0.11")
+		if v6 {
+			vip, self = netip.MustParseAddr("fd00:96::10"), netip.MustParseAddr("fd00:96::11")
+		}
+		for _, s := range []struct {
+			vip     netip.Addr
+			backend pod
+		}{{vip, server}, {self, client}} {
+			b := netip.AddrPortFrom(podAddr(t, addrsOf[s.backend.name], v6), 8080)
+			err := n.dp.Maps.UpsertService(bpf.ServiceEntry{
+				Frontend: bpf.Frontend{VIP: s.vip, Port: 80, Proto: bpf.TCP}, ID: id,
+				Backends: []bpf.BackendEntry{{ID: id, Addr: b}},
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			id++
+			got, err := ask(t, client, netip.AddrPortFrom(s.vip, 80))
+			if err != nil {
+				t.Fatalf("connecting to %s from the plugin's pod: %v", s.vip, err)
+			}
+			if got != s.backend.name {
+				t.Errorf("%s answered by %q, want %s", s.vip, got, s.backend.name)
+			}
+		}
+	}
+	// The translation really ran in the pod's programs.
+	for _, r := range []bpf.Reason{bpf.ReasonDNATNew, bpf.ReasonSelf} {
+		if c, _ := n.dp.Maps.Verdicts(bpf.DirFromPod, r); c == 0 {
+			t.Errorf("no %s verdict counted", r)
+		}
+	}
+}
+
+func TestChainedAfterHostDeviceAttachesAndDetaches(t *testing.T) {
+	n := newNode(t)
+	e := n.addENI(1)
+	p := n.addPod("pod")
+	first := []byte(fmt.Sprintf(`{"cniVersion":"1.1.0","name":"eni-pool","type":"host-device","device":%q,
+		"ipam":{"type":"static","addresses":[{"address":"10.1.0.77/24","gateway":"10.1.0.1"}],"routes":[{"dst":"0.0.0.0/0","gw":"10.1.0.1"}]}}`, e.name))
+	second := n.conf("1.1.0", map[string]any{"ipam": nil, "chained": true})
+	l := n.list(first, second)
+	r, err := n.add(l, p)
+	if err != nil {
+		t.Fatalf("ADD: %v", err)
+	}
+	if len(r.IPs) != 1 || r.IPs[0].Address.String() != "10.1.0.77/24" {
+		t.Errorf("chained result lost the earlier plugin's address: %+v", r.IPs)
+	}
+	if got := attachedPrograms(t, p, "eth0"); !slices.Equal(got, []string{"egress:podnic_from_pod", "ingress:podnic_to_pod"}) {
+		t.Errorf("programs on eth0: %v", got)
+	}
+	if err := n.cni.CheckNetworkList(t.Context(), l, p.rt()); err != nil {
+		t.Errorf("CHECK: %v", err)
+	}
+	if err := n.del(l, p); err != nil {
+		t.Fatalf("DEL: %v", err)
+	}
+	if as := n.pins(t); len(as) != 0 {
+		t.Errorf("pins left: %+v", as)
+	}
+	if _, ok := link(t, "", e.name); !ok {
+		t.Error("host-device did not return the ENI")
+	}
+}
+
+func TestChainedWithoutPrevResultIsRefused(t *testing.T) {
+	n := newNode(t)
+	p := n.addPod("pod")
+	_, err := n.add(n.list(n.conf("1.1.0", map[string]any{"ipam": nil, "chained": true})), p)
+	if err == nil || !strings.Contains(err.Error(), "prevResult") {
+		t.Errorf("chained ADD without an earlier plugin: %v", err)
+	}
+}
+
+func TestUpstreamIPAMPluginsServeThePod(t *testing.T) {
+	for _, c := range []struct {
+		name string
+		ipam map[string]any
+		want string
+	}{
+		{"host-local", map[string]any{"type": "host-local", "ranges": [][]map[string]string{{{"subnet": "10.1.0.0/24", "rangeStart": "10.1.0.100", "rangeEnd": "10.1.0.120", "gateway": "10.1.0.1"}}}}, "10.1.0.100/24"},
+		{"static", map[string]any{"type": "static", "addresses": []map[string]string{{"address": "10.1.0.88/24", "gateway": "10.1.0.1"}}}, "10.1.0.88/24"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			n := newNode(t)
+			if c.name == "host-local" {
+				c.ipam["dataDir"] = t.TempDir()
+			}
+			e := n.addENI(1)
+			p := n.addPod("pod")
+			l := n.list(n.conf("1.1.0", map[string]any{"deviceMAC": e.mac.String(), "ipam": c.ipam}))
+			r, err := n.add(l, p)
+			if err != nil {
+				t.Fatalf("ADD: %v", err)
+			}
+			if len(r.IPs) != 1 || r.IPs[0].Address.String() != c.want {
+				t.Errorf("IPs %+v, want %s", r.IPs, c.want)
+			}
+			in, _ := link(t, p.name, "eth0")
+			if !slices.Contains(in.addrs(), c.want) {
+				t.Errorf("pod eth0 has %v, want %s", in.addrs(), c.want)
+			}
+			if !strings.Contains(routes(t, p.name, false), "default via 10.1.0.1 dev eth0") {
+				t.Errorf("no default route via the gateway:\n%s", routes(t, p.name, false))
+			}
+			if err := n.del(l, p); err != nil {
+				t.Fatalf("DEL: %v", err)
+			}
+			expectBackOnHost(t, e)
+			if c.name == "host-local" {
+				// host-local released the address: ADD again gets it again.
+				p2 := n.addPod("again")
+				r2, err := n.add(l, p2)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if r2.IPs[0].Address.String() != c.want && r2.IPs[0].Address.String() != "10.1.0.101/24" {
+					t.Errorf("second ADD got %s", r2.IPs[0].Address.String())
+				}
+				_ = n.del(l, p2)
+			}
+		})
+	}
+}
+
+// BenchmarkAddDel runs ADD then DEL through libcni, as a runtime does, and
+// reports the p50 and p99 latency of each. Run with -benchtime 200x.
+func BenchmarkAddDel(b *testing.B) {
+	n := newNode(b)
+	e := n.addENI(1)
+	l := n.list(n.conf("1.1.0", map[string]any{"deviceMAC": e.mac.String()}))
+	var adds, dels []time.Duration
+	for i := 0; b.Loop(); i++ {
+		b.StopTimer()
+		p := n.addPod(fmt.Sprintf("b%d", i))
+		b.StartTimer()
+		start := time.Now()
+		if _, err := n.cni.AddNetworkList(b.Context(), l, p.rt()); err != nil {
+			b.Fatal(err)
+		}
+		adds = append(adds, time.Since(start))
+		start = time.Now()
+		if err := n.cni.DelNetworkList(b.Context(), l, p.rt()); err != nil {
+			b.Fatal(err)
+		}
+		dels = append(dels, time.Since(start))
+		b.StopTimer()
+		sh(b, "ip", "netns", "del", p.name)
+		b.StartTimer()
+	}
+	b.ReportMetric(pct(adds, 50), "add-p50-ms")
+	b.ReportMetric(pct(adds, 99), "add-p99-ms")
+	b.ReportMetric(pct(dels, 50), "del-p50-ms")
+	b.ReportMetric(pct(dels, 99), "del-p99-ms")
+}
+
+func pct(ds []time.Duration, p int) float64 {
+	s := slices.Clone(ds)
+	sort.Slice(s, func(i, j int) bool { return s[i] < s[j] })
+	i := (len(s)*p + 99) / 100
+	if i > 0 {
+		i--
+	}
+	return float64(s[i].Microseconds()) / 1000
+}
