@@ -27,6 +27,8 @@ import (
 // Every step is undone, in reverse, when a later one fails: the device
 // goes back to the host as it was, no address stays held, no pin remains.
 func addExclusive(args *skel.CmdArgs, conf *Config, dp *bpf.Datapath) (*types100.Result, error) {
+	steps := newStepTimer()
+	defer steps.log(args.ContainerID)
 	dev, err := netdevice.Find(selector(conf.Device))
 	if err != nil {
 		code := ErrCodeDevice
@@ -59,6 +61,7 @@ func addExclusive(args *skel.CmdArgs, conf *Config, dp *bpf.Datapath) (*types100
 		if err := st.save(conf.StateDir); err != nil {
 			return nil, types.NewError(types.ErrIOFailure, "saving state", err.Error())
 		}
+		steps.mark("vf")
 		if err := failpoint("vf"); err != nil {
 			return nil, err
 		}
@@ -81,6 +84,7 @@ func addExclusive(args *skel.CmdArgs, conf *Config, dp *bpf.Datapath) (*types100
 			return nil, types.NewError(types.ErrIOFailure, "saving state", err.Error())
 		}
 		result.Interfaces = []*types100.Interface{{Name: args.IfName, Mac: dev.MAC.String(), Mtu: podMTU(conf, dev), Sandbox: args.Netns, PciID: dev.PCIAddress}}
+		steps.mark("move")
 		if err := failpoint("move"); err != nil {
 			return nil, err
 		}
@@ -99,6 +103,7 @@ func addExclusive(args *skel.CmdArgs, conf *Config, dp *bpf.Datapath) (*types100
 	}
 	result.IPs = ips
 	result.Routes = podRoutes(ips, routes, conf.ServiceCIDRs)
+	steps.mark("ipam")
 	if err := failpoint("ipam"); err != nil {
 		return nil, err
 	}
@@ -111,18 +116,21 @@ func addExclusive(args *skel.CmdArgs, conf *Config, dp *bpf.Datapath) (*types100
 	if err := netdevice.ConfigureAddrs(args.Netns, args.IfName, prefixes(ips), netdeviceRoutes(result.Routes)); err != nil {
 		return nil, cniError(ErrCodeDevice, "configuring addresses and routes", err)
 	}
+	steps.mark("addrs")
 	if err := failpoint("addrs"); err != nil {
 		return nil, err
 	}
 	if err := netdevice.PodSysctls(args.Netns); err != nil {
 		return nil, cniError(ErrCodeDevice, "setting pod sysctls", err)
 	}
+	steps.mark("sysctls")
 	if err := failpoint("sysctls"); err != nil {
 		return nil, err
 	}
 	if _, err := dp.AttachPod(args.Netns, args.IfName, owner(args.ContainerID, args.IfName), conf.AttachMode); err != nil {
 		return nil, cniError(ErrCodeDatapath, "attaching podnic's programs", err)
 	}
+	steps.mark("attach")
 	if err := failpoint("attach"); err != nil {
 		return nil, err
 	}
@@ -130,6 +138,7 @@ func addExclusive(args *skel.CmdArgs, conf *Config, dp *bpf.Datapath) (*types100
 	if err := st.save(conf.StateDir); err != nil {
 		return nil, types.NewError(types.ErrIOFailure, "saving state", err.Error())
 	}
+	steps.mark("state")
 	if err := failpoint("state"); err != nil {
 		return nil, err
 	}
@@ -138,6 +147,7 @@ func addExclusive(args *skel.CmdArgs, conf *Config, dp *bpf.Datapath) (*types100
 	if err := netdevice.AnnounceAddrs(args.Netns, args.IfName, addrs(ips)); err != nil {
 		slog.Warn("announcing pod addresses", "container", args.ContainerID, "err", err)
 	}
+	steps.mark("announce")
 	success = true
 	slog.Info("pod got its NIC", "container", args.ContainerID, "device", dev.Name, "ifname", args.IfName)
 	return result, nil
@@ -450,4 +460,26 @@ func hasDefaultRoute(ifname string) bool {
 		}
 	}
 	return false
+}
+
+// stepTimer records how long each step of ADD took, logged at debug level
+// (PODNIC_LOG_LEVEL=debug) so an operator can see where the time goes.
+type stepTimer struct {
+	start, last time.Time
+	fields      []any
+}
+
+func newStepTimer() *stepTimer {
+	now := time.Now()
+	return &stepTimer{start: now, last: now}
+}
+
+func (s *stepTimer) mark(step string) {
+	now := time.Now()
+	s.fields = append(s.fields, step, now.Sub(s.last).Round(10*time.Microsecond))
+	s.last = now
+}
+
+func (s *stepTimer) log(container string) {
+	slog.Debug("ADD steps", append([]any{"container", container, "total", time.Since(s.start).Round(10 * time.Microsecond)}, s.fields...)...)
 }

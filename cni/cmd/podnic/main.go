@@ -23,6 +23,10 @@ func init() {
 
 func main() {
 	// stdout carries the CNI result; logs go to stderr, which runtimes log.
-	slog.SetDefault(slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})))
+	level := slog.LevelWarn
+	if l := os.Getenv("PODNIC_LOG_LEVEL"); l != "" {
+		_ = level.UnmarshalText([]byte(l))
+	}
+	slog.SetDefault(slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level})))
 	skel.PluginMainFuncs(cni.Funcs(), cni.SupportedVersions, "podnic CNI plugin "+version)
 }
