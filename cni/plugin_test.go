@@ -208,52 +208,62 @@ func TestResultIsPrintedInTheConfigVersion(t *testing.T) {
 }
 
 func TestDelIsIdempotentAndSurvivesAMissingNetnsOrDevice(t *testing.T) {
-	for _, c := range []string{"twice", "netns-gone", "device-gone", "never-added"} {
-		t.Run(c, func(t *testing.T) {
-			n := newNode(t)
-			e := n.addENI(1)
-			p := n.addPod("pod")
-			l := n.list(n.conf("1.1.0", map[string]any{"deviceMAC": e.mac.String()}))
-			if c != "never-added" {
-				if _, err := n.add(l, p); err != nil {
-					t.Fatal(err)
-				}
-			}
-			switch c {
-			case "netns-gone":
-				// A veth end dies with its netns; a physical ENI would come
-				// back to the host. Either way DEL must succeed.
-				sh(t, "ip", "netns", "del", p.name)
-			case "device-gone":
-				sh(t, "ip", "-n", p.name, "link", "del", "eth0")
-			}
-			for i := range 2 {
-				if err := n.del(l, p); err != nil {
-					t.Fatalf("DEL %d: %v", i+1, err)
-				}
-			}
-			if as := n.pins(t); len(as) != 0 {
-				t.Errorf("pins left: %+v", as)
-			}
-			if c == "twice" {
-				expectBackOnHost(t, e)
-			}
-			if held := n.heldAddresses(); len(held) != 0 {
-				t.Errorf("addresses still held: %v", held)
-			}
-			// The next pod, on another ENI, gets its addresses.
-			e2 := n.addENI(2)
-			p2 := n.addPod("pod2")
-			l2 := n.list(n.conf("1.1.0", map[string]any{"deviceMAC": e2.mac.String()}))
-			if _, err := n.add(l2, p2); err != nil {
-				t.Fatal(err)
-			}
-			_ = n.del(l2, p2)
-		})
+	for _, v := range versions {
+		for _, c := range []string{"twice", "netns-gone", "device-gone", "never-added"} {
+			t.Run(v+"/"+c, func(t *testing.T) { delCase(t, v, c) })
+		}
 	}
 }
 
+func delCase(t *testing.T, v, c string) {
+	n := newNode(t)
+	e := n.addENI(1)
+	p := n.addPod("pod")
+	l := n.list(n.conf(v, map[string]any{"deviceMAC": e.mac.String()}))
+	if c != "never-added" {
+		if _, err := n.add(l, p); err != nil {
+			t.Fatal(err)
+		}
+	}
+	switch c {
+	case "netns-gone":
+		// A veth end dies with its netns; a physical ENI would come
+		// back to the host. Either way DEL must succeed.
+		sh(t, "ip", "netns", "del", p.name)
+	case "device-gone":
+		sh(t, "ip", "-n", p.name, "link", "del", "eth0")
+	}
+	for i := range 2 {
+		if err := n.del(l, p); err != nil {
+			t.Fatalf("DEL %d: %v", i+1, err)
+		}
+	}
+	if as := n.pins(t); len(as) != 0 {
+		t.Errorf("pins left: %+v", as)
+	}
+	if c == "twice" {
+		expectBackOnHost(t, e)
+	}
+	if held := n.heldAddresses(); len(held) != 0 {
+		t.Errorf("addresses still held: %v", held)
+	}
+	// The next pod, on another ENI, gets its addresses.
+	e2 := n.addENI(2)
+	p2 := n.addPod("pod2")
+	l2 := n.list(n.conf(v, map[string]any{"deviceMAC": e2.mac.String()}))
+	if _, err := n.add(l2, p2); err != nil {
+		t.Fatal(err)
+	}
+	_ = n.del(l2, p2)
+}
+
 func TestBadConfigIsRefusedAndChangesNothing(t *testing.T) {
+	for _, v := range versions {
+		t.Run(v, func(t *testing.T) { badConfigCases(t, v) })
+	}
+}
+
+func badConfigCases(t *testing.T, v string) {
 	n := newNode(t)
 	e := n.addENI(1)
 	p := n.addPod("pod")
@@ -277,7 +287,7 @@ func TestBadConfigIsRefusedAndChangesNothing(t *testing.T) {
 		{"datapath not loaded", map[string]any{"deviceMAC": e.mac.String(), "bpfRoot": "/sys/fs/bpf/podnic-nowhere"}, types.ErrTryAgainLater, "not ready"},
 	} {
 		t.Run(c.name, func(t *testing.T) {
-			_, err := n.add(n.list(n.conf("1.1.0", c.over)), p)
+			_, err := n.add(n.list(n.conf(v, c.over)), p)
 			if err == nil {
 				t.Fatal("ADD succeeded")
 			}
@@ -362,6 +372,34 @@ func TestGCReleasesOnlyWhatIsNotValid(t *testing.T) {
 	if err := n.del(lists[1], pods[1]); err != nil {
 		t.Fatal(err)
 	}
+}
+
+func TestVersionListsEverySupportedVersion(t *testing.T) {
+	n := newNode(t)
+	info, err := n.cni.GetVersionInfo(t.Context(), "podnic")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := info.SupportedVersions(); !slices.Equal(got, versions) {
+		t.Errorf("VERSION says %v, want %v", got, versions)
+	}
+}
+
+func TestDeviceIsFoundByName(t *testing.T) {
+	n := newNode(t)
+	e := n.addENI(1)
+	p := n.addPod("pod")
+	l := n.list(n.conf("1.1.0", map[string]any{"deviceName": e.name}))
+	if _, err := n.add(l, p); err != nil {
+		t.Fatal(err)
+	}
+	if in, ok := link(t, p.name, "eth0"); !ok || !strings.EqualFold(in.Address, e.mac.String()) {
+		t.Errorf("eth0 in the pod: %+v", in)
+	}
+	if err := n.del(l, p); err != nil {
+		t.Fatal(err)
+	}
+	expectBackOnHost(t, e)
 }
 
 func TestStatusIsReadyOnlyWithTheDatapathLoaded(t *testing.T) {
