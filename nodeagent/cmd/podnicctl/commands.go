@@ -12,7 +12,7 @@ import (
 	"time"
 
 	"github.com/podnic/podnic/bpf"
-	"golang.org/x/sys/unix"
+	"github.com/podnic/podnic/nodeagent/localapi"
 )
 
 func newFlags(name string) *flag.FlagSet {
@@ -130,6 +130,8 @@ func cmdAttachments(g globals, args []string) error {
 			return errors.New("attachments: --netns and --ifname go together")
 		}
 		as, err = bpf.QueryInterface(*netns, *ifname)
+	} else if c := g.agent(); c != nil {
+		err = c.Get(localapi.PathAttachments, &as)
 	} else {
 		as, err = bpf.ListAttachments(g.root)
 	}
@@ -290,24 +292,33 @@ func cmdServiceList(g globals, args []string) error {
 	if err := noArgs(fs); err != nil {
 		return err
 	}
-	d, err := open(g)
-	if err != nil {
-		return err
+	var rows []localapi.ServiceRow
+	if c := g.agent(); c != nil {
+		if err := c.Get(localapi.PathServices, &rows); err != nil {
+			return err
+		}
+	} else {
+		d, err := open(g)
+		if err != nil {
+			return err
+		}
+		defer d.Close()
+		if rows, err = localapi.ServiceRows(d, nil); err != nil {
+			return err
+		}
 	}
-	defer d.Close()
-	services, err := d.Maps.ListServices()
-	if err != nil {
-		return err
+	if rows == nil {
+		rows = []localapi.ServiceRow{}
 	}
-	if services == nil {
-		services = []bpf.ServiceInfo{}
-	}
-	return g.emit(services, func(w *tabwriter.Writer) {
-		fmt.Fprintln(w, "ID\tFRONTEND\tAFFINITY\tBACKENDS")
-		for _, s := range services {
-			aff := "-"
+	return g.emit(rows, func(w *tabwriter.Writer) {
+		fmt.Fprintln(w, "ID\tFRONTEND\tTYPE\tSERVICE\tAFFINITY\tBACKENDS")
+		for _, s := range rows {
+			aff, svc := "-", s.Service
 			if s.Affinity > 0 {
 				aff = s.Affinity.String()
+			}
+			if svc == "" {
+				svc = "-"
 			}
 			var bs []string
 			for _, b := range s.Backends {
@@ -316,19 +327,9 @@ func cmdServiceList(g globals, args []string) error {
 			if len(bs) == 0 {
 				bs = []string{"none: rejected"}
 			}
-			fmt.Fprintf(w, "%d\t%s\t%s\t%s\n", s.ID, s.Frontend, aff, strings.Join(bs, ", "))
+			fmt.Fprintf(w, "%d\t%s\t%s\t%s\t%s\t%s\n", s.ID, s.String(), s.Type, svc, aff, strings.Join(bs, ", "))
 		}
 	})
-}
-
-type ctRow struct {
-	Proto     string `json:"proto"`
-	Client    string `json:"client"`
-	Frontend  string `json:"frontend"`
-	Backend   string `json:"backend"`
-	State     string `json:"state"`
-	ExpiresIn string `json:"expiresIn"`
-	ServiceID uint32 `json:"serviceID"`
 }
 
 func cmdCTList(g globals, args []string) error {
@@ -339,38 +340,24 @@ func cmdCTList(g globals, args []string) error {
 	if err := noArgs(fs); err != nil {
 		return err
 	}
-	d, err := open(g)
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	var ts unix.Timespec
-	if err := unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts); err != nil {
-		return fmt.Errorf("reading the monotonic clock: %w", err)
-	}
-	now := uint64(ts.Nano())
-	rows := []ctRow{}
-	var k bpf.CTKey
-	var e bpf.CTEntry
-	it := d.Maps.Conntrack.Iterate()
-	for it.Next(&k, &e) {
-		if k.Dir != bpf.CTForward || e.Expires <= now {
-			continue
+	var rows []localapi.CTRow
+	if c := g.agent(); c != nil {
+		if err := c.Get(localapi.PathConntrack, &rows); err != nil {
+			return err
 		}
-		rows = append(rows, ctRow{
-			Proto:     k.Proto.String(),
-			Client:    netip.AddrPortFrom(k.Src.IP(), k.Sport.Host()).String(),
-			Frontend:  netip.AddrPortFrom(k.Dst.IP(), k.Dport.Host()).String(),
-			Backend:   netip.AddrPortFrom(e.Addr.IP(), e.Port.Host()).String(),
-			State:     ctState(k.Proto, e.Flags),
-			ExpiresIn: (time.Duration(e.Expires-now) / time.Second * time.Second).String(),
-			ServiceID: e.ServiceID,
-		})
+	} else {
+		d, err := open(g)
+		if err != nil {
+			return err
+		}
+		defer d.Close()
+		if rows, err = localapi.CTRows(d); err != nil {
+			return err
+		}
 	}
-	if err := it.Err(); err != nil {
-		return fmt.Errorf("reading conntrack: %w", err)
+	if rows == nil {
+		rows = []localapi.CTRow{}
 	}
-	sort.Slice(rows, func(i, j int) bool { return rows[i].Client < rows[j].Client })
 	return g.emit(rows, func(w *tabwriter.Writer) {
 		fmt.Fprintln(w, "PROTO\tCLIENT\tFRONTEND\tBACKEND\tSTATE\tEXPIRES IN")
 		for _, r := range rows {
@@ -379,22 +366,79 @@ func cmdCTList(g globals, args []string) error {
 	})
 }
 
-func ctState(p bpf.Proto, flags uint8) string {
-	var s []string
-	switch {
-	case p != bpf.TCP:
-		s = append(s, "active")
-	case flags&bpf.CTClosing != 0:
-		s = append(s, "closing")
-	case flags&bpf.CTEstablished != 0:
-		s = append(s, "established")
-	default:
-		s = append(s, "syn-sent")
+func cmdStatus(g globals, args []string) error {
+	fs := newFlags("status")
+	if err := fs.Parse(args); err != nil {
+		return err
 	}
-	if flags&bpf.CTSelf != 0 {
-		s = append(s, "self")
+	if err := noArgs(fs); err != nil {
+		return err
 	}
-	return strings.Join(s, ",")
+	var st localapi.Status
+	if c := g.agent(); c != nil {
+		if err := c.Get(localapi.PathStatus, &st); err != nil {
+			return err
+		}
+	} else {
+		d, err := open(g)
+		if err != nil {
+			return err
+		}
+		defer d.Close()
+		st = localapi.Status{
+			BPFRoot: d.Root, AttachMode: "-", AttachedAs: map[string]int{}, Programs: localapi.Programs(d),
+			Maps: localapi.MapFill(d, nil), KPR: localapi.KubeProxyReplacement(),
+		}
+		services, err := d.Maps.ListServices()
+		if err != nil {
+			return err
+		}
+		st.Frontends = len(services)
+		as, err := bpf.ListAttachments(d.Root)
+		if err != nil {
+			return err
+		}
+		st.Attachments = len(as)
+		for _, a := range as {
+			st.AttachedAs[string(a.Mode)]++
+		}
+	}
+	return g.emit(st, func(w *tabwriter.Writer) {
+		if st.Agent {
+			fmt.Fprintf(w, "Agent:\tOK\tnode %s, zone %q, source %s\n", st.Node, st.Zone, st.Source)
+		} else {
+			fmt.Fprintf(w, "Agent:\tnot running\tread from the pins under %s\n", st.BPFRoot)
+		}
+		var modes []string
+		for m, n := range st.AttachedAs {
+			modes = append(modes, fmt.Sprintf("%s %d", m, n))
+		}
+		sort.Strings(modes)
+		fmt.Fprintf(w, "Attach mode:\t%s\t%d attach points: %s\n", st.AttachMode, st.Attachments, strings.Join(modes, ", "))
+		for _, p := range st.Programs {
+			fmt.Fprintf(w, "Program:\t%s\tid %d tag %s\n", p.Name, p.ID, p.Tag)
+		}
+		for _, m := range st.Maps {
+			fmt.Fprintf(w, "Map:\t%s\t%d/%d (%.1f%%)\n", m.Name, m.Entries, m.Capacity, 100*float64(m.Entries)/float64(max(m.Capacity, 1)))
+		}
+		if st.Agent {
+			fmt.Fprintf(w, "Services:\t%d\t%d frontends\n", st.Services, st.Frontends)
+		} else {
+			fmt.Fprintf(w, "Services:\t-\t%d frontends\n", st.Frontends)
+		}
+		switch s := st.LastSync; {
+		case s == nil && st.Agent:
+			fmt.Fprintf(w, "Last sync:\tnone yet\t\n")
+		case s != nil && s.Error != "":
+			fmt.Fprintf(w, "Last sync:\tFAILED %s ago\t%s\n", s.Age, s.Error)
+		case s != nil:
+			fmt.Fprintf(w, "Last sync:\t%s ago\ttook %s, %d writes, %d syncs\n", s.Age, s.Duration, s.Writes, s.Syncs)
+		}
+		fmt.Fprintln(w, "KubeProxyReplacement:")
+		for _, f := range st.KPR {
+			fmt.Fprintf(w, "  %s:\t%s\t%s\n", f.Name, f.State, f.Detail)
+		}
+	})
 }
 
 type verdictRow struct {

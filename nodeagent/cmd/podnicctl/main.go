@@ -1,8 +1,10 @@
 // Command podnicctl inspects and drives podnic's datapath on this node.
 //
-// Until podnic-agent serves its local API, podnicctl works on the pinned
-// programs and maps directly, so it also runs on a node without the agent
-// (the standalone demo does exactly that).
+// status, service list, ct list and attachments ask podnic-agent over its
+// root-only unix socket when the socket exists; otherwise, and for every
+// other command, podnicctl works on the pinned programs and maps directly,
+// so it also runs on a node without the agent (the standalone demo does
+// exactly that).
 package main
 
 import (
@@ -14,13 +16,16 @@ import (
 	"os"
 	"strings"
 	"text/tabwriter"
+
+	"github.com/podnic/podnic/nodeagent/localapi"
 )
 
 const usage = `podnicctl — podnic's datapath on this node
 
-Usage: podnicctl [--bpf-root DIR] [-o table|json] COMMAND [ARGS]
+Usage: podnicctl [--bpf-root DIR] [--socket PATH] [-o table|json] COMMAND [ARGS]
 
 Commands:
+  status                    datapath, maps, Services and the agent's last sync
   load                      load the datapath and pin it (keeps live maps)
   unload                    remove every podnic pin; detaches TCX links
   attach                    attach the programs to a pod's interface
@@ -36,8 +41,20 @@ Run 'podnicctl COMMAND -h' for a command's flags.
 
 type globals struct {
 	root   string
+	socket string
 	output string
 	out    io.Writer
+}
+
+// agent returns a client of podnic-agent when its socket exists.
+func (g globals) agent() *localapi.Client {
+	if g.socket == "" {
+		return nil
+	}
+	if c := localapi.NewClient(g.socket); c.Available() {
+		return c
+	}
+	return nil
 }
 
 func main() {
@@ -51,6 +68,7 @@ func run(args []string, out io.Writer) error {
 	g := globals{out: out}
 	fs := flag.NewFlagSet("podnicctl", flag.ContinueOnError)
 	fs.StringVar(&g.root, "bpf-root", "/sys/fs/bpf/podnic", "bpffs directory of podnic's pins")
+	fs.StringVar(&g.socket, "socket", localapi.DefaultSocket, "podnic-agent's socket; used when it exists (empty: never)")
 	fs.StringVar(&g.output, "o", "table", "output format: table or json")
 	fs.Usage = func() { fmt.Fprint(fs.Output(), usage) }
 	if err := fs.Parse(args); err != nil {
@@ -69,6 +87,8 @@ func run(args []string, out io.Writer) error {
 		cmd, rest = cmd+" "+rest[0], rest[1:]
 	}
 	switch cmd {
+	case "status":
+		return cmdStatus(g, rest)
 	case "load":
 		return cmdLoad(g, rest)
 	case "unload":

@@ -1,0 +1,419 @@
+package nodeagent
+
+import (
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	v1 "k8s.io/api/core/v1"
+	discovery "k8s.io/api/discovery/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/podnic/podnic/bpf"
+)
+
+// Address plan: ClusterIPs 10.96.0.0/16 and fd00:96::/108 as the test API
+// server hands out; endpoints in TEST-NET-1 192.0.2.0/24 and 2001:db8::/32.
+
+type svcOpt func(*v1.Service)
+
+func service(name string, ips []string, opts ...svcOpt) *v1.Service {
+	s := &v1.Service{
+		ObjectMeta: metav1.ObjectMeta{Namespace: "default", Name: name},
+		Spec: v1.ServiceSpec{
+			Type: v1.ServiceTypeClusterIP, ClusterIP: ips[0], ClusterIPs: ips,
+			Ports: []v1.ServicePort{{Name: "http", Port: 80, Protocol: v1.ProtocolTCP}},
+		},
+	}
+	for _, o := range opts {
+		o(s)
+	}
+	return s
+}
+
+func withPorts(ps ...v1.ServicePort) svcOpt { return func(s *v1.Service) { s.Spec.Ports = ps } }
+
+func withAffinity(secs int32) svcOpt {
+	return func(s *v1.Service) {
+		s.Spec.SessionAffinity = v1.ServiceAffinityClientIP
+		s.Spec.SessionAffinityConfig = &v1.SessionAffinityConfig{ClientIP: &v1.ClientIPConfig{TimeoutSeconds: &secs}}
+	}
+}
+
+type sliceEP struct {
+	addr                        string
+	node                        string
+	ready, serving, terminating bool
+}
+
+func up(addr string) sliceEP { return sliceEP{addr: addr, ready: true, serving: true} }
+
+func slice(svc, name string, ipv6 bool, port int32, eps ...sliceEP) *discovery.EndpointSlice {
+	at := discovery.AddressTypeIPv4
+	if ipv6 {
+		at = discovery.AddressTypeIPv6
+	}
+	pn, proto := "http", v1.ProtocolTCP
+	s := &discovery.EndpointSlice{
+		ObjectMeta: metav1.ObjectMeta{Namespace: "default", Name: name,
+			Labels: map[string]string{discovery.LabelServiceName: svc}},
+		AddressType: at,
+		Ports:       []discovery.EndpointPort{{Name: &pn, Port: &port, Protocol: &proto}},
+	}
+	for _, e := range eps {
+		r, sv, t := e.ready, e.serving, e.terminating
+		ep := discovery.Endpoint{Addresses: []string{e.addr},
+			Conditions: discovery.EndpointConditions{Ready: &r, Serving: &sv, Terminating: &t}}
+		if e.node != "" {
+			ep.NodeName = &e.node
+		}
+		s.Endpoints = append(s.Endpoints, ep)
+	}
+	return s
+}
+
+func testAgent(t testing.TB, m ServiceMaps) *Agent {
+	t.Helper()
+	a, err := NewAgent(m, Options{NodeName: "node-a", Log: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return a
+}
+
+func mustSync(t testing.TB, a *Agent) WriteStats {
+	t.Helper()
+	if err := a.SyncNow(); err != nil {
+		t.Fatal(err)
+	}
+	return a.Status().Writes
+}
+
+// programmed renders the fake maps as "frontend -> backends" lines, the
+// way a packet would resolve them.
+func programmed(f *fakeMaps) []string {
+	var out []string
+	for k, v := range f.st.Services {
+		if k.Proto == 0 {
+			if !slices.ContainsFunc(slices.Collect(mapKeys(f.st.Services)), func(o bpf.ServiceKey) bool { return o.Addr == k.Addr && o.Proto != 0 }) {
+				out = append(out, fmt.Sprintf("%s: marker without ports", k))
+			}
+			continue
+		}
+		if _, ok := f.st.Services[bpf.ServiceKey{Addr: k.Addr}]; !ok {
+			out = append(out, fmt.Sprintf("%s: no VIP marker", k))
+		}
+		var bs []string
+		for i := uint32(1); i <= uint32(v.Count); i++ {
+			b := f.st.Backends[f.st.Slots[bpf.SlotKey{ServiceID: v.ID, Slot: i}]]
+			s := netip.AddrPortFrom(b.Addr.IP(), b.Port.Host()).String()
+			if b.State == bpf.BackendTerminating {
+				s += "(terminating)"
+			}
+			bs = append(bs, s)
+		}
+		slices.Sort(bs)
+		line := fmt.Sprintf("%s -> %s", k, strings.Join(bs, " "))
+		if v.Flags&bpf.ServiceAffinity != 0 {
+			line += fmt.Sprintf(" affinity %ds", v.AffinitySeconds)
+		}
+		out = append(out, line)
+	}
+	slices.Sort(out)
+	return out
+}
+
+func mapKeys[K comparable, V any](m map[K]V) func(func(K) bool) {
+	return func(yield func(K) bool) {
+		for k := range m {
+			if !yield(k) {
+				return
+			}
+		}
+	}
+}
+
+func expectProgrammed(t *testing.T, f *fakeMaps, want ...string) {
+	t.Helper()
+	got := programmed(f)
+	slices.Sort(want)
+	if !slices.Equal(got, want) {
+		t.Errorf("maps hold\n  %s\nwant\n  %s", strings.Join(got, "\n  "), strings.Join(want, "\n  "))
+	}
+	if len(f.violations) > 0 {
+		t.Errorf("a packet could have seen a service with missing slots or backends:\n  %s", strings.Join(f.violations, "\n  "))
+	}
+	used := map[uint32]bool{}
+	for _, id := range f.st.Slots {
+		used[id] = true
+	}
+	for id := range f.st.Backends {
+		if !used[id] {
+			t.Errorf("backend %d is in no slot", id)
+		}
+	}
+}
+
+func TestNothingIsWrittenBeforeTheSourcesAreReady(t *testing.T) {
+	f := newFakeMaps()
+	a := testAgent(t, f)
+	a.OnService(service("web", []string{"10.96.0.10"}))
+	mustSync(t, a)
+	if len(f.ops) != 0 {
+		t.Fatalf("wrote before ready: %q", f.ops)
+	}
+	a.SetReady()
+	mustSync(t, a)
+	expectProgrammed(t, f, "10.96.0.10:80/TCP -> ")
+}
+
+func TestServiceLifecycleWritesOnlyTheDifferenceInSafeOrder(t *testing.T) {
+	f := newFakeMaps()
+	a := testAgent(t, f)
+	a.SetReady()
+	dual := []string{"10.96.0.10", "fd00:96::10"}
+	a.OnService(service("web", dual, withPorts(
+		v1.ServicePort{Name: "http", Port: 80, Protocol: v1.ProtocolTCP},
+		v1.ServicePort{Name: "dns", Port: 53, Protocol: v1.ProtocolUDP},
+		v1.ServicePort{Name: "sctp", Port: 99, Protocol: v1.ProtocolSCTP})))
+	a.OnEndpointSlice(slice("web", "web-v4", false, 8080, up("192.0.2.1"), up("192.0.2.2"), up("192.0.2.3")))
+	a.OnEndpointSlice(slice("web", "web-v6", true, 8080, up("2001:db8::1")))
+	mustSync(t, a)
+	expectProgrammed(t, f,
+		"10.96.0.10:80/TCP -> 192.0.2.1:8080 192.0.2.2:8080 192.0.2.3:8080",
+		"10.96.0.10:53/UDP -> ", // the slices have no "dns" port: rejected
+		"[fd00:96::10]:80/TCP -> [2001:db8::1]:8080",
+		"[fd00:96::10]:53/UDP -> ")
+
+	// Scale down by one: one slot moves, the entry shrinks, one slot and
+	// one backend go.
+	f.ops = nil
+	a.OnEndpointSlice(slice("web", "web-v4", false, 8080, up("192.0.2.1"), up("192.0.2.3")))
+	w := mustSync(t, a)
+	expectProgrammed(t, f,
+		"10.96.0.10:80/TCP -> 192.0.2.1:8080 192.0.2.3:8080",
+		"10.96.0.10:53/UDP -> ",
+		"[fd00:96::10]:80/TCP -> [2001:db8::1]:8080",
+		"[fd00:96::10]:53/UDP -> ")
+	if w.Total() != 4 || w.Slots != 1 || w.Services != 1 || w.Removed != 2 {
+		t.Errorf("scale down: %+v (%q), want 1 slot, 1 service entry, 2 removals", w, f.ops)
+	}
+
+	// Rolling update: the new pod is not ready yet, the old ones are
+	// terminating but serving: ready ones only, while there are any.
+	a.OnEndpointSlice(slice("web", "web-v4", false, 8080,
+		sliceEP{addr: "192.0.2.1", serving: true, terminating: true}, up("192.0.2.3"), sliceEP{addr: "192.0.2.4"}))
+	mustSync(t, a)
+	expectProgrammed(t, f,
+		"10.96.0.10:80/TCP -> 192.0.2.3:8080",
+		"10.96.0.10:53/UDP -> ",
+		"[fd00:96::10]:80/TCP -> [2001:db8::1]:8080",
+		"[fd00:96::10]:53/UDP -> ")
+	// No ready endpoint left: the serving, terminating ones take over.
+	a.OnEndpointSlice(slice("web", "web-v4", false, 8080,
+		sliceEP{addr: "192.0.2.1", serving: true, terminating: true}, sliceEP{addr: "192.0.2.3", serving: true, terminating: true}))
+	mustSync(t, a)
+	expectProgrammed(t, f,
+		"10.96.0.10:80/TCP -> 192.0.2.1:8080(terminating) 192.0.2.3:8080(terminating)",
+		"10.96.0.10:53/UDP -> ",
+		"[fd00:96::10]:80/TCP -> [2001:db8::1]:8080",
+		"[fd00:96::10]:53/UDP -> ")
+
+	// Affinity and a single stack.
+	a.OnService(service("web", dual[:1], withAffinity(600)))
+	mustSync(t, a)
+	expectProgrammed(t, f, "10.96.0.10:80/TCP -> 192.0.2.1:8080(terminating) 192.0.2.3:8080(terminating) affinity 600s")
+
+	a.OnServiceDelete("default", "web")
+	mustSync(t, a)
+	expectProgrammed(t, f)
+	if len(f.st.Slots)+len(f.st.Backends) != 0 {
+		t.Errorf("left behind: %d slots, %d backends", len(f.st.Slots), len(f.st.Backends))
+	}
+}
+
+func TestUnchangedObjectsWriteNothing(t *testing.T) {
+	f := newFakeMaps()
+	a := testAgent(t, f)
+	a.SetReady()
+	a.OnService(service("web", []string{"10.96.0.10"}))
+	a.OnEndpointSlice(slice("web", "web-v4", false, 8080, up("192.0.2.1")))
+	mustSync(t, a)
+	f.ops = nil
+	// A→B→A on both kinds coalesces to no change at all.
+	a.OnService(service("web", []string{"10.96.0.10"}, withAffinity(10)))
+	a.OnService(service("web", []string{"10.96.0.10"}))
+	a.OnEndpointSlice(slice("web", "web-v4", false, 8080, up("192.0.2.2")))
+	a.OnEndpointSlice(slice("web", "web-v4", false, 8080, up("192.0.2.1")))
+	if n := a.services.Pending() + a.slices.Pending(); n != 0 {
+		t.Errorf("%d changes pending after A→B→A", n)
+	}
+	// A resync from the informers (same objects) writes nothing either.
+	a.OnService(service("web", []string{"10.96.0.10"}))
+	mustSync(t, a)
+	if len(f.ops) != 0 {
+		t.Errorf("wrote %q for no change", f.ops)
+	}
+}
+
+func TestServicesThatAreNotPodnicsAreSkipped(t *testing.T) {
+	f := newFakeMaps()
+	a := testAgent(t, f)
+	a.SetReady()
+	headless := service("headless", []string{"None"})
+	extName := service("ext", []string{"10.96.0.11"})
+	extName.Spec.Type = v1.ServiceTypeExternalName
+	other := service("other", []string{"10.96.0.12"})
+	other.Labels = map[string]string{LabelServiceProxyName: "someone-else"}
+	sctp := service("sctp", []string{"10.96.0.13"}, withPorts(v1.ServicePort{Name: "s", Port: 9, Protocol: v1.ProtocolSCTP}))
+	for _, s := range []*v1.Service{headless, extName, other, sctp} {
+		a.OnService(s)
+	}
+	mustSync(t, a)
+	expectProgrammed(t, f)
+	// A Service that gains the proxy-name label leaves the maps.
+	a.OnService(service("mine", []string{"10.96.0.14"}))
+	mustSync(t, a)
+	expectProgrammed(t, f, "10.96.0.14:80/TCP -> ")
+	mine := service("mine", []string{"10.96.0.14"})
+	mine.Labels = map[string]string{LabelServiceProxyName: "someone-else"}
+	a.OnService(mine)
+	mustSync(t, a)
+	expectProgrammed(t, f)
+}
+
+func TestInternalTrafficPolicyLocalUsesOnlyThisNodesEndpoints(t *testing.T) {
+	f := newFakeMaps()
+	a := testAgent(t, f)
+	a.SetReady()
+	local := v1.ServiceInternalTrafficPolicyLocal
+	s := service("web", []string{"10.96.0.10"})
+	s.Spec.InternalTrafficPolicy = &local
+	a.OnService(s)
+	e1, e2 := up("192.0.2.1"), up("192.0.2.2")
+	e1.node, e2.node = "node-a", "node-b"
+	a.OnEndpointSlice(slice("web", "web-v4", false, 8080, e1, e2))
+	mustSync(t, a)
+	expectProgrammed(t, f, "10.96.0.10:80/TCP -> 192.0.2.1:8080")
+}
+
+func TestTopologyHintsFollowTheNodesZone(t *testing.T) {
+	f := newFakeMaps()
+	a := testAgent(t, f)
+	a.SetReady()
+	a.OnService(service("web", []string{"10.96.0.10"}))
+	s := slice("web", "web-v4", false, 8080, up("192.0.2.1"), up("192.0.2.2"))
+	s.Endpoints[0].Hints = &discovery.EndpointHints{ForZones: []discovery.ForZone{{Name: "zone-a"}}}
+	s.Endpoints[1].Hints = &discovery.EndpointHints{ForZones: []discovery.ForZone{{Name: "zone-b"}}}
+	a.OnEndpointSlice(s)
+	mustSync(t, a)
+	expectProgrammed(t, f, "10.96.0.10:80/TCP -> 192.0.2.1:8080 192.0.2.2:8080")
+	a.OnNode(map[string]string{LabelZone: "zone-b"})
+	mustSync(t, a)
+	expectProgrammed(t, f, "10.96.0.10:80/TCP -> 192.0.2.2:8080")
+}
+
+func TestRestartReadsTheMapsAndKeepsIDs(t *testing.T) {
+	f := newFakeMaps()
+	a := testAgent(t, f)
+	a.SetReady()
+	objs := func(a *Agent) {
+		a.OnService(service("web", []string{"10.96.0.10", "fd00:96::10"}))
+		a.OnService(service("api", []string{"10.96.0.20"}))
+		a.OnEndpointSlice(slice("web", "web-v4", false, 8080, up("192.0.2.1"), up("192.0.2.2")))
+		a.OnEndpointSlice(slice("web", "web-v6", true, 8080, up("2001:db8::1")))
+		a.OnEndpointSlice(slice("api", "api-v4", false, 9090, up("192.0.2.1")))
+	}
+	objs(a)
+	mustSync(t, a)
+	before := newFakeMaps()
+	before.st, _ = f.ReadServiceState()
+
+	// A new agent on the same maps, fed the same objects: nothing to do.
+	f.ops = nil
+	b := testAgent(t, f)
+	objs(b)
+	b.SetReady()
+	if w := mustSync(t, b); w.Total() != 0 {
+		t.Errorf("restart wrote %+v: %q", w, f.ops)
+	}
+	if fmt.Sprint(before.st) != fmt.Sprint(f.st) {
+		t.Errorf("restart changed the maps:\n%v\n%v", before.st, f.st)
+	}
+
+	// Changed while the agent was away: api gone, web scaled. Only the
+	// difference is written; web keeps its id.
+	c := testAgent(t, f)
+	c.OnService(service("web", []string{"10.96.0.10", "fd00:96::10"}))
+	c.OnEndpointSlice(slice("web", "web-v4", false, 8080, up("192.0.2.2")))
+	c.OnEndpointSlice(slice("web", "web-v6", true, 8080, up("2001:db8::1")))
+	c.SetReady()
+	mustSync(t, c)
+	expectProgrammed(t, f, "10.96.0.10:80/TCP -> 192.0.2.2:8080", "[fd00:96::10]:80/TCP -> [2001:db8::1]:8080")
+	k := bpf.ServiceKey{Addr: bpf.AddrFrom(netip.MustParseAddr("10.96.0.10")), Port: bpf.PortFrom(80), Proto: bpf.TCP}
+	if got, want := f.st.Services[k].ID, before.st.Services[k].ID; got != want {
+		t.Errorf("web's id changed across restarts: %d, was %d", got, want)
+	}
+}
+
+func TestFailedWriteIsRetriedFromTheMaps(t *testing.T) {
+	f := newFakeMaps()
+	a := testAgent(t, f)
+	a.SetReady()
+	a.OnService(service("web", []string{"10.96.0.10"}))
+	a.OnEndpointSlice(slice("web", "web-v4", false, 8080, up("192.0.2.1"), up("192.0.2.2")))
+	f.failAfter = 3 // the second slot
+	if err := a.SyncNow(); err == nil {
+		t.Fatal("sync succeeded despite a failed write")
+	}
+	if a.Status().Error == "" {
+		t.Error("status hides the failure")
+	}
+	mustSync(t, a)
+	if !a.Status().Full {
+		t.Error("the sync after a failure was not a full one")
+	}
+	expectProgrammed(t, f, "10.96.0.10:80/TCP -> 192.0.2.1:8080 192.0.2.2:8080")
+}
+
+func TestTrackerCoalescesPerObject(t *testing.T) {
+	tr := NewChangeTracker(func(a, b int) bool { return a == b }, func(v int) time.Time { return time.Unix(int64(v), 0) })
+	tr.Set("a", 1)
+	tr.Set("a", 2)
+	tr.Set("b", 1)
+	tr.Delete("b") // added and deleted before a sync: nothing
+	got := tr.Take()
+	if len(got) != 1 || got["a"].Value != 2 || len(got["a"].Triggers) != 2 {
+		t.Fatalf("Take = %+v, want a=2 with 2 trigger times", got)
+	}
+	if tr.Set("a", 2) {
+		t.Error("setting the applied value is a change")
+	}
+	tr.Set("a", 3)
+	tr.Set("a", 2)
+	if tr.Pending() != 0 {
+		t.Error("A→B→A left a change")
+	}
+	tr.Delete("a")
+	if ch := tr.Take()["a"]; ch == nil || !ch.Deleted {
+		t.Errorf("delete: %+v", ch)
+	}
+}
+
+func TestSlotAssignmentKeepsBackendsInPlace(t *testing.T) {
+	for _, tc := range []struct{ old, want, got []uint32 }{
+		{nil, []uint32{1, 2}, []uint32{1, 2}},
+		{[]uint32{1, 2, 3}, []uint32{1, 3}, []uint32{1, 3}},
+		{[]uint32{1, 2, 3}, []uint32{2, 3}, []uint32{3, 2}},
+		{[]uint32{1, 2, 3}, []uint32{1, 2, 3, 4}, []uint32{1, 2, 3, 4}},
+		{[]uint32{1, 2, 3}, []uint32{4, 2, 5}, []uint32{4, 2, 5}},
+	} {
+		if got := assignSlots(tc.old, tc.want); !slices.Equal(got, tc.got) {
+			t.Errorf("assignSlots(%v, %v) = %v, want %v", tc.old, tc.want, got, tc.got)
+		}
+	}
+}

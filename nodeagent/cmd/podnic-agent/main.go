@@ -1,0 +1,219 @@
+// Command podnic-agent programs podnic's shared Service maps on this node
+// from Kubernetes Services and EndpointSlices (or from a file), with
+// kube-proxy's endpoint semantics, and serves health, metrics and the
+// local API podnicctl uses.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"time"
+
+	"sigs.k8s.io/yaml"
+
+	"github.com/podnic/podnic/bpf"
+	"github.com/podnic/podnic/nodeagent"
+	"github.com/podnic/podnic/nodeagent/localapi"
+)
+
+type config struct {
+	configFile   string
+	kubeconfig   string
+	servicesFile string
+	nodeName     string
+	zone         string
+	bpfRoot      string
+	attachMode   string
+	socket       string
+	opsAddress   string
+	minSync      time.Duration
+	maxSync      time.Duration
+	retry        time.Duration
+	resync       time.Duration
+	logLevel     string
+	logFormat    string
+}
+
+func main() {
+	if err := run(os.Args[1:]); err != nil {
+		fmt.Fprintln(os.Stderr, "podnic-agent:", err)
+		os.Exit(1)
+	}
+}
+
+func parseFlags(args []string) (config, error) {
+	var c config
+	host, _ := os.Hostname()
+	node := os.Getenv("NODE_NAME")
+	if node == "" {
+		node = host
+	}
+	fs := flag.NewFlagSet("podnic-agent", flag.ContinueOnError)
+	fs.StringVar(&c.configFile, "config", "", "YAML file of flag values (flag name: value); flags on the command line win")
+	fs.StringVar(&c.kubeconfig, "kubeconfig", "", "kubeconfig of the API server; empty: in-cluster config")
+	fs.StringVar(&c.servicesFile, "services-file", "", "read Services and EndpointSlices from this multi-document YAML instead of the API server")
+	fs.StringVar(&c.nodeName, "node-name", node, "this Node's name (default $NODE_NAME, else the hostname)")
+	fs.StringVar(&c.zone, "zone", "", "this node's zone, with --services-file (from the Node's label otherwise)")
+	fs.StringVar(&c.bpfRoot, "bpf-root", bpf.DefaultRoot, "bpffs directory of podnic's pins")
+	fs.StringVar(&c.attachMode, "attach-mode", "auto", "attach mode reported to podnicctl: auto, tcx or legacy")
+	fs.StringVar(&c.socket, "socket", localapi.DefaultSocket, "unix socket of the local API (root only)")
+	fs.StringVar(&c.opsAddress, "ops-address", "127.0.0.1:10266", "address serving /healthz and /metrics; empty: off")
+	fs.DurationVar(&c.minSync, "min-sync-interval", 0, "least time between the end of a sync and the start of the next")
+	fs.DurationVar(&c.maxSync, "sync-interval", time.Hour, "longest time between syncs")
+	fs.DurationVar(&c.retry, "retry-interval", time.Second, "time before a failed sync is retried")
+	fs.DurationVar(&c.resync, "informer-resync", 0, "informer resync period; 0: none")
+	fs.StringVar(&c.logLevel, "log-level", "info", "debug, info, warn or error")
+	fs.StringVar(&c.logFormat, "log-format", "text", "text or json")
+	if err := fs.Parse(args); err != nil {
+		return c, err
+	}
+	if fs.NArg() > 0 {
+		return c, fmt.Errorf("unexpected arguments %q", fs.Args())
+	}
+	if c.configFile != "" {
+		if err := applyConfigFile(fs, c.configFile); err != nil {
+			return c, err
+		}
+	}
+	return c, c.validate()
+}
+
+// applyConfigFile sets every flag the file names and the command line
+// did not set.
+func applyConfigFile(fs *flag.FlagSet, path string) error {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return fmt.Errorf("reading config file: %w", err)
+	}
+	var values map[string]any
+	if err := yaml.Unmarshal(data, &values); err != nil {
+		return fmt.Errorf("parsing config file %s: %w", path, err)
+	}
+	set := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
+	for name, v := range values {
+		if name == "config" || fs.Lookup(name) == nil {
+			return fmt.Errorf("config file %s: unknown setting %q", path, name)
+		}
+		if set[name] {
+			continue
+		}
+		if err := fs.Set(name, fmt.Sprint(v)); err != nil {
+			return fmt.Errorf("config file %s: %s: %w", path, name, err)
+		}
+	}
+	return nil
+}
+
+func (c config) validate() error {
+	if _, err := bpf.ParseMode(c.attachMode); err != nil {
+		return err
+	}
+	switch {
+	case c.nodeName == "":
+		return errors.New("--node-name is empty and the hostname unknown")
+	case c.maxSync < c.minSync:
+		return fmt.Errorf("--sync-interval %s is below --min-sync-interval %s", c.maxSync, c.minSync)
+	case c.retry <= 0:
+		return errors.New("--retry-interval must be positive")
+	case c.logFormat != "text" && c.logFormat != "json":
+		return fmt.Errorf("--log-format %q: want text or json", c.logFormat)
+	case c.socket == "":
+		return errors.New("--socket is required")
+	}
+	var l slog.Level
+	if err := l.UnmarshalText([]byte(c.logLevel)); err != nil {
+		return fmt.Errorf("--log-level: %w", err)
+	}
+	return nil
+}
+
+func (c config) logger() *slog.Logger {
+	var l slog.Level
+	_ = l.UnmarshalText([]byte(c.logLevel))
+	o := &slog.HandlerOptions{Level: l}
+	if c.logFormat == "json" {
+		return slog.New(slog.NewJSONHandler(os.Stderr, o))
+	}
+	return slog.New(slog.NewTextHandler(os.Stderr, o))
+}
+
+func run(args []string) error {
+	c, err := parseFlags(args)
+	if errors.Is(err, flag.ErrHelp) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	log := c.logger()
+	slog.SetDefault(log)
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+
+	d, err := bpf.Load(c.bpfRoot)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	log.Info("datapath loaded", "root", c.bpfRoot)
+
+	metrics := nodeagent.NewMetrics(d)
+	a, err := nodeagent.NewAgent(&d.Maps, nodeagent.Options{
+		NodeName: c.nodeName, MinSyncInterval: c.minSync, MaxSyncInterval: c.maxSync,
+		RetryInterval: c.retry, Log: log, Metrics: metrics,
+	})
+	if err != nil {
+		return err
+	}
+	source := "kubernetes"
+	if c.servicesFile != "" {
+		source = "file " + c.servicesFile
+	}
+	l, err := localapi.Listen(c.socket)
+	if err != nil {
+		return err
+	}
+	defer os.Remove(c.socket)
+	api := nodeagent.Serve(l, a.LocalAPI(nodeagent.ServerInfo{Datapath: d, AttachMode: bpf.Mode(c.attachMode), Source: source}), log)
+	defer api.Close()
+	if c.opsAddress != "" {
+		ol, err := net.Listen("tcp", c.opsAddress)
+		if err != nil {
+			return fmt.Errorf("listening on %s: %w", c.opsAddress, err)
+		}
+		ops := nodeagent.Serve(ol, a.OpsHandler(metrics), log)
+		defer ops.Close()
+	}
+
+	done := make(chan struct{})
+	go func() {
+		a.Run(ctx.Done())
+		close(done)
+	}()
+	log.Info("podnic-agent started", "node", c.nodeName, "source", source, "socket", c.socket, "ops", c.opsAddress)
+	if c.servicesFile != "" {
+		err = nodeagent.FileSource{Path: c.servicesFile, Zone: c.zone}.Run(ctx, a)
+	} else {
+		kc, cerr := nodeagent.KubeClient(c.kubeconfig)
+		if cerr != nil {
+			return cerr
+		}
+		err = nodeagent.KubeSource{Client: kc, NodeName: c.nodeName, Resync: c.resync}.Run(ctx, a)
+	}
+	stop()
+	<-done
+	if err != nil && !strings.Contains(err.Error(), context.Canceled.Error()) {
+		return err
+	}
+	log.Info("podnic-agent stopped; the maps stay as they are")
+	return nil
+}

@@ -1,0 +1,125 @@
+package nodeagent
+
+import (
+	"errors"
+	"fmt"
+	"maps"
+
+	"github.com/podnic/podnic/bpf"
+)
+
+// fakeMaps is the Service maps in memory. After every write it checks
+// what a packet could see: every service entry's slots exist and point at
+// existing backends. A violation is recorded, not returned, so a test sees
+// exactly which operation broke the order.
+type fakeMaps struct {
+	st         bpf.ServiceState
+	ops        []string
+	violations []string
+	failAfter  int // fail the n-th write from now; 0: never
+	check      bool
+}
+
+func newFakeMaps() *fakeMaps {
+	return &fakeMaps{check: true, st: bpf.ServiceState{
+		Services: map[bpf.ServiceKey]bpf.ServiceValue{},
+		Slots:    map[bpf.SlotKey]uint32{},
+		Backends: map[uint32]bpf.Backend{},
+	}}
+}
+
+var errInjected = errors.New("injected failure")
+
+func (f *fakeMaps) op(format string, args ...any) error {
+	if f.failAfter > 0 {
+		f.failAfter--
+		if f.failAfter == 0 {
+			return errInjected
+		}
+	}
+	f.ops = append(f.ops, fmt.Sprintf(format, args...))
+	return nil
+}
+
+func (f *fakeMaps) verify() {
+	if !f.check {
+		return
+	}
+	for k, v := range f.st.Services {
+		if k.Proto == 0 {
+			continue
+		}
+		for i := uint32(1); i <= uint32(v.Count); i++ {
+			id, ok := f.st.Slots[bpf.SlotKey{ServiceID: v.ID, Slot: i}]
+			if !ok {
+				f.violations = append(f.violations, fmt.Sprintf("after %q: %s slot %d missing", f.ops[len(f.ops)-1], k, i))
+				continue
+			}
+			if _, ok := f.st.Backends[id]; !ok {
+				f.violations = append(f.violations, fmt.Sprintf("after %q: %s slot %d points at missing backend %d", f.ops[len(f.ops)-1], k, i, id))
+			}
+		}
+	}
+}
+
+func (f *fakeMaps) ReadServiceState() (bpf.ServiceState, error) {
+	return bpf.ServiceState{
+		Services: maps.Clone(f.st.Services),
+		Slots:    maps.Clone(f.st.Slots),
+		Backends: maps.Clone(f.st.Backends),
+	}, nil
+}
+
+func (f *fakeMaps) WriteBackend(id uint32, b bpf.Backend) error {
+	if err := f.op("backend %d = %s:%d %s", id, b.Addr.IP(), b.Port.Host(), b.State); err != nil {
+		return err
+	}
+	f.st.Backends[id] = b
+	f.verify()
+	return nil
+}
+
+func (f *fakeMaps) DeleteBackend(id uint32) error {
+	if err := f.op("delete backend %d", id); err != nil {
+		return err
+	}
+	delete(f.st.Backends, id)
+	f.verify()
+	return nil
+}
+
+func (f *fakeMaps) WriteSlot(k bpf.SlotKey, id uint32) error {
+	if err := f.op("slot %d/%d = %d", k.ServiceID, k.Slot, id); err != nil {
+		return err
+	}
+	f.st.Slots[k] = id
+	f.verify()
+	return nil
+}
+
+func (f *fakeMaps) RemoveSlot(k bpf.SlotKey) error {
+	if err := f.op("delete slot %d/%d", k.ServiceID, k.Slot); err != nil {
+		return err
+	}
+	delete(f.st.Slots, k)
+	f.verify()
+	return nil
+}
+
+func (f *fakeMaps) WriteServiceEntry(k bpf.ServiceKey, v bpf.ServiceValue) error {
+	if err := f.op("service %s = id %d count %d", k, v.ID, v.Count); err != nil {
+		return err
+	}
+	f.st.Services[k] = v
+	f.verify()
+	return nil
+}
+
+func (f *fakeMaps) RemoveServiceEntry(k bpf.ServiceKey) error {
+	if err := f.op("delete service %s", k); err != nil {
+		return err
+	}
+	delete(f.st.Services, k)
+	f.verify()
+	return nil
+}

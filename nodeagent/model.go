@@ -1,0 +1,299 @@
+package nodeagent
+
+import (
+	"fmt"
+	"net/netip"
+	"slices"
+	"time"
+
+	v1 "k8s.io/api/core/v1"
+	discovery "k8s.io/api/discovery/v1"
+	"k8s.io/apimachinery/pkg/types"
+
+	"github.com/podnic/podnic/bpf"
+)
+
+// Labels and annotations podnic reads, as kube-proxy does.
+const (
+	// LabelServiceProxyName marks a Service another proxy implements.
+	LabelServiceProxyName = "service.kubernetes.io/service-proxy-name"
+	// LabelHeadless marks the EndpointSlices of a headless Service.
+	LabelHeadless = v1.IsHeadlessService
+	// LabelZone is the Node label topology hints are matched against.
+	LabelZone = v1.LabelTopologyZone
+)
+
+// ServiceName is a Service's namespace/name.
+type ServiceName = types.NamespacedName
+
+// servicePort is one port of a Service as the datapath can serve it.
+type servicePort struct {
+	Name  string
+	Port  uint16
+	Proto bpf.Proto
+}
+
+// serviceInfo is what the agent keeps of a Service: validated once, typed.
+type serviceInfo struct {
+	Type     v1.ServiceType
+	VIPs     []netip.Addr // every ClusterIP, in spec.clusterIPs order
+	Ports    []servicePort
+	Affinity time.Duration // ClientIP timeout; 0 without affinity
+	Policy   TrafficPolicy
+	Rejected []string // ports the datapath cannot serve, with the reason
+}
+
+func (a *serviceInfo) equal(b *serviceInfo) bool {
+	return a.Type == b.Type && slices.Equal(a.VIPs, b.VIPs) && slices.Equal(a.Ports, b.Ports) &&
+		a.Affinity == b.Affinity && a.Policy == b.Policy && slices.Equal(a.Rejected, b.Rejected)
+}
+
+// parseService turns a Service into what the datapath serves. A nil
+// result with a reason means the Service is not podnic's to proxy.
+func parseService(svc *v1.Service) (*serviceInfo, string) {
+	if name, ok := svc.Labels[LabelServiceProxyName]; ok {
+		return nil, fmt.Sprintf("label %s=%s: another proxy serves it", LabelServiceProxyName, name)
+	}
+	if svc.Spec.Type == v1.ServiceTypeExternalName {
+		return nil, "type ExternalName: DNS serves it"
+	}
+	if svc.Spec.ClusterIP == "" || svc.Spec.ClusterIP == v1.ClusterIPNone {
+		return nil, "headless: DNS serves it"
+	}
+	info := &serviceInfo{Type: svc.Spec.Type}
+	ips := svc.Spec.ClusterIPs
+	if len(ips) == 0 {
+		ips = []string{svc.Spec.ClusterIP}
+	}
+	for _, s := range ips {
+		a, err := netip.ParseAddr(s)
+		if err != nil {
+			return nil, fmt.Sprintf("clusterIP %q: %v", s, err)
+		}
+		info.VIPs = append(info.VIPs, a.Unmap())
+	}
+	for _, p := range svc.Spec.Ports {
+		sp := servicePort{Name: p.Name, Port: uint16(p.Port)}
+		switch p.Protocol {
+		case v1.ProtocolTCP, "":
+			sp.Proto = bpf.TCP
+		case v1.ProtocolUDP:
+			sp.Proto = bpf.UDP
+		default:
+			info.Rejected = append(info.Rejected, fmt.Sprintf("port %s %d/%s: the datapath does not translate %s yet", p.Name, p.Port, p.Protocol, p.Protocol))
+			continue
+		}
+		if p.Port <= 0 || p.Port > 65535 {
+			info.Rejected = append(info.Rejected, fmt.Sprintf("port %s %d: out of range", p.Name, p.Port))
+			continue
+		}
+		info.Ports = append(info.Ports, sp)
+	}
+	if svc.Spec.SessionAffinity == v1.ServiceAffinityClientIP {
+		// The API server defaults the timeout; be safe without it.
+		secs := int32(v1.DefaultClientIPServiceAffinitySeconds)
+		if c := svc.Spec.SessionAffinityConfig; c != nil && c.ClientIP != nil && c.ClientIP.TimeoutSeconds != nil {
+			secs = *c.ClientIP.TimeoutSeconds
+		}
+		info.Affinity = time.Duration(secs) * time.Second
+	}
+	info.Policy = TrafficPolicy{
+		InternalLocal: svc.Spec.InternalTrafficPolicy != nil && *svc.Spec.InternalTrafficPolicy == v1.ServiceInternalTrafficPolicyLocal,
+		ExternalLocal: svc.Spec.ExternalTrafficPolicy == v1.ServiceExternalTrafficPolicyLocal,
+		External:      svc.Spec.Type == v1.ServiceTypeNodePort || svc.Spec.Type == v1.ServiceTypeLoadBalancer || len(svc.Spec.ExternalIPs) > 0,
+	}
+	return info, ""
+}
+
+// sliceInfo is what the agent keeps of an EndpointSlice.
+type sliceInfo struct {
+	Service   ServiceName
+	IPv6      bool
+	Ports     []servicePort // Name and Proto match the Service's port
+	Endpoints []sliceEndpoint
+	// Trigger is the endpoints.kubernetes.io/last-change-trigger-time
+	// annotation: when the change this slice carries began. Not compared.
+	Trigger time.Time
+}
+
+type sliceEndpoint struct {
+	Addr        netip.Addr
+	NodeName    string
+	Ready       bool
+	Serving     bool
+	Terminating bool
+	Zones       []string
+	Nodes       []string
+}
+
+func (a *sliceInfo) equal(b *sliceInfo) bool {
+	if a.Service != b.Service || a.IPv6 != b.IPv6 || !slices.Equal(a.Ports, b.Ports) || len(a.Endpoints) != len(b.Endpoints) {
+		return false
+	}
+	for i := range a.Endpoints {
+		x, y := a.Endpoints[i], b.Endpoints[i]
+		if x.Addr != y.Addr || x.NodeName != y.NodeName || x.Ready != y.Ready || x.Serving != y.Serving ||
+			x.Terminating != y.Terminating || !slices.Equal(x.Zones, y.Zones) || !slices.Equal(x.Nodes, y.Nodes) {
+			return false
+		}
+	}
+	return true
+}
+
+// parseSlice reads an EndpointSlice as kube-proxy's EndpointSliceCache
+// does: nil conditions are ready and serving, not terminating; only the
+// first address of an endpoint counts; ports without a number are skipped.
+// A nil result with a reason means the slice is not one podnic uses.
+func parseSlice(s *discovery.EndpointSlice) (*sliceInfo, string) {
+	svc := s.Labels[discovery.LabelServiceName]
+	if svc == "" {
+		return nil, "no " + discovery.LabelServiceName + " label"
+	}
+	info := &sliceInfo{Service: ServiceName{Namespace: s.Namespace, Name: svc}}
+	switch s.AddressType {
+	case discovery.AddressTypeIPv4:
+	case discovery.AddressTypeIPv6:
+		info.IPv6 = true
+	default:
+		return nil, fmt.Sprintf("addressType %s", s.AddressType)
+	}
+	if t, err := time.Parse(time.RFC3339Nano, s.Annotations[v1.EndpointsLastChangeTriggerTime]); err == nil {
+		info.Trigger = t
+	}
+	for _, p := range s.Ports {
+		if p.Port == nil || *p.Port <= 0 || *p.Port > 65535 {
+			continue
+		}
+		sp := servicePort{Port: uint16(*p.Port), Proto: bpf.TCP}
+		if p.Name != nil {
+			sp.Name = *p.Name
+		}
+		if p.Protocol != nil {
+			switch *p.Protocol {
+			case v1.ProtocolTCP:
+			case v1.ProtocolUDP:
+				sp.Proto = bpf.UDP
+			default:
+				continue
+			}
+		}
+		info.Ports = append(info.Ports, sp)
+	}
+	for _, e := range s.Endpoints {
+		if len(e.Addresses) == 0 {
+			continue
+		}
+		a, err := netip.ParseAddr(e.Addresses[0])
+		if err != nil || a.Unmap().Is6() != info.IPv6 {
+			continue
+		}
+		c := e.Conditions
+		ep := sliceEndpoint{
+			Addr:        a.Unmap(),
+			Ready:       c.Ready == nil || *c.Ready,
+			Serving:     c.Serving == nil || *c.Serving,
+			Terminating: c.Terminating != nil && *c.Terminating,
+		}
+		if e.NodeName != nil {
+			ep.NodeName = *e.NodeName
+		}
+		if e.Hints != nil {
+			for _, z := range e.Hints.ForZones {
+				ep.Zones = append(ep.Zones, z.Name)
+			}
+			for _, n := range e.Hints.ForNodes {
+				ep.Nodes = append(ep.Nodes, n.Name)
+			}
+		}
+		info.Endpoints = append(info.Endpoints, ep)
+	}
+	return info, ""
+}
+
+// desiredService is one frontend as the maps should hold it.
+type desiredService struct {
+	Key      bpf.ServiceKey
+	Service  ServiceName
+	PortName string
+	Affinity time.Duration
+	Backends []desiredBackend // sorted by address
+}
+
+type desiredBackend struct {
+	Addr  netip.AddrPort
+	State bpf.BackendState
+}
+
+// endpointsFor collects a Service port's endpoints of one family from its
+// slices, as kube-proxy's EndpointSliceCache does: matched by port name and
+// protocol, one per address:port, a terminating duplicate losing to a
+// running one.
+func endpointsFor(sl map[string]*sliceInfo, port servicePort, ipv6 bool, node Topology) []Endpoint {
+	byAddr := map[netip.AddrPort]int{}
+	var out []Endpoint
+	for _, s := range sl {
+		if s.IPv6 != ipv6 {
+			continue
+		}
+		for _, p := range s.Ports {
+			if p.Name != port.Name || p.Proto != port.Proto {
+				continue
+			}
+			for _, e := range s.Endpoints {
+				ep := Endpoint{
+					Addr:        netip.AddrPortFrom(e.Addr, p.Port),
+					Local:       node.Node != "" && e.NodeName == node.Node,
+					Ready:       e.Ready,
+					Serving:     e.Serving,
+					Terminating: e.Terminating,
+					ZoneHints:   e.Zones,
+					NodeHints:   e.Nodes,
+				}
+				if i, ok := byAddr[ep.Addr]; ok {
+					if !ep.Terminating {
+						out[i] = ep
+					}
+					continue
+				}
+				byAddr[ep.Addr] = len(out)
+				out = append(out, ep)
+			}
+		}
+	}
+	slices.SortFunc(out, func(a, b Endpoint) int { return a.Addr.Compare(b.Addr) })
+	return out
+}
+
+// desiredFrontends computes every frontend of a Service: each ClusterIP ×
+// each port, with the endpoints kube-proxy would use for traffic from a
+// pod on this node (Cluster scope): the Local set under
+// internalTrafficPolicy Local, the Cluster set otherwise.
+func desiredFrontends(name ServiceName, svc *serviceInfo, sl map[string]*sliceInfo, node Topology) []*desiredService {
+	out := make([]*desiredService, 0, len(svc.VIPs)*len(svc.Ports))
+	for _, vip := range svc.VIPs {
+		for _, port := range svc.Ports {
+			eps := endpointsFor(sl, port, vip.Is6(), node)
+			cluster, local, _, _ := CategorizeEndpoints(eps, svc.Policy, node)
+			use := cluster
+			if svc.Policy.InternalLocal {
+				use = local
+			}
+			d := &desiredService{
+				Key:      bpf.ServiceKey{Addr: bpf.AddrFrom(vip), Port: bpf.PortFrom(port.Port), Proto: port.Proto, Scope: bpf.ScopeCluster},
+				Service:  name,
+				PortName: port.Name,
+				Affinity: svc.Affinity,
+				Backends: make([]desiredBackend, 0, len(use)),
+			}
+			for _, ep := range use {
+				st := bpf.BackendActive
+				if ep.Terminating {
+					st = bpf.BackendTerminating
+				}
+				d.Backends = append(d.Backends, desiredBackend{Addr: ep.Addr, State: st})
+			}
+			out = append(out, d)
+		}
+	}
+	return out
+}

@@ -1,0 +1,134 @@
+package nodeagent
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"time"
+
+	v1 "k8s.io/api/core/v1"
+	discovery "k8s.io/api/discovery/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
+	"sigs.k8s.io/yaml"
+)
+
+// FileSource feeds the agent from a multi-document YAML of v1 Services and
+// discovery.k8s.io/v1 EndpointSlices, re-read when its content changes.
+// Objects that leave the file are deleted. A file that does not parse is
+// logged and ignored: the last good content stays programmed.
+type FileSource struct {
+	Path     string
+	Interval time.Duration // how often to look for changes; 0: 1s
+	Zone     string        // this node's zone, for topology hints
+}
+
+type fileObjects struct {
+	services map[string]*v1.Service
+	slices   map[string]*discovery.EndpointSlice
+}
+
+// parseObjectsFile reads Services and EndpointSlices from YAML documents.
+func parseObjectsFile(data []byte) (fileObjects, error) {
+	objs := fileObjects{services: map[string]*v1.Service{}, slices: map[string]*discovery.EndpointSlice{}}
+	r := utilyaml.NewYAMLReader(bufio.NewReader(bytes.NewReader(data)))
+	for i := 1; ; i++ {
+		doc, err := r.Read()
+		if errors.Is(err, io.EOF) {
+			return objs, nil
+		}
+		if err != nil {
+			return objs, fmt.Errorf("reading document %d: %w", i, err)
+		}
+		if len(bytes.TrimSpace(doc)) == 0 {
+			continue
+		}
+		var tm metav1.TypeMeta
+		if err := yaml.Unmarshal(doc, &tm); err != nil {
+			return objs, fmt.Errorf("document %d: %w", i, err)
+		}
+		switch {
+		case tm.APIVersion == "v1" && tm.Kind == "Service":
+			var s v1.Service
+			if err := yaml.UnmarshalStrict(doc, &s); err != nil {
+				return objs, fmt.Errorf("document %d (Service): %w", i, err)
+			}
+			if s.Namespace == "" {
+				s.Namespace = "default"
+			}
+			objs.services[s.Namespace+"/"+s.Name] = &s
+		case tm.APIVersion == "discovery.k8s.io/v1" && tm.Kind == "EndpointSlice":
+			var s discovery.EndpointSlice
+			if err := yaml.UnmarshalStrict(doc, &s); err != nil {
+				return objs, fmt.Errorf("document %d (EndpointSlice): %w", i, err)
+			}
+			if s.Namespace == "" {
+				s.Namespace = "default"
+			}
+			objs.slices[s.Namespace+"/"+s.Name] = &s
+		default:
+			return objs, fmt.Errorf("document %d: %s %s is neither a v1 Service nor a discovery.k8s.io/v1 EndpointSlice", i, tm.APIVersion, tm.Kind)
+		}
+	}
+}
+
+// Run reads the file, marks the agent ready after the first good read,
+// and follows changes until ctx ends.
+func (s FileSource) Run(ctx context.Context, a *Agent) error {
+	every := s.Interval
+	if every == 0 {
+		every = time.Second
+	}
+	a.OnNode(map[string]string{LabelZone: s.Zone})
+	var last [32]byte
+	var cur fileObjects
+	ready := false
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		data, err := os.ReadFile(s.Path)
+		switch {
+		case err != nil:
+			a.log.Warn("reading services file", "path", s.Path, "error", err)
+		case sha256.Sum256(data) != last:
+			objs, err := parseObjectsFile(data)
+			if err != nil {
+				a.log.Error("services file does not parse; keeping the last good one", "path", s.Path, "error", err)
+				break
+			}
+			last = sha256.Sum256(data)
+			for k, o := range cur.services {
+				if objs.services[k] == nil {
+					a.OnServiceDelete(o.Namespace, o.Name)
+				}
+			}
+			for k, o := range cur.slices {
+				if objs.slices[k] == nil {
+					a.OnEndpointSliceDelete(o.Namespace, o.Name)
+				}
+			}
+			for _, o := range objs.services {
+				a.OnService(o)
+			}
+			for _, o := range objs.slices {
+				a.OnEndpointSlice(o)
+			}
+			cur = objs
+			a.log.Info("services file read", "path", s.Path, "services", len(objs.services), "endpointslices", len(objs.slices))
+			if !ready {
+				ready = true
+				a.SetReady()
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+		}
+	}
+}
