@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"net/netip"
+	"os"
 	"slices"
 	"sort"
 	"strings"
@@ -232,7 +233,11 @@ func TestUpstreamIPAMPluginsServeThePod(t *testing.T) {
 func BenchmarkAddDel(b *testing.B) {
 	n := newNode(b)
 	e := n.addENI(1)
-	l := n.list(n.conf("1.1.0", map[string]any{"deviceMAC": e.mac.String()}))
+	mode := os.Getenv("PODNIC_BENCH_ATTACH_MODE") // e.g. legacy, to compare
+	if mode == "" {
+		mode = "auto"
+	}
+	l := n.list(n.conf("1.1.0", map[string]any{"deviceMAC": e.mac.String(), "attachMode": mode}))
 	var adds, dels []time.Duration
 	for i := 0; b.Loop(); i++ {
 		b.StopTimer()

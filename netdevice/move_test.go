@@ -264,7 +264,7 @@ func TestFailedMoveInLeavesTheDeviceOnTheHostUnchanged(t *testing.T) {
 					t.Fatal(err)
 				}
 			},
-			want: "entering the pod as eth1: file exists",
+			want: "to eth1: file exists",
 		},
 		{name: "MTU out of range", ifname: "eth1", mtu: 1 << 20, want: "setting MTU"},
 		{name: "pod netns missing", ifname: "eth1", podMissing: true, want: "opening netns"},
@@ -381,4 +381,40 @@ func TestSavedRoundTripsThroughJSON(t *testing.T) {
 
 func runIP(args ...string) ([]byte, error) {
 	return execCommand("ip", args...)
+}
+
+// When the pod already has a link with the device's host name, the device
+// cannot enter the pod under it: it goes through a temporary netns, is
+// renamed there, and enters the pod under its pod name. Both directions
+// still restore everything.
+func TestMoveGoesThroughATemporaryNetnsWhenTheHostNameIsTakenInThePod(t *testing.T) {
+	needRoot(t)
+	eni := newENI(t, newNetns(t, "fabric"), true)
+	pod := newNetns(t, "pod")
+	r, err := openNetns(pod)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := r.nl.LinkAdd(&netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: eni.Name}}); err != nil {
+		r.close()
+		t.Fatal(err)
+	}
+	r.close()
+	dev, err := Find(Selector{MAC: eni.MAC})
+	if err != nil {
+		t.Fatal(err)
+	}
+	saved, err := MoveIn(dev, pod, "eth1", 0)
+	if err != nil {
+		t.Fatalf("MoveIn with the host name taken in the pod: %v", err)
+	}
+	if a := linkIn(t, pod, "eth1"); !bytes.Equal(a.HardwareAddr, eni.MAC) || a.Flags&net.FlagUp == 0 {
+		t.Errorf("in pod: MAC %s flags %v", a.HardwareAddr, a.Flags)
+	}
+	if err := MoveOut(pod, "eth1", saved); err != nil {
+		t.Fatalf("MoveOut: %v", err)
+	}
+	if absentIn(t, "", eni.Name) {
+		t.Errorf("%s is not back in the host", eni.Name)
+	}
 }
