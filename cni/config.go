@@ -14,6 +14,7 @@ import (
 	"github.com/containernetworking/cni/pkg/version"
 
 	"github.com/podnic/podnic/bpf"
+	"github.com/podnic/podnic/netdevice"
 )
 
 // Defaults of the plugin configuration.
@@ -64,33 +65,9 @@ type netConf struct {
 	} `json:"runtimeConfig,omitempty"`
 }
 
-// DeviceSelector says which host device becomes the pod's NIC; exactly one
-// way is set.
-type DeviceSelector struct {
-	MAC        net.HardwareAddr
-	Name       string
-	PCIAddress string
-	PFName     string
-	VFIndex    int
-	HasVFIndex bool
-}
-
-func (s DeviceSelector) isZero() bool {
+// noDevice reports whether the config selects no device of its own.
+func noDevice(s netdevice.Selector) bool {
 	return s.MAC == nil && s.Name == "" && s.PCIAddress == "" && s.PFName == "" && !s.HasVFIndex
-}
-
-func (s DeviceSelector) String() string {
-	switch {
-	case s.MAC != nil:
-		return "MAC " + s.MAC.String()
-	case s.Name != "":
-		return "name " + s.Name
-	case s.PCIAddress != "":
-		return "PCI address " + s.PCIAddress
-	case s.HasVFIndex:
-		return fmt.Sprintf("VF %d of %s", s.VFIndex, s.PFName)
-	}
-	return "nothing"
 }
 
 // VFConfig is what to set on a VF through its PF before the move.
@@ -106,7 +83,7 @@ type VFConfig struct {
 type Config struct {
 	CNIVersion   string
 	Network      string
-	Device       DeviceSelector
+	Device       netdevice.Selector
 	VF           *VFConfig
 	IPAMType     string
 	MTU          int
@@ -203,11 +180,11 @@ func ParseConfig(raw []byte) (*Config, error) {
 	// A prevResult on ADD comes from an earlier plugin in the list; on
 	// CHECK and DEL it may be podnic's own result, so only a config
 	// without a device of its own is chained implicitly.
-	if c.PrevResult != nil && c.Device.isZero() && c.IPAMType == "" {
+	if c.PrevResult != nil && noDevice(c.Device) && c.IPAMType == "" {
 		c.Chained = true
 	}
 	if c.Chained {
-		if !c.Device.isZero() {
+		if !noDevice(c.Device) {
 			return nil, invalid("chained mode takes the interface from prevResult; remove the device selector (%s)", c.Device)
 		}
 		if c.IPAMType != "" {

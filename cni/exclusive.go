@@ -29,7 +29,7 @@ import (
 func addExclusive(args *skel.CmdArgs, conf *Config, dp *bpf.Datapath) (*types100.Result, error) {
 	steps := newStepTimer()
 	defer steps.log(args.ContainerID)
-	dev, err := netdevice.Find(selector(conf.Device))
+	dev, err := netdevice.Find(conf.Device)
 	if err != nil {
 		code := ErrCodeDevice
 		switch {
@@ -151,10 +151,6 @@ func addExclusive(args *skel.CmdArgs, conf *Config, dp *bpf.Datapath) (*types100
 	success = true
 	slog.Info("pod got its NIC", "container", args.ContainerID, "device", dev.Name, "ifname", args.IfName)
 	return result, nil
-}
-
-func selector(d DeviceSelector) netdevice.Selector {
-	return netdevice.Selector{MAC: d.MAC, Name: d.Name, PCIAddress: d.PCIAddress, PFName: d.PFName, VFIndex: d.VFIndex, HasVFIndex: d.HasVFIndex}
 }
 
 func podMTU(conf *Config, dev *netdevice.Device) int {
