@@ -633,3 +633,48 @@ func TestEveryReasonHasAName(t *testing.T) {
 		t.Errorf("Go knows %d reasons, C defines %d", len(Reasons()), len(podnicPnReasonValues()))
 	}
 }
+
+// quoteSrc is quote with the source rewritten instead of the destination.
+func quoteSrc(t *testing.T, frame []byte, src netip.AddrPort) []byte {
+	t.Helper()
+	p := gopacket.NewPacket(frame, layers.LayerTypeEthernet, gopacket.Default)
+	var ip []byte
+	switch l := p.NetworkLayer().(type) {
+	case *layers.IPv4:
+		c := *l
+		c.SrcIP = src.Addr().AsSlice()
+		ip = serialize(t, &c)[:20]
+	case *layers.IPv6:
+		c := *l
+		c.SrcIP = src.Addr().AsSlice()
+		ip = serialize(t, &c)[:40]
+	}
+	l4 := append([]byte(nil), p.NetworkLayer().LayerPayload()[:8]...)
+	l4[0], l4[1] = byte(src.Port()>>8), byte(src.Port())
+	return append(ip, l4...)
+}
+
+func TestICMPErrorsThePodSendsAboutARepliedFlowReachTheBackend(t *testing.T) {
+	for _, fam := range families {
+		t.Run(fam.name, func(t *testing.T) {
+			d := loadTest(t)
+			service(t, d, Frontend{VIP: fam.vip, Port: servicePort, Proto: UDP}, 1, backendPort, fam.backends[0])
+			client, vip, backend := ap(fam.client, clientPort), ap(fam.vip, servicePort), ap(fam.backends[0], backendPort)
+			run(t, d.Programs.FromPod, pkt{src: client, dst: vip, proto: UDP, payload: []byte("query")}.bytes(t))
+			// The reply, as the pod received it after reverse NAT.
+			reply := pkt{src: vip, dst: client, proto: UDP, payload: []byte("answer"), srcMAC: gwMAC, dstMAC: podMAC}.bytes(t)
+
+			t6, c6 := uint8(layers.ICMPv6TypeDestinationUnreachable), uint8(layers.ICMPv6CodePortUnreachable)
+			t4, c4 := uint8(layers.ICMPv4TypeDestinationUnreachable), uint8(layers.ICMPv4CodePort)
+			in := icmpError(t, fam.client, fam.vip, t6, c6, t4, c4, quoteSrc(t, reply, vip))
+			want := icmpError(t, fam.client, fam.backends[0], t6, c6, t4, c4, quoteSrc(t, reply, backend))
+			before := counted(t, d, DirFromPod, ReasonICMPDNAT)
+			ret, got := run(t, d.Programs.FromPod, in)
+			if ret != actUnspec {
+				t.Errorf("verdict %d, want TC_ACT_UNSPEC", ret)
+			}
+			expectPacket(t, "ICMP error to the backend", got, want)
+			expectCounted(t, d, DirFromPod, ReasonICMPDNAT, before)
+		})
+	}
+}

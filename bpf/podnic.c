@@ -83,6 +83,21 @@ static __always_inline int pn_from_pod(struct __sk_buff *skb, struct pn_pkt *p, 
 		return TC_ACT_UNSPEC;
 	}
 
+	now = bpf_ktime_get_ns();
+	if (!p->fragment && (p->proto == IPPROTO_ICMP || p->proto == IPPROTO_ICMPV6)) {
+		/* An error about a reply the pod got goes to the backend. */
+		int self = 0;
+
+		ret = pn_icmp_xlate(skb, p, now, 1, &self);
+		if (ret < 0) {
+			*reason = ret;
+			return TC_ACT_SHOT;
+		}
+		if (ret > 0) {
+			*reason = PN_ICMP_DNAT;
+			return self ? pn_redirect_self(skb) : TC_ACT_UNSPEC;
+		}
+	}
 	if (p->fragment || (p->proto != IPPROTO_TCP && p->proto != IPPROTO_UDP)) {
 		if (!pn_is_vip(p))
 			return TC_ACT_UNSPEC;
@@ -90,7 +105,6 @@ static __always_inline int pn_from_pod(struct __sk_buff *skb, struct pn_pkt *p, 
 		return TC_ACT_SHOT;
 	}
 
-	now = bpf_ktime_get_ns();
 	pn_ct_key_of(&fk, p, PN_CT_FORWARD);
 	fe = bpf_map_lookup_elem(&podnic_ct_v1, &fk);
 	if (fe && pn_ct_forward_hit(&fk, fe, p->tcp_flags, now)) {
@@ -167,7 +181,8 @@ static __always_inline int pn_to_pod(struct __sk_buff *skb, struct pn_pkt *p, in
 
 	now = bpf_ktime_get_ns();
 	if (p->proto == IPPROTO_ICMP || p->proto == IPPROTO_ICMPV6) {
-		int ret = pn_icmp_revnat(skb, p, now);
+		int self = 0;
+		int ret = pn_icmp_xlate(skb, p, now, 0, &self);
 
 		if (ret < 0) {
 			*reason = ret;

@@ -112,6 +112,7 @@ const (
 	podnicPnReasonPN_SELF              podnicPnReason = 5
 	podnicPnReasonPN_REJECT            podnicPnReason = 6
 	podnicPnReasonPN_ICMP_REVNAT       podnicPnReason = 7
+	podnicPnReasonPN_ICMP_DNAT         podnicPnReason = 8
 	podnicPnReasonPN_DROP_INVALID      podnicPnReason = -1
 	podnicPnReasonPN_DROP_UNKNOWN_PORT podnicPnReason = -2
 	podnicPnReasonPN_DROP_NO_BACKEND   podnicPnReason = -3

@@ -16,6 +16,7 @@ const (
 	ReasonSelf       = Reason(podnicPnReasonPN_SELF)
 	ReasonReject     = Reason(podnicPnReasonPN_REJECT)
 	ReasonICMPRevNAT = Reason(podnicPnReasonPN_ICMP_REVNAT)
+	ReasonICMPDNAT   = Reason(podnicPnReasonPN_ICMP_DNAT)
 
 	DropInvalid     = Reason(podnicPnReasonPN_DROP_INVALID)
 	DropUnknownPort = Reason(podnicPnReasonPN_DROP_UNKNOWN_PORT)
@@ -35,6 +36,7 @@ var reasonNames = map[Reason]string{
 	ReasonSelf:       "self-access",
 	ReasonReject:     "reject",
 	ReasonICMPRevNAT: "icmp-reverse-nat",
+	ReasonICMPDNAT:   "icmp-dnat",
 	DropInvalid:      "drop-invalid-packet",
 	DropUnknownPort:  "drop-unknown-port",
 	DropNoBackend:    "drop-missing-backend",

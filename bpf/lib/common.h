@@ -28,6 +28,7 @@ enum pn_reason {
 	PN_SELF = 5,	    /* self access: rewritten and redirected to lo */
 	PN_REJECT = 6,	    /* no usable backend: TCP RST or ICMP unreachable */
 	PN_ICMP_REVNAT = 7, /* ICMP error about a flow translated back */
+	PN_ICMP_DNAT = 8,   /* ICMP error from the pod sent on to the backend */
 
 	PN_DROP_INVALID = -1,	   /* truncated or malformed headers */
 	PN_DROP_UNKNOWN_PORT = -2, /* known Service VIP, unknown port */
