@@ -53,6 +53,11 @@ type netConf struct {
 	ServiceCIDRs []string `json:"serviceCIDRs,omitempty"`
 	StateDir     string   `json:"stateDir,omitempty"`
 
+	DevicePool *struct {
+		MACs  []string `json:"macs,omitempty"`
+		Names []string `json:"names,omitempty"`
+	} `json:"devicePool,omitempty"`
+
 	VF *struct {
 		MAC      string `json:"mac,omitempty"`
 		VLAN     *int   `json:"vlan,omitempty"`
@@ -70,6 +75,14 @@ func noDevice(s netdevice.Selector) bool {
 	return s.MAC == nil && s.Name == "" && s.PCIAddress == "" && s.PFName == "" && !s.HasVFIndex
 }
 
+// DevicePool lists the host devices pods of a node pool take their NIC
+// from, one each, when one static config serves every pod (as container
+// runtimes pass it) and no device plugin hands out a deviceID.
+type DevicePool struct {
+	MACs  []net.HardwareAddr
+	Names []string
+}
+
 // VFConfig is what to set on a VF through its PF before the move.
 type VFConfig struct {
 	MAC      net.HardwareAddr
@@ -84,6 +97,7 @@ type Config struct {
 	CNIVersion   string
 	Network      string
 	Device       netdevice.Selector
+	Pool         *DevicePool
 	VF           *VFConfig
 	IPAMType     string
 	MTU          int
@@ -180,11 +194,11 @@ func ParseConfig(raw []byte) (*Config, error) {
 	// A prevResult on ADD comes from an earlier plugin in the list; on
 	// CHECK and DEL it may be podnic's own result, so only a config
 	// without a device of its own is chained implicitly.
-	if c.PrevResult != nil && noDevice(c.Device) && c.IPAMType == "" {
+	if c.PrevResult != nil && noDevice(c.Device) && c.Pool == nil && c.IPAMType == "" {
 		c.Chained = true
 	}
 	if c.Chained {
-		if !noDevice(c.Device) {
+		if !noDevice(c.Device) || c.Pool != nil {
 			return nil, invalid("chained mode takes the interface from prevResult; remove the device selector (%s)", c.Device)
 		}
 		if c.IPAMType != "" {
@@ -237,11 +251,32 @@ func (c *Config) parseDevice(n *netConf) error {
 		c.Device.PFName, c.Device.VFIndex, c.Device.HasVFIndex = n.PFName, *n.VFIndex, true
 		set++
 	}
+	if n.DevicePool != nil {
+		pool := &DevicePool{}
+		for _, m := range n.DevicePool.MACs {
+			mac, err := net.ParseMAC(m)
+			if err != nil || len(mac) != 6 {
+				return invalid("devicePool.macs: %q is not an Ethernet MAC address", m)
+			}
+			pool.MACs = append(pool.MACs, mac)
+		}
+		for _, name := range n.DevicePool.Names {
+			if name == "" || len(name) > 15 || strings.ContainsAny(name, "/ ") {
+				return invalid("devicePool.names: %q is not an interface name", name)
+			}
+			pool.Names = append(pool.Names, name)
+		}
+		if len(pool.MACs)+len(pool.Names) == 0 {
+			return invalid("devicePool lists no device: give macs or names")
+		}
+		c.Pool = pool
+		set++
+	}
 	if set > 1 {
-		return invalid("choose the device one way: deviceMAC, deviceName, pciAddress (or runtimeConfig.deviceID), or pfName with vfIndex")
+		return invalid("choose the device one way: deviceMAC, deviceName, pciAddress (or runtimeConfig.deviceID), pfName with vfIndex, or devicePool")
 	}
 	if set == 0 && !c.Chained && (n.RawPrevResult == nil || n.IPAM.Type != "") {
-		return invalid("no device: set deviceMAC, deviceName, pciAddress, pfName with vfIndex, or pass runtimeConfig.deviceID")
+		return invalid("no device: set deviceMAC, deviceName, pciAddress, pfName with vfIndex or devicePool, or pass runtimeConfig.deviceID")
 	}
 	if n.VF != nil {
 		if c.Device.PCIAddress == "" && !c.Device.HasVFIndex {

@@ -9,14 +9,17 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/containernetworking/cni/pkg/invoke"
 	"github.com/containernetworking/cni/pkg/skel"
 	"github.com/containernetworking/cni/pkg/types"
 	types100 "github.com/containernetworking/cni/pkg/types/100"
+	"golang.org/x/sys/unix"
 
 	"github.com/podnic/podnic/bpf"
 	"github.com/podnic/podnic/ipam"
@@ -29,7 +32,7 @@ import (
 func addExclusive(args *skel.CmdArgs, conf *Config, dp *bpf.Datapath) (*types100.Result, error) {
 	steps := newStepTimer()
 	defer steps.log(args.ContainerID)
-	dev, err := netdevice.Find(conf.Device)
+	dev, release, err := findDevice(args, conf)
 	if err != nil {
 		code := ErrCodeDevice
 		switch {
@@ -38,8 +41,9 @@ func addExclusive(args *skel.CmdArgs, conf *Config, dp *bpf.Datapath) (*types100
 		case errors.Is(err, netdevice.ErrBusy):
 			code = ErrCodeDeviceBusy
 		}
-		return nil, cniError(code, "finding the pod's device by "+conf.Device.String(), err)
+		return nil, cniError(code, "finding the pod's device", err)
 	}
+	defer release()
 
 	st := &State{Network: conf.Network, ContainerID: args.ContainerID, Ifname: args.IfName, Netns: args.Netns,
 		Created: time.Now(), BPFRoot: conf.BPFRoot, AttachMode: string(conf.AttachMode), IPAMType: conf.IPAMType}
@@ -78,6 +82,7 @@ func addExclusive(args *skel.CmdArgs, conf *Config, dp *bpf.Datapath) (*types100
 		if err != nil {
 			return nil, cniError(ErrCodeDevice, "moving the device into the pod", err)
 		}
+		release() // the device left the host: no other ADD can take it
 		st.Device = marshalRaw(saved)
 		st.MAC = dev.MAC.String()
 		if err := st.save(conf.StateDir); err != nil {
@@ -151,6 +156,68 @@ func addExclusive(args *skel.CmdArgs, conf *Config, dp *bpf.Datapath) (*types100
 	success = true
 	slog.Info("pod got its NIC", "container", args.ContainerID, "device", dev.Name, "ifname", args.IfName)
 	return result, nil
+}
+
+// findDevice finds the pod's device. From a pool it takes the first member
+// still free in the host under a lock held until release, which the caller
+// calls once the device has left the host: concurrent ADDs never pick the
+// same one.
+func findDevice(args *skel.CmdArgs, conf *Config) (*netdevice.Device, func(), error) {
+	if conf.Pool == nil {
+		dev, err := netdevice.Find(conf.Device)
+		if err != nil {
+			return nil, nil, fmt.Errorf("finding device by %s: %w", conf.Device, err)
+		}
+		return dev, func() {}, nil
+	}
+	unlock, err := lockPool(conf)
+	if err != nil {
+		return nil, nil, err
+	}
+	var sels []netdevice.Selector
+	for _, m := range conf.Pool.MACs {
+		sels = append(sels, netdevice.Selector{MAC: m})
+	}
+	for _, n := range conf.Pool.Names {
+		sels = append(sels, netdevice.Selector{Name: n})
+	}
+	for _, sel := range sels {
+		dev, err := netdevice.Find(sel)
+		if err == nil {
+			slog.Debug("took device from the pool", "container", args.ContainerID, "device", dev.Name)
+			return dev, unlock, nil
+		}
+		if !errors.Is(err, netdevice.ErrNotFound) && !errors.Is(err, netdevice.ErrBusy) {
+			unlock()
+			return nil, nil, fmt.Errorf("looking through the device pool: %w", err)
+		}
+	}
+	unlock()
+	return nil, nil, fmt.Errorf("device pool of %d: every device is in use: %w", len(sels), netdevice.ErrNotFound)
+}
+
+// lockPool takes the network's pool lock, a flock on a file in the state
+// dir, shared by every podnic process on the node.
+func lockPool(conf *Config) (func(), error) {
+	dir := filepath.Join(conf.StateDir, unsafeName.ReplaceAllString(conf.Network, "_"))
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("creating state dir: %w", err)
+	}
+	f, err := os.OpenFile(filepath.Join(dir, "pool.lock"), os.O_CREATE|os.O_RDWR, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("opening pool lock: %w", err)
+	}
+	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("locking device pool: %w", err)
+	}
+	var once sync.Once
+	return func() {
+		once.Do(func() {
+			_ = unix.Flock(int(f.Fd()), unix.LOCK_UN)
+			f.Close()
+		})
+	}, nil
 }
 
 func podMTU(conf *Config, dev *netdevice.Device) int {

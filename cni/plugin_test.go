@@ -524,3 +524,61 @@ func countFDs(t *testing.T) int {
 	}
 	return len(fds)
 }
+
+func TestDevicePoolGivesEachPodItsOwnENI(t *testing.T) {
+	n := newNode(t)
+	const pods = 4
+	var macs []string
+	var enis []eni
+	for i := range pods {
+		e := n.addENI(i + 1)
+		enis = append(enis, e)
+		macs = append(macs, e.mac.String())
+	}
+	// One static config for every pod, as a container runtime passes it.
+	l := n.list(n.conf("1.1.0", map[string]any{"devicePool": map[string]any{"macs": macs}}))
+	ps := make([]pod, pods+1)
+	for i := range ps {
+		ps[i] = n.addPod(fmt.Sprintf("p%d", i))
+	}
+	var wg sync.WaitGroup
+	errs := make([]error, pods)
+	for i := range pods {
+		wg.Go(func() { _, errs[i] = n.add(l, ps[i]) })
+	}
+	wg.Wait()
+	seen := map[string]bool{}
+	for i := range pods {
+		if errs[i] != nil {
+			t.Fatalf("ADD %d: %v", i, errs[i])
+		}
+		in, ok := link(t, ps[i].name, "eth0")
+		if !ok {
+			t.Fatalf("pod %d has no eth0", i)
+		}
+		if seen[in.Address] {
+			t.Errorf("ENI %s given to two pods", in.Address)
+		}
+		seen[in.Address] = true
+	}
+	// The pool is empty now: the next pod gets a clear error.
+	_, err := n.add(l, ps[pods])
+	if code := cniCode(err); code != 100 || !strings.Contains(err.Error(), "every device is in use") {
+		t.Errorf("ADD on an empty pool: %v (code %d)", err, code)
+	}
+	// A DEL frees a device for the next pod.
+	if err := n.del(l, ps[0]); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := n.add(l, ps[pods]); err != nil {
+		t.Fatalf("ADD after a DEL freed a device: %v", err)
+	}
+	for i := 1; i <= pods; i++ {
+		if err := n.del(l, ps[i]); err != nil {
+			t.Error(err)
+		}
+	}
+	for _, e := range enis {
+		expectBackOnHost(t, e)
+	}
+}

@@ -43,4 +43,7 @@ fi
 # The VM tests boot Debian's 6.1 kernel (no TCX) under qemu.
 "$(dirname "$0")/setup-vm.sh"
 
+# The node in a box runs containerd, runc and crictl.
+"$(dirname "$0")/setup-nodebox.sh" >/dev/null
+
 echo "setup.sh: done"

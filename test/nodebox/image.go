@@ -1,0 +1,176 @@
+package nodebox
+
+import (
+	"archive/tar"
+	"bytes"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"runtime"
+	"sort"
+	"time"
+)
+
+// imageFile is one file of an image: its content comes from a file on this
+// machine, or it is a symlink.
+type imageFile struct {
+	from    string // path of the content
+	link    string // symlink target, if a symlink
+	mode    int64
+	content []byte
+}
+
+// writeImages writes the pause and workload images as OCI image layout
+// tarballs for `ctr images import`.
+func (b *Box) writeImages() error {
+	pause := map[string]imageFile{
+		"pause": {from: filepath.Join(b.Bin, "podnic-pause"), mode: 0o755},
+	}
+	echo := map[string]imageFile{
+		"podnic-echo": {from: filepath.Join(b.Bin, "podnic-echo"), mode: 0o755},
+		"podnic-get":  {from: filepath.Join(b.Bin, "podnic-get"), mode: 0o755},
+		"bin/busybox": {from: "/bin/busybox", mode: 0o755},
+		"etc/passwd":  {content: []byte("root:x:0:0:root:/:/bin/sh\n"), mode: 0o644},
+	}
+	for _, tool := range []string{"sh", "sleep", "cat", "ip", "ls", "ps", "echo", "hostname"} {
+		echo["bin/"+tool] = imageFile{link: "busybox"}
+	}
+	if err := writeImage(filepath.Join(b.Dir, "images", "pause.tar"), PauseImage, pause, []string{"/pause"}); err != nil {
+		return err
+	}
+	return writeImage(filepath.Join(b.Dir, "images", "echo.tar"), EchoImage, echo, []string{"/podnic-echo"})
+}
+
+// writeImage writes an OCI image layout, as a tar, holding one image named
+// name with one uncompressed layer of files and entrypoint.
+func writeImage(path, name string, files map[string]imageFile, entrypoint []string) error {
+	var layer bytes.Buffer
+	lw := tar.NewWriter(&layer)
+	dirs := map[string]bool{}
+	names := make([]string, 0, len(files))
+	for n := range files {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	epoch := time.Unix(0, 0)
+	for _, n := range names {
+		for d := filepath.Dir(n); d != "."; d = filepath.Dir(d) {
+			if !dirs[d] {
+				dirs[d] = true
+				if err := lw.WriteHeader(&tar.Header{Typeflag: tar.TypeDir, Name: d + "/", Mode: 0o755, ModTime: epoch}); err != nil {
+					return err
+				}
+			}
+		}
+		f := files[n]
+		if f.link != "" {
+			if err := lw.WriteHeader(&tar.Header{Typeflag: tar.TypeSymlink, Name: n, Linkname: f.link, Mode: 0o777, ModTime: epoch}); err != nil {
+				return err
+			}
+			continue
+		}
+		data := f.content
+		if f.from != "" {
+			var err error
+			if data, err = os.ReadFile(f.from); err != nil {
+				return err
+			}
+		}
+		if err := lw.WriteHeader(&tar.Header{Typeflag: tar.TypeReg, Name: n, Mode: f.mode, Size: int64(len(data)), ModTime: epoch}); err != nil {
+			return err
+		}
+		if _, err := lw.Write(data); err != nil {
+			return err
+		}
+	}
+	if err := lw.Close(); err != nil {
+		return err
+	}
+
+	blobs := map[string][]byte{}
+	add := func(data []byte) (string, int) {
+		sum := sha256.Sum256(data)
+		d := "sha256:" + hex.EncodeToString(sum[:])
+		blobs[hex.EncodeToString(sum[:])] = data
+		return d, len(data)
+	}
+	layerDigest, layerSize := add(layer.Bytes())
+	config, err := json.Marshal(map[string]any{
+		"architecture": runtime.GOARCH,
+		"os":           "linux",
+		"config": map[string]any{
+			"Entrypoint": entrypoint,
+			"Env":        []string{"PATH=/bin:/"},
+			"WorkingDir": "/",
+		},
+		"rootfs": map[string]any{"type": "layers", "diff_ids": []string{layerDigest}},
+	})
+	if err != nil {
+		return err
+	}
+	configDigest, configSize := add(config)
+	manifest, err := json.Marshal(map[string]any{
+		"schemaVersion": 2,
+		"mediaType":     "application/vnd.oci.image.manifest.v1+json",
+		"config":        map[string]any{"mediaType": "application/vnd.oci.image.config.v1+json", "digest": configDigest, "size": configSize},
+		"layers":        []any{map[string]any{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": layerDigest, "size": layerSize}},
+	})
+	if err != nil {
+		return err
+	}
+	manifestDigest, manifestSize := add(manifest)
+	index, err := json.Marshal(map[string]any{
+		"schemaVersion": 2,
+		"mediaType":     "application/vnd.oci.image.index.v1+json",
+		"manifests": []any{map[string]any{
+			"mediaType": "application/vnd.oci.image.manifest.v1+json",
+			"digest":    manifestDigest,
+			"size":      manifestSize,
+			"platform":  map[string]string{"architecture": runtime.GOARCH, "os": "linux"},
+			"annotations": map[string]string{
+				"io.containerd.image.name":          name,
+				"org.opencontainers.image.ref.name": name,
+			},
+		}},
+	})
+	if err != nil {
+		return err
+	}
+
+	out, err := os.Create(path)
+	if err != nil {
+		return err
+	}
+	defer out.Close()
+	tw := tar.NewWriter(out)
+	write := func(name string, data []byte) error {
+		if err := tw.WriteHeader(&tar.Header{Typeflag: tar.TypeReg, Name: name, Mode: 0o644, Size: int64(len(data)), ModTime: epoch}); err != nil {
+			return err
+		}
+		_, err := tw.Write(data)
+		return err
+	}
+	if err := write("oci-layout", []byte(`{"imageLayoutVersion":"1.0.0"}`)); err != nil {
+		return err
+	}
+	if err := write("index.json", index); err != nil {
+		return err
+	}
+	hexes := make([]string, 0, len(blobs))
+	for h := range blobs {
+		hexes = append(hexes, h)
+	}
+	sort.Strings(hexes)
+	for _, h := range hexes {
+		if err := write("blobs/sha256/"+h, blobs[h]); err != nil {
+			return fmt.Errorf("writing image %s: %w", name, err)
+		}
+	}
+	if err := tw.Close(); err != nil {
+		return err
+	}
+	return out.Close()
+}
