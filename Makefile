@@ -8,7 +8,7 @@ GOBIN    := $(shell $(GO) env GOPATH)/bin
 PKGS     := ./...
 CSOURCES := $(wildcard bpf/*.c bpf/lib/*.h)
 
-.PHONY: all setup generate check-generate build test test-unit lint format bench demo demo-down clean
+.PHONY: all setup generate check-generate build test test-unit lint format bench demo demo-down demo-lite demo-lite-down clean
 
 all: build
 
@@ -47,11 +47,19 @@ format:
 bench:
 	$(GO) test -run '^$$' -bench . -benchtime 200000x ./bpf/
 
+# The node in a box: a real single-node cluster with podnic.
 demo: setup build
 	./scripts/demo.sh
 
 demo-down:
 	./scripts/demo.sh down
+
+# The same datapath in two network namespaces, without Kubernetes.
+demo-lite: setup build
+	./scripts/demo-lite.sh
+
+demo-lite-down:
+	./scripts/demo-lite.sh down
 
 clean:
 	rm -rf $(BIN)

@@ -30,7 +30,7 @@ func TestDemoShowsServicesWorkingAndTearsDown(t *testing.T) {
 	env := append(os.Environ(), "PODNIC_DEMO_PREFIX="+prefix, "PODNIC_BIN="+bin)
 	demo := func(args ...string) string {
 		t.Helper()
-		cmd := exec.Command("./scripts/demo.sh", args...)
+		cmd := exec.Command("./scripts/demo-lite.sh", args...)
 		cmd.Dir, cmd.Env = repo, env
 		cmd.WaitDelay = time.Second
 		timer := time.AfterFunc(2*time.Minute, func() { _ = cmd.Process.Kill() })
