@@ -66,3 +66,50 @@ func TestDemoShowsServicesWorkingAndTearsDown(t *testing.T) {
 		t.Errorf("pins left after demo down: %v", err)
 	}
 }
+
+// TestNodeBoxDemoShowsClusterIPAndSelfAccess runs 'make demo''s script in a
+// box directory of its own, so a demo the user left up is not touched.
+func TestNodeBoxDemoShowsClusterIPAndSelfAccess(t *testing.T) {
+	if os.Getuid() != 0 {
+		t.Skip("the demo needs root")
+	}
+	if testing.Short() {
+		t.Skip("the node in a box takes about 20 s")
+	}
+	repo, err := filepath.Abs("../..")
+	if err != nil {
+		t.Fatal(err)
+	}
+	env := append(os.Environ(), "PODNIC_NODEBOX_DIR="+filepath.Join(t.TempDir(), "box"))
+	demo := func(args ...string) (string, error) {
+		cmd := exec.Command("./scripts/demo.sh", args...)
+		cmd.Dir, cmd.Env = repo, env
+		timer := time.AfterFunc(5*time.Minute, func() { _ = cmd.Process.Kill() })
+		defer timer.Stop()
+		out, err := cmd.CombinedOutput()
+		return string(out), err
+	}
+	t.Cleanup(func() {
+		if out, err := demo("down"); err != nil {
+			t.Errorf("demo down: %v\n%s", err, out)
+		}
+	})
+	out, err := demo()
+	if err != nil {
+		t.Fatalf("demo: %v\n%s", err, out)
+	}
+	for _, want := range []string{
+		"default/echo:http",
+		"default/client-self:http",
+		"podnic_from_pod",
+		"hello from client (10.1.0.",
+		"closing,self",
+	} {
+		if !strings.Contains(out, want) {
+			t.Errorf("demo output lacks %q:\n%s", want, out)
+		}
+	}
+	if n := strings.Count(out, "hello from echo-"); n != 4 {
+		t.Errorf("%d answers from the echo pods through the ClusterIP, want 4:\n%s", n, out)
+	}
+}
