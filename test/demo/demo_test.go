@@ -67,7 +67,7 @@ func TestDemoShowsServicesWorkingAndTearsDown(t *testing.T) {
 	}
 }
 
-// TestNodeBoxDemoShowsClusterIPAndSelfAccess runs 'make demo''s script in a
+// TestNodeBoxDemoShowsClusterIPAndSelfAccess runs 'make demo”s script in a
 // box directory of its own, so a demo the user left up is not touched.
 func TestNodeBoxDemoShowsClusterIPAndSelfAccess(t *testing.T) {
 	if os.Getuid() != 0 {
