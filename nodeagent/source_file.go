@@ -85,23 +85,35 @@ func (s FileSource) Run(ctx context.Context, a *Agent) error {
 		every = time.Second
 	}
 	a.OnNode(map[string]string{LabelZone: s.Zone})
-	var last [32]byte
+	// last is the content programmed; bad the last content that did not
+	// parse, and readErr the last read error: each is logged once, not
+	// at every look.
+	var last, bad [32]byte
+	var readErr string
 	var cur fileObjects
 	ready := false
 	t := time.NewTicker(every)
 	defer t.Stop()
 	for {
 		data, err := os.ReadFile(s.Path)
+		sum := sha256.Sum256(data)
+		if err == nil {
+			readErr = ""
+		}
 		switch {
 		case err != nil:
-			a.log.Warn("reading services file", "path", s.Path, "error", err)
-		case sha256.Sum256(data) != last:
+			if err.Error() != readErr {
+				readErr = err.Error()
+				a.log.Warn("reading services file", "path", s.Path, "error", err)
+			}
+		case sum != last && sum != bad:
 			objs, err := parseObjectsFile(data)
 			if err != nil {
+				bad = sum
 				a.log.Error("services file does not parse; keeping the last good one", "path", s.Path, "error", err)
 				break
 			}
-			last = sha256.Sum256(data)
+			last = sum
 			for k, o := range cur.services {
 				if objs.services[k] == nil {
 					a.OnServiceDelete(o.Namespace, o.Name)

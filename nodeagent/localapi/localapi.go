@@ -250,6 +250,9 @@ func ctState(p bpf.Proto, flags uint8) string {
 // Listen opens the socket at path for root only: the directory is 0700,
 // the socket 0600, and a stale socket from a previous run is replaced.
 func Listen(path string) (net.Listener, error) {
+	// A directory that exists is left as it is (it may be shared, as
+	// /run is): the socket's own mode, set through the umask before it
+	// exists, is what keeps other users out.
 	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
 		return nil, fmt.Errorf("creating socket dir: %w", err)
 	}

@@ -131,7 +131,7 @@ func cmdAttachments(g globals, args []string) error {
 		}
 		as, err = bpf.QueryInterface(*netns, *ifname)
 	} else if c := g.agent(); c != nil {
-		err = c.Get(localapi.PathAttachments, &as)
+		as, err = c.Attachments()
 	} else {
 		as, err = bpf.ListAttachments(g.root)
 	}

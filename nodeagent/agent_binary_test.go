@@ -1,0 +1,181 @@
+package nodeagent_test
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/podnic/podnic/bpf"
+	"github.com/podnic/podnic/nodeagent/localapi"
+	"github.com/podnic/podnic/test/k8s"
+)
+
+// buildCommands builds podnic-agent and podnicctl into a temporary
+// directory, as a release would, and returns it.
+func buildCommands(t *testing.T) string {
+	t.Helper()
+	dir := t.TempDir()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, "go", "build", "-o", dir+"/", "./cmd/podnic-agent", "./cmd/podnicctl")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("go build: %v\n%s", err, out)
+	}
+	return dir
+}
+
+// TestAgentBinaryProgramsAndStopsCleanly runs the podnic-agent binary with
+// the limited token against the API server, asks it through its socket
+// with podnicctl, stops it with SIGTERM and checks that it exits cleanly
+// and leaves the maps as they were.
+func TestAgentBinaryProgramsAndStopsCleanly(t *testing.T) {
+	if os.Getuid() != 0 {
+		t.Skip("needs root for BPF")
+	}
+	bin := buildCommands(t)
+	c := k8s.Start(t)
+	c.Apply(t, agentRBAC+"---"+nodeYAML("zone-a"))
+	root := filepath.Join("/sys/fs/bpf", fmt.Sprintf("podnic-agent-binary-%d", os.Getpid()))
+	t.Cleanup(func() { _ = bpf.Unpin(root) })
+	d, err := bpf.Load(root) // the datapath is loaded and pinned before the agent starts
+	if err != nil {
+		t.Fatal(err)
+	}
+	d.Close()
+
+	sock := filepath.Join(t.TempDir(), "run", "agent.sock")
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ops := l.Addr().String()
+	l.Close()
+	logPath := filepath.Join(t.TempDir(), "agent.log")
+	logFile, err := os.Create(logPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer logFile.Close()
+	agent := exec.Command(filepath.Join(bin, "podnic-agent"),
+		"--kubeconfig="+c.Kubeconfig(k8s.AgentUser), "--node-name=node-a", "--bpf-root="+root,
+		"--socket="+sock, "--ops-address="+ops, "--log-format=json")
+	agent.Stdout, agent.Stderr = logFile, logFile
+	agent.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	if err := agent.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- agent.Wait() }()
+	t.Cleanup(func() {
+		if agent.ProcessState == nil {
+			_ = agent.Process.Kill()
+			<-exited
+		}
+		if t.Failed() {
+			b, _ := os.ReadFile(logPath)
+			t.Logf("podnic-agent log:\n%s", b)
+		}
+	})
+
+	ctl := func(args ...string) ([]byte, error) {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		cmd := exec.CommandContext(ctx, filepath.Join(bin, "podnicctl"), append([]string{"--socket", sock, "--bpf-root", root, "-o", "json"}, args...)...)
+		return cmd.Output()
+	}
+	c.Apply(t, serviceYAML("")+slicesYAML(up("server1")))
+	var rows []localapi.ServiceRow
+	eventually(t, "podnicctl service list shows the Service", func() error {
+		out, err := ctl("service", "list")
+		if err != nil {
+			return fmt.Errorf("podnicctl: %w", err)
+		}
+		rows = nil
+		if err := json.Unmarshal(out, &rows); err != nil {
+			return fmt.Errorf("decoding %s: %w", out, err)
+		}
+		var web []string
+		for _, r := range rows {
+			if r.Service == "default/web:http" && len(r.Backends) == 1 &&
+				(r.Backends[0].Addr.String() == "192.0.2.20:8080" || r.Backends[0].Addr.String() == "[2001:db8::20]:8080") {
+				web = append(web, r.VIP.String())
+			}
+		}
+		if len(web) != 2 {
+			return fmt.Errorf("web's http frontends with server1: %v, want IPv4 and IPv6 in %s", web, out)
+		}
+		return nil
+	})
+
+	out, err := ctl("status")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var st localapi.Status
+	if err := json.Unmarshal(out, &st); err != nil {
+		t.Fatal(err)
+	}
+	if !st.Agent || st.Source != "kubernetes" || st.Node != "node-a" || st.Zone != "zone-a" || st.LastSync == nil || st.LastSync.Error != "" || st.Services < 2 {
+		t.Errorf("podnicctl status: %s", out)
+	}
+	for _, cmd := range [][]string{{"ct", "list"}, {"attachments"}} {
+		out, err := ctl(cmd...)
+		if err != nil || strings.TrimSpace(string(out)) != "[]" {
+			t.Errorf("podnicctl %s: %v %s, want [] (nothing attached)", cmd, err, out)
+		}
+	}
+	resp, err := http.Get("http://" + ops + "/healthz")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Errorf("/healthz: %s", resp.Status)
+	}
+
+	before := programmed(t, mustOpen(t, root))
+	if err := agent.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-exited:
+		if err != nil {
+			t.Errorf("podnic-agent exited with %v after SIGTERM", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("podnic-agent still running 10s after SIGTERM")
+	}
+	if log, _ := os.ReadFile(logPath); !strings.Contains(string(log), "the maps stay as they are") {
+		t.Errorf("no clean stop in the log:\n%s", log)
+	}
+	if _, err := os.Stat(sock); !os.IsNotExist(err) {
+		t.Errorf("socket left behind: %v", err)
+	}
+	after := programmed(t, mustOpen(t, root))
+	if fmt.Sprint(after) != fmt.Sprint(before) || len(after) != 4 {
+		t.Errorf("the maps changed when the agent stopped:\nbefore %v\nafter  %v", before, after)
+	}
+	// Without the agent, podnicctl reads the same from the pins.
+	if out, err := ctl("service", "list"); err != nil || !strings.Contains(string(out), "192.0.2.20:8080") {
+		t.Errorf("podnicctl from the pins after the agent stopped: %v %s", err, out)
+	}
+}
+
+func mustOpen(t *testing.T, root string) *bpf.Datapath {
+	t.Helper()
+	d, err := bpf.OpenPinned(root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(d.Close)
+	return d
+}
