@@ -26,6 +26,30 @@ func noArgs(fs *flag.FlagSet) error {
 	return nil
 }
 
+// parseNoArgs parses a command's flags and refuses arguments.
+func parseNoArgs(fs *flag.FlagSet, args []string) error {
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	return noArgs(fs)
+}
+
+// fetch asks the agent for path when it runs, and otherwise computes the
+// same answer from the pinned maps.
+func fetch[T any](g globals, path string, fromPins func(*bpf.Datapath) (T, error)) (T, error) {
+	var v T
+	if c := g.agent(); c != nil {
+		err := c.Get(path, &v)
+		return v, err
+	}
+	d, err := open(g)
+	if err != nil {
+		return v, err
+	}
+	defer d.Close()
+	return fromPins(d)
+}
+
 func open(g globals) (*bpf.Datapath, error) {
 	d, err := bpf.OpenPinned(g.root)
 	if errors.Is(err, bpf.ErrNotLoaded) {
@@ -35,11 +59,7 @@ func open(g globals) (*bpf.Datapath, error) {
 }
 
 func cmdLoad(g globals, args []string) error {
-	fs := newFlags("load")
-	if err := fs.Parse(args); err != nil {
-		return err
-	}
-	if err := noArgs(fs); err != nil {
+	if err := parseNoArgs(newFlags("load"), args); err != nil {
 		return err
 	}
 	d, err := bpf.Load(g.root)
@@ -52,11 +72,7 @@ func cmdLoad(g globals, args []string) error {
 }
 
 func cmdUnload(g globals, args []string) error {
-	fs := newFlags("unload")
-	if err := fs.Parse(args); err != nil {
-		return err
-	}
-	if err := noArgs(fs); err != nil {
+	if err := parseNoArgs(newFlags("unload"), args); err != nil {
 		return err
 	}
 	if err := bpf.Unpin(g.root); err != nil {
@@ -285,27 +301,14 @@ func cmdServiceDelete(g globals, args []string) error {
 }
 
 func cmdServiceList(g globals, args []string) error {
-	fs := newFlags("service list")
-	if err := fs.Parse(args); err != nil {
+	if err := parseNoArgs(newFlags("service list"), args); err != nil {
 		return err
 	}
-	if err := noArgs(fs); err != nil {
+	rows, err := fetch(g, localapi.PathServices, func(d *bpf.Datapath) ([]localapi.ServiceRow, error) {
+		return localapi.ServiceRows(d, nil)
+	})
+	if err != nil {
 		return err
-	}
-	var rows []localapi.ServiceRow
-	if c := g.agent(); c != nil {
-		if err := c.Get(localapi.PathServices, &rows); err != nil {
-			return err
-		}
-	} else {
-		d, err := open(g)
-		if err != nil {
-			return err
-		}
-		defer d.Close()
-		if rows, err = localapi.ServiceRows(d, nil); err != nil {
-			return err
-		}
 	}
 	if rows == nil {
 		rows = []localapi.ServiceRow{}
@@ -333,27 +336,12 @@ func cmdServiceList(g globals, args []string) error {
 }
 
 func cmdCTList(g globals, args []string) error {
-	fs := newFlags("ct list")
-	if err := fs.Parse(args); err != nil {
+	if err := parseNoArgs(newFlags("ct list"), args); err != nil {
 		return err
 	}
-	if err := noArgs(fs); err != nil {
+	rows, err := fetch(g, localapi.PathConntrack, localapi.CTRows)
+	if err != nil {
 		return err
-	}
-	var rows []localapi.CTRow
-	if c := g.agent(); c != nil {
-		if err := c.Get(localapi.PathConntrack, &rows); err != nil {
-			return err
-		}
-	} else {
-		d, err := open(g)
-		if err != nil {
-			return err
-		}
-		defer d.Close()
-		if rows, err = localapi.CTRows(d); err != nil {
-			return err
-		}
 	}
 	if rows == nil {
 		rows = []localapi.CTRow{}
@@ -367,11 +355,7 @@ func cmdCTList(g globals, args []string) error {
 }
 
 func cmdStatus(g globals, args []string) error {
-	fs := newFlags("status")
-	if err := fs.Parse(args); err != nil {
-		return err
-	}
-	if err := noArgs(fs); err != nil {
+	if err := parseNoArgs(newFlags("status"), args); err != nil {
 		return err
 	}
 	var st localapi.Status
@@ -450,11 +434,7 @@ type verdictRow struct {
 }
 
 func cmdVerdicts(g globals, args []string) error {
-	fs := newFlags("verdicts")
-	if err := fs.Parse(args); err != nil {
-		return err
-	}
-	if err := noArgs(fs); err != nil {
+	if err := parseNoArgs(newFlags("verdicts"), args); err != nil {
 		return err
 	}
 	d, err := open(g)
