@@ -8,7 +8,7 @@ GOBIN    := $(shell $(GO) env GOPATH)/bin
 PKGS     := ./...
 CSOURCES := $(wildcard bpf/*.c bpf/lib/*.h)
 
-.PHONY: all setup generate check-generate build test test-unit lint format bench demo demo-down demo-lite demo-lite-down clean
+.PHONY: all setup generate check-generate build test test-unit e2e lint format bench demo demo-down demo-lite demo-lite-down bench-wrk clean
 
 all: build
 
@@ -34,6 +34,10 @@ test: setup check-generate lint
 test-unit:
 	$(GO) test -count=1 -short $(PKGS)
 
+# The end-to-end scenarios on the node in a box (root; part of `make test`).
+e2e: setup
+	$(GO) test -count=1 -timeout 20m -v -run 'TestScenarios|TestPodsOwnENIsAndReachAClusterIP' ./test/nodebox/
+
 lint:
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { gofmt -l $$(git ls-files '*.go'); echo "gofmt: files above need formatting" >&2; exit 1; }
 	$(GO) vet $(PKGS)
@@ -46,6 +50,10 @@ format:
 
 bench:
 	$(GO) test -run '^$$' -bench . -benchtime 200000x ./bpf/
+
+# The wrk comparison against kube-proxy (docs/bench.md); BENCH_WRK_FLAGS=-quick for ~2 min.
+bench-wrk: setup
+	./scripts/bench-wrk.sh $(BENCH_WRK_FLAGS)
 
 # The node in a box: a real single-node cluster with podnic.
 demo: setup build

@@ -1,0 +1,270 @@
+package wrkbench
+
+import (
+	"fmt"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/podnic/podnic/test/k8s"
+)
+
+// Config says what the suite runs.
+type Config struct {
+	Rounds   int           // interleaved rounds per phase
+	Duration time.Duration // of each wrk run
+	Conns    int           // wrk connections
+	Services []int         // phases: Services present (1, 10000)
+	// KubeProxy runs the kube-proxy cases; KubeProxyAtScale keeps them in
+	// phases with more than one Service (creating that many Services in
+	// the API server and waiting for both kube-proxies to sync them).
+	KubeProxy        bool
+	KubeProxyAtScale bool
+	Workers          int // parallel API requests while filling
+}
+
+// QuickConfig is for development: about two minutes.
+func QuickConfig() Config {
+	return Config{Rounds: 2, Duration: 3 * time.Second, Conns: 32, Services: []int{1}, KubeProxy: true, KubeProxyAtScale: true, Workers: 16}
+}
+
+// FullConfig is what `make bench-wrk` runs: about 13 minutes.
+func FullConfig() Config {
+	return Config{Rounds: 5, Duration: 4 * time.Second, Conns: 32, Services: []int{1, 10000}, KubeProxy: true, KubeProxyAtScale: true, Workers: 16}
+}
+
+// Target is where one client sends its requests.
+type Target struct {
+	Name  string
+	netns string
+	url   string
+	// kubeProxy is set for kube-proxy targets: they need its sync.
+	kubeProxy *kubeProxy
+}
+
+// Case is a target with long (keep-alive) or short connections.
+type Case struct {
+	Target *Target
+	Short  bool
+}
+
+func (c Case) String() string {
+	if c.Short {
+		return c.Target.Name + " short"
+	}
+	return c.Target.Name + " keep-alive"
+}
+
+// Phase is the results of the rounds at one number of Services.
+type Phase struct {
+	Services int
+	Cases    []Case
+	Samples  map[string][]Sample // by Case.String(), one per round
+	Setup    time.Duration       // filling and syncing before the rounds
+}
+
+// Results are the whole suite's.
+type Results struct {
+	Config  Config
+	Started time.Time
+	Elapsed time.Duration
+	LoadBefore,
+	LoadAfter string
+	Phases []*Phase
+}
+
+// Names of the targets, as the report shows them.
+const (
+	TargetDirect       = "direct pod IP"
+	TargetPodnicTCX    = "podnic TCX"
+	TargetPodnicLegacy = "podnic legacy tc"
+	TargetViaNode      = "direct pod IP via node"
+	TargetKubeProxyNFT = "kube-proxy nftables"
+	TargetKubeProxyIPT = "kube-proxy iptables-legacy"
+)
+
+// Run builds the testbed, runs every phase and returns the results;
+// everything it made goes when t ends.
+func Run(t *testing.T, cfg Config) *Results {
+	t.Helper()
+	if os.Getuid() != 0 {
+		t.Skip("the wrk suite needs root: it creates network namespaces and loads BPF")
+	}
+	for _, bin := range []string{"wrk", "taskset", "ip", "nft", "iptables-legacy-save"} {
+		if _, err := exec.LookPath(bin); err != nil {
+			t.Fatalf("%s is missing (run scripts/setup.sh): %v", bin, err)
+		}
+	}
+	res := &Results{Config: cfg, Started: time.Now(), LoadBefore: loadavg()}
+	dir := t.TempDir()
+	echo := buildEcho(t, dir)
+
+	tb := newTestbed(t, echo, dir)
+	targets := []*Target{
+		{Name: TargetDirect, netns: tb.direct.Netns, url: fmt.Sprintf("http://%s/", netip.AddrPortFrom(backendIPs[0], backendPort))},
+		{Name: TargetPodnicTCX, netns: tb.tcx.Netns, url: serviceURL()},
+		{Name: TargetPodnicLegacy, netns: tb.legacy.Netns, url: serviceURL()},
+	}
+
+	var api *apiClient
+	var proxies []*kubeProxy
+	if cfg.KubeProxy {
+		binDir := k8sBinDir(t)
+		t.Setenv(k8s.EnvBinDir, binDir)
+		cluster := k8s.Start(t)
+		api = newAPIClient(t, cluster)
+		if err := api.createService("bench", benchVIP); err != nil {
+			t.Fatal(err)
+		}
+		for i, m := range []kubeProxyMode{modeNFT, modeIPT} {
+			pn := tb.addProxyNode(t, "kp-"+m.name[:3], i+1)
+			kp := startKubeProxy(t, binDir, dir, api, cluster, m, pn)
+			proxies = append(proxies, kp)
+			name := TargetKubeProxyNFT
+			if m.name == modeIPT.name {
+				name = TargetKubeProxyIPT
+			}
+			if m.name == modeNFT.name {
+				// kube-proxy's clients cross the node's stack, one
+				// forwarding hop more than a pod on the fabric: this is
+				// the ceiling for them (it still passes the node's
+				// nftables hooks).
+				targets = append(targets, &Target{Name: TargetViaNode, netns: pn.clientNetns,
+					url: fmt.Sprintf("http://%s/", netip.AddrPortFrom(backendIPs[0], backendPort)), kubeProxy: kp})
+			}
+			targets = append(targets, &Target{Name: name, netns: pn.clientNetns, url: serviceURL(), kubeProxy: kp})
+		}
+		for _, kp := range proxies {
+			if err := kp.waitSynced(1, 60*time.Second); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if out, err := run("ip", "netns", "exec", proxies[1].node.pod.Netns, "iptables-nft-save", "-t", "nat"); err == nil && strings.Contains(out, "KUBE-") {
+			t.Fatalf("kube-proxy iptables wrote iptables-nft rules, not legacy ones:\n%s", out)
+		}
+	}
+
+	ksoft, err := ksoftirqdPIDs(cpuClient, cpuServer)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cpuPIDs := append([]int{}, ksoft...)
+	for _, b := range tb.backends {
+		cpuPIDs = append(cpuPIDs, b.pid())
+	}
+	wrk, err := newWrkRunner(dir, cfg.Conns, cfg.Duration, cpuPIDs)
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	present := 1
+	for _, n := range cfg.Services {
+		ph := &Phase{Services: n, Samples: map[string][]Sample{}}
+		start := time.Now()
+		if n > present {
+			t.Logf("filling to %d Services", n)
+			if err := tb.fillPodnic(n); err != nil {
+				t.Fatal(err)
+			}
+			if cfg.KubeProxy && cfg.KubeProxyAtScale {
+				if err := api.fillServices(n, cfg.Workers); err != nil {
+					t.Fatal(err)
+				}
+				t.Logf("%d Services in the API server after %v; waiting for kube-proxy", n, time.Since(start).Round(time.Second))
+				for _, kp := range proxies {
+					if err := kp.waitSynced(n, 10*time.Minute); err != nil {
+						t.Fatal(err)
+					}
+					t.Logf("kube-proxy %s has %d Services after %v", kp.mode.name, n, time.Since(start).Round(time.Second))
+				}
+			}
+			present = n
+		}
+		ph.Setup = time.Since(start)
+		for _, tg := range targets {
+			if tg.kubeProxy != nil && n > 1 && !cfg.KubeProxyAtScale {
+				continue
+			}
+			ph.Cases = append(ph.Cases, Case{tg, false}, Case{tg, true})
+		}
+		t.Logf("phase %d Services: %d cases × %d rounds × %v", n, len(ph.Cases), cfg.Rounds, cfg.Duration)
+		for r := 0; r < cfg.Rounds; r++ {
+			// Rotate the order each round, so no case always follows
+			// the same one.
+			for i := range ph.Cases {
+				c := ph.Cases[(i+r)%len(ph.Cases)]
+				s, err := wrk.run(c.Target.netns, c.Target.url, c.Short)
+				if err != nil {
+					t.Fatalf("%d Services, round %d, %s: %v", n, r+1, c, err)
+				}
+				ph.Samples[c.String()] = append(ph.Samples[c.String()], s)
+				t.Logf("%5d svc r%d %-36s %9.0f req/s p50 %6.0fµs p99 %6.0fµs cpu %5.1fµs/req err %d",
+					n, r+1, c, s.RPS(), s.P50US, s.P99US, s.CPUPerRequest(), s.Errors())
+			}
+		}
+		res.Phases = append(res.Phases, ph)
+	}
+	for _, b := range tb.backends {
+		if b.exited() {
+			t.Errorf("backend %s exited during the run", b.name)
+		}
+	}
+	res.Elapsed = time.Since(res.Started)
+	res.LoadAfter = loadavg()
+	return res
+}
+
+func serviceURL() string {
+	return fmt.Sprintf("http://%s/", netip.AddrPortFrom(benchVIP, servicePort))
+}
+
+// buildEcho builds the podnic-echo server into dir.
+func buildEcho(t *testing.T, dir string) string {
+	t.Helper()
+	out := filepath.Join(dir, "podnic-echo")
+	cmd := exec.Command("go", "build", "-o", out, "github.com/podnic/podnic/test/cmd/podnic-echo")
+	if b, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("building podnic-echo: %v\n%s", err, b)
+	}
+	return out
+}
+
+// k8sBinDir returns $PODNIC_K8S_BIN or the cache scripts/k8s-binaries.sh
+// fills (building what is missing: minutes when cold).
+func k8sBinDir(t *testing.T) string {
+	t.Helper()
+	if d := os.Getenv(k8s.EnvBinDir); d != "" {
+		if _, err := os.Stat(filepath.Join(d, "kube-proxy")); err != nil {
+			t.Fatalf("%s=%s has no kube-proxy: %v", k8s.EnvBinDir, d, err)
+		}
+		return d
+	}
+	script, err := filepath.Abs("../../scripts/k8s-binaries.sh")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(script, "kube-proxy", "kube-apiserver", "kubectl", "etcd")
+	cmd.Stderr = os.Stderr
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("%s: %v", script, err)
+	}
+	lines := strings.Split(strings.TrimSpace(string(out)), "\n")
+	return lines[len(lines)-1]
+}
+
+func loadavg() string {
+	b, err := os.ReadFile("/proc/loadavg")
+	if err != nil {
+		return "?"
+	}
+	f := strings.Fields(string(b))
+	if len(f) < 3 {
+		return "?"
+	}
+	return strings.Join(f[:3], " ")
+}

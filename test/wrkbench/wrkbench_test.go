@@ -1,0 +1,108 @@
+package wrkbench
+
+import (
+	"bytes"
+	"flag"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+)
+
+var (
+	flagRun      = flag.Bool("wrkbench", false, "run the wrk comparison (TestWrkComparison); see docs/bench.md")
+	flagQuick    = flag.Bool("wrkbench.quick", false, "quick mode: 2 rounds of 3 s, 1 Service (about two minutes)")
+	flagRounds   = flag.Int("wrkbench.rounds", 0, "interleaved rounds per phase (0: the mode's)")
+	flagDuration = flag.Duration("wrkbench.duration", 0, "length of each wrk run (0: the mode's)")
+	flagConns    = flag.Int("wrkbench.conns", 0, "wrk connections (0: the mode's)")
+	flagServices = flag.String("wrkbench.services", "", "comma-separated Service counts, one phase each (default: 1,10000; quick: 1)")
+	flagKP       = flag.Bool("wrkbench.kube-proxy", true, "run the kube-proxy cases (starts etcd, kube-apiserver, two kube-proxies)")
+	flagKPScale  = flag.Bool("wrkbench.kube-proxy-at-scale", true, "keep the kube-proxy cases in phases above 1 Service (creates the Services in the API server)")
+	flagOut      = flag.String("wrkbench.out", "../../bench-results", "directory for the markdown report")
+)
+
+func configFromFlags(t *testing.T) Config {
+	t.Helper()
+	cfg := FullConfig()
+	if *flagQuick {
+		cfg = QuickConfig()
+	}
+	if *flagRounds > 0 {
+		cfg.Rounds = *flagRounds
+	}
+	if *flagDuration > 0 {
+		cfg.Duration = *flagDuration
+	}
+	if *flagConns > 0 {
+		cfg.Conns = *flagConns
+	}
+	if *flagServices != "" {
+		cfg.Services = nil
+		for _, s := range strings.Split(*flagServices, ",") {
+			n, err := strconv.Atoi(strings.TrimSpace(s))
+			if err != nil || n < 1 || n > 30000 {
+				t.Fatalf("-wrkbench.services: %q is not a count from 1 to 30000", s)
+			}
+			cfg.Services = append(cfg.Services, n)
+		}
+	}
+	cfg.KubeProxy, cfg.KubeProxyAtScale = *flagKP, *flagKPScale
+	return cfg
+}
+
+// TestWrkComparison is `make bench-wrk`: the whole comparison, its report
+// written to -wrkbench.out.
+func TestWrkComparison(t *testing.T) {
+	if !*flagRun {
+		t.Skip("run with -wrkbench (make bench-wrk)")
+	}
+	cfg := configFromFlags(t)
+	res := Run(t, cfg)
+	var buf bytes.Buffer
+	res.WriteMarkdown(&buf)
+	if err := os.MkdirAll(*flagOut, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	out := filepath.Join(*flagOut, "wrk-"+res.Started.Format("20060102-150405")+".md")
+	if err := os.WriteFile(out, buf.Bytes(), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	abs, _ := filepath.Abs(out)
+	t.Logf("report written to %s\n\n%s", abs, buf.String())
+	checkEveryCaseServed(t, res)
+}
+
+// TestQuickSuiteServesEveryCase runs the suite at its smallest — one
+// Service, one round of two seconds per case — and fails if any path,
+// podnic's or kube-proxy's, answers no request or any with an error.
+func TestQuickSuiteServesEveryCase(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts kube-apiserver and runs wrk for about a minute")
+	}
+	cfg := QuickConfig()
+	cfg.Rounds, cfg.Duration, cfg.Conns = 1, 2*time.Second, 8
+	res := Run(t, cfg)
+	var buf bytes.Buffer
+	res.WriteMarkdown(&buf)
+	t.Log("\n" + buf.String())
+	checkEveryCaseServed(t, res)
+	if got, want := len(res.Phases[0].Cases), 12; got != want {
+		t.Errorf("ran %d cases, want %d (6 paths × keep-alive, short)", got, want)
+	}
+}
+
+func checkEveryCaseServed(t *testing.T, res *Results) {
+	t.Helper()
+	for _, ph := range res.Phases {
+		for _, c := range ph.Cases {
+			for i, s := range ph.Samples[c.String()] {
+				if s.Requests == 0 || s.Errors() > 0 {
+					t.Errorf("%d Services, round %d, %s: %d requests, %d errors (connect %d, read %d, write %d, status %d, timeout %d)",
+						ph.Services, i+1, c, s.Requests, s.Errors(), s.Connect, s.Read, s.Write, s.Status, s.Timeout)
+				}
+			}
+		}
+	}
+}
