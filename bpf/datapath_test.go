@@ -678,3 +678,35 @@ func TestICMPErrorsThePodSendsAboutARepliedFlowReachTheBackend(t *testing.T) {
 		})
 	}
 }
+
+func TestUDPFlowLeavesARemovedBackend(t *testing.T) {
+	for _, fam := range families {
+		t.Run(fam.name, func(t *testing.T) {
+			d := loadTest(t)
+			f := Frontend{VIP: fam.vip, Port: servicePort, Proto: UDP}
+			upsert := func(id uint32, b netip.Addr) {
+				s := ServiceEntry{Frontend: f, ID: 1, Backends: []BackendEntry{{ID: id, Addr: ap(b, backendPort)}}}
+				if err := d.Maps.UpsertService(s); err != nil {
+					t.Fatal(err)
+				}
+			}
+			upsert(100, fam.backends[0])
+			p := pkt{src: ap(fam.client, clientPort), dst: ap(fam.vip, servicePort), proto: UDP, payload: []byte("x")}
+			if got := dnatTarget(t, d, p); got != ap(fam.backends[0], backendPort) {
+				t.Fatalf("first datagram went to %s", got)
+			}
+			// The pod goes away: the agent drops it from the Service and,
+			// no Service using it any more, from the backends map.
+			upsert(101, fam.backends[1])
+			if got := dnatTarget(t, d, p); got != ap(fam.backends[0], backendPort) {
+				t.Fatalf("flow left a backend that still exists: went to %s", got)
+			}
+			if err := d.Maps.DeleteBackend(100); err != nil {
+				t.Fatal(err)
+			}
+			if got := dnatTarget(t, d, p); got != ap(fam.backends[1], backendPort) {
+				t.Errorf("UDP flow stayed on a removed backend: went to %s", got)
+			}
+		})
+	}
+}

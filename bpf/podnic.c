@@ -107,7 +107,7 @@ static __always_inline int pn_from_pod(struct __sk_buff *skb, struct pn_pkt *p, 
 
 	pn_ct_key_of(&fk, p, PN_CT_FORWARD);
 	fe = bpf_map_lookup_elem(&podnic_ct_v1, &fk);
-	if (fe && pn_ct_forward_hit(&fk, fe, p->tcp_flags, now)) {
+	if (fe && pn_ct_forward_hit(&fk, fe, p->tcp_flags, now) && pn_ct_backend_alive(&fk, fe)) {
 		struct pn_addr addr = fe->addr;
 
 		if (pn_rewrite(skb, p, 1, &p->daddr, p->dport, &addr, fe->port) < 0) {

@@ -120,6 +120,22 @@ static __always_inline int pn_ct_forward_hit(const struct pn_ct_key *fk, struct 
 	return 1;
 }
 
+/* pn_ct_backend_alive says whether a UDP flow may stay on its backend: only
+ * while the backend is still in the backends map. A UDP flow that keeps
+ * sending would otherwise renew its entry forever and never leave a pod
+ * that is gone; kube-proxy deletes such conntrack entries for the same
+ * reason. The agent never reuses backend ids, so a missing id means the
+ * backend was removed. TCP flows stay: they end with the connection. */
+static __always_inline int pn_ct_backend_alive(const struct pn_ct_key *fk,
+					       const struct pn_ct_entry *fe)
+{
+	__u32 id = fe->backend_id;
+
+	if (fk->proto == IPPROTO_TCP)
+		return 1;
+	return bpf_map_lookup_elem(&podnic_be_v1, &id) != NULL;
+}
+
 /* pn_ct_reply_hit checks a reply entry and advances the flow's state from
  * the reply direction (a FIN or RST from the backend). */
 static __always_inline int pn_ct_reply_hit(const struct pn_ct_key *rk, struct pn_ct_entry *re,
