@@ -69,8 +69,12 @@ func TestWrkComparison(t *testing.T) {
 	if err := os.WriteFile(out, buf.Bytes(), 0o644); err != nil {
 		t.Fatal(err)
 	}
+	png := strings.TrimSuffix(out, ".md") + ".png"
+	if err := res.WritePNG(png); err != nil {
+		t.Error(err)
+	}
 	abs, _ := filepath.Abs(out)
-	t.Logf("report written to %s\n\n%s", abs, buf.String())
+	t.Logf("report written to %s (chart %s)\n\n%s", abs, png, buf.String())
 	checkEveryCaseServed(t, res)
 }
 
@@ -88,6 +92,12 @@ func TestQuickSuiteServesEveryCase(t *testing.T) {
 	res.WriteMarkdown(&buf)
 	t.Log("\n" + buf.String())
 	checkEveryCaseServed(t, res)
+	png := filepath.Join(t.TempDir(), "chart.png")
+	if err := res.WritePNG(png); err != nil {
+		t.Error(err)
+	} else if st, err := os.Stat(png); err != nil || st.Size() < 1000 {
+		t.Errorf("chart %s not written (%v)", png, err)
+	}
 	if got, want := len(res.Phases[0].Cases), 12; got != want {
 		t.Errorf("ran %d cases, want %d (6 paths × keep-alive, short)", got, want)
 	}
