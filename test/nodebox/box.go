@@ -101,6 +101,9 @@ func (b *Box) PinnedRoot() string { return fmt.Sprintf("/proc/%d/root%s", b.Node
 // Kubeconfig is the admin kubeconfig; use it inside the node's netns.
 func (b *Box) Kubeconfig() string { return filepath.Join(b.Dir, "kubeconfig-admin") }
 
+// CAFile is the API server's certificate, which the kubeconfigs trust.
+func (b *Box) CAFile() string { return b.caFile() }
+
 // AgentSocket is podnic-agent's local API socket.
 func (b *Box) AgentSocket() string { return filepath.Join(b.Dir, "agent.sock") }
 
@@ -306,10 +309,29 @@ func (b *Box) Podnicctl(ctx context.Context, args ...string) (string, error) {
 	return b.InNode(ctx, append([]string{filepath.Join(b.Bin, "podnicctl"), "-bpf-root", BPFRoot, "-socket", b.AgentSocket()}, args...)...)
 }
 
+// APIGet GETs path from the API server as admin and decodes the JSON into v.
+func (b *Box) APIGet(path string, v any) error { return b.apiGet(path, v) }
+
+// RunCrictl runs crictl against the box's containerd and returns its
+// standard output (its warnings go to standard error).
+func (b *Box) RunCrictl(ctx context.Context, args ...string) (string, error) {
+	ctx, cancel := context.WithTimeout(ctx, cmdTimeout)
+	defer cancel()
+	var stderr bytes.Buffer
+	cmd := b.nsenter(ctx, true, append([]string{b.Crictl, "--runtime-endpoint", "unix://" + b.containerdSocket(), "--timeout", "10s"}, args...)...)
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if err != nil {
+		return string(out), fmt.Errorf("crictl %s: %w: %s", strings.Join(args, " "), err, bytes.TrimSpace(stderr.Bytes()))
+	}
+	return string(out), nil
+}
+
 // start starts a process; inNode runs it in the node's namespaces.
 func (b *Box) start(name string, inNode bool, argv ...string) (*proc, error) {
 	p := &proc{Name: name, Log: filepath.Join(b.Dir, "logs", name+".log"), done: make(chan struct{})}
-	logFile, err := os.Create(p.Log)
+	// Appended to: a restarted process (StartAgent) keeps its earlier log.
+	logFile, err := os.OpenFile(p.Log, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o644)
 	if err != nil {
 		return nil, err
 	}

@@ -40,6 +40,11 @@
 // pipe from the process that started the box and tears it down if that
 // process dies without doing so (a test timeout, SIGKILL).
 //
+// The end-to-end scenarios of issue 5 are TestScenarios (scenarios_test.go,
+// `make e2e`): one box, ten ENIs, Deployments, Services and kubectl;
+// CoreDNS for its DNS scenario comes from scripts/coredns-binary.sh (the
+// wrapper module test/coredns/build, cached by go.sum hash).
+//
 // Use Up and Down from Go (tests: Start), or the nodebox command
 // (test/nodebox/cmd/nodebox, scripts/nodebox.sh) to bring a box up, leave it
 // up and take it down later.

@@ -3,14 +3,17 @@ package nodebox
 import (
 	"archive/tar"
 	"bytes"
+	"context"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"runtime"
 	"sort"
+	"strings"
 	"time"
 )
 
@@ -173,4 +176,25 @@ func writeImage(path, name string, files map[string]imageFile, entrypoint []stri
 		return err
 	}
 	return out.Close()
+}
+
+// ImportImage builds an image called name holding files (path in the
+// image → file on this machine, mode 0755) with entrypoint, and imports it
+// into the box's containerd for pods with imagePullPolicy: Never.
+func (b *Box) ImportImage(ctx context.Context, name string, files map[string]string, entrypoint []string) error {
+	content := map[string]imageFile{}
+	for in, from := range files {
+		content[in] = imageFile{from: from, mode: 0o755}
+	}
+	path := filepath.Join(b.Dir, "images", strings.NewReplacer("/", "_", ":", "_").Replace(name)+".tar")
+	if err := writeImage(path, name, content, entrypoint); err != nil {
+		return fmt.Errorf("building image %s: %w", name, err)
+	}
+	ctx, cancel := context.WithTimeout(ctx, cmdTimeout)
+	defer cancel()
+	out, err := exec.CommandContext(ctx, "ctr", "--address", b.containerdSocket(), "-n", "k8s.io", "images", "import", path).CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("importing %s: %w\n%s", name, err, out)
+	}
+	return nil
 }

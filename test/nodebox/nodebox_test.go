@@ -71,60 +71,9 @@ spec:
 // Service's backends and that the client reaches both through the
 // ClusterIP, then deletes the client and checks its ENI is back in the node.
 func TestPodsOwnENIsAndReachAClusterIP(t *testing.T) {
-	if os.Getuid() != 0 {
-		t.Skip("the node in a box needs root")
-	}
-	if testing.Short() {
-		t.Skip("the node in a box takes about a minute")
-	}
-	for _, tool := range []string{"containerd", "containerd-shim-runc-v2", "runc", "ctr", "nsenter", "unshare", "ip"} {
-		if _, err := exec.LookPath(tool); err != nil {
-			t.Fatalf("%s not found: run scripts/setup-nodebox.sh", tool)
-		}
-	}
 	ctx, cancel := context.WithTimeout(context.Background(), 170*time.Second)
 	defer cancel()
-	repo := repoRoot(t)
-	k8sBin := scriptOutput(t, "PODNIC_K8S_BIN", filepath.Join(repo, "scripts", "k8s-binaries.sh"),
-		"kube-apiserver", "kubectl", "etcd", "kube-controller-manager", "kube-scheduler", "kubelet")
-	crictl := scriptOutput(t, "PODNIC_CRICTL", filepath.Join(repo, "scripts", "setup-nodebox.sh"))
-
-	start := time.Now()
-	box, err := nodebox.Up(ctx, nodebox.Options{Repo: repo, K8sBin: k8sBin, Crictl: crictl, Logf: t.Logf})
-	if err != nil {
-		t.Fatalf("bringing the box up: %v", err)
-	}
-	t.Logf("box up in %v", time.Since(start).Round(time.Millisecond))
-	// Ctrl-C or SIGTERM still takes it down; a harder death leaves it to
-	// the watchdog.
-	sigs := make(chan os.Signal, 1)
-	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)
-	stopSigs := make(chan struct{})
-	go func() {
-		select {
-		case s := <-sigs:
-			fmt.Fprintf(os.Stderr, "nodebox test: %v: taking the box down\n", s)
-			_ = box.Down()
-			os.Exit(1)
-		case <-stopSigs:
-		}
-	}()
-	t.Cleanup(func() {
-		signal.Stop(sigs)
-		close(stopSigs)
-		if t.Failed() {
-			for _, name := range []string{"kubelet", "containerd", "podnic-agent"} {
-				t.Logf("--- %s log (tail) ---\n%s", name, nodebox.Tail(filepath.Join(box.Dir, "logs", name+".log"), 6<<10))
-			}
-		}
-		cg := box.Cgroup
-		if err := box.Down(); err != nil {
-			t.Errorf("taking the box down: %v", err)
-		}
-		if left, _ := filepath.Glob("/sys/fs/cgroup/*" + cg); len(left) > 0 {
-			t.Errorf("cgroups left after Down: %v", left)
-		}
-	})
+	box := upBox(t, ctx, 0)
 
 	kubectl := func(stdin string, args ...string) string {
 		t.Helper()
@@ -220,6 +169,65 @@ func TestPodsOwnENIsAndReachAClusterIP(t *testing.T) {
 		return fmt.Errorf("%s not among %v", clientMAC, enis)
 	})
 	t.Logf("client deleted and its ENI %s back in the node in %v", clientMAC, time.Since(t0).Round(time.Millisecond))
+}
+
+// upBox brings a box with enis ENIs (4 if 0) up for t and takes it down
+// when t ends, or at Ctrl-C or SIGTERM; a harder death leaves it to the
+// watchdog. It skips t when not root or in -short mode.
+func upBox(t *testing.T, ctx context.Context, enis int) *nodebox.Box {
+	t.Helper()
+	if os.Getuid() != 0 {
+		t.Skip("the node in a box needs root")
+	}
+	if testing.Short() {
+		t.Skip("the node in a box takes about a minute")
+	}
+	for _, tool := range []string{"containerd", "containerd-shim-runc-v2", "runc", "ctr", "nsenter", "unshare", "ip"} {
+		if _, err := exec.LookPath(tool); err != nil {
+			t.Fatalf("%s not found: run scripts/setup-nodebox.sh", tool)
+		}
+	}
+	repo := repoRoot(t)
+	k8sBin := scriptOutput(t, "PODNIC_K8S_BIN", filepath.Join(repo, "scripts", "k8s-binaries.sh"),
+		"kube-apiserver", "kubectl", "etcd", "kube-controller-manager", "kube-scheduler", "kubelet")
+	crictl := scriptOutput(t, "PODNIC_CRICTL", filepath.Join(repo, "scripts", "setup-nodebox.sh"))
+
+	start := time.Now()
+	box, err := nodebox.Up(ctx, nodebox.Options{Repo: repo, K8sBin: k8sBin, Crictl: crictl, ENIs: enis, Logf: t.Logf})
+	if err != nil {
+		t.Fatalf("bringing the box up: %v", err)
+	}
+	t.Logf("box up in %v", time.Since(start).Round(time.Millisecond))
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)
+	stopSigs := make(chan struct{})
+	go func() {
+		select {
+		case s := <-sigs:
+			fmt.Fprintf(os.Stderr, "nodebox test: %v: taking the box down\n", s)
+			_ = box.Down()
+			os.Exit(1)
+		case <-stopSigs:
+		}
+	}()
+	t.Cleanup(func() {
+		signal.Stop(sigs)
+		close(stopSigs)
+		if t.Failed() {
+			for _, name := range []string{"kubelet", "containerd", "podnic-agent"} {
+				t.Logf("--- %s log (tail) ---\n%s", name, nodebox.Tail(filepath.Join(box.Dir, "logs", name+".log"), 6<<10))
+			}
+		}
+		cg := box.Cgroup
+		if err := box.Down(); err != nil {
+			t.Errorf("taking the box down: %v", err)
+		}
+		if left, _ := filepath.Glob("/sys/fs/cgroup/*" + cg); len(left) > 0 {
+			t.Errorf("cgroups left after Down: %v", left)
+		}
+	})
+
+	return box
 }
 
 // podIPs returns each pod's IPv4 address from `kubectl get pods -o json`.
@@ -321,17 +329,26 @@ func waitUntil(t *testing.T, ctx context.Context, what string, cond func() error
 // scriptOutput returns $env, or the last line script prints.
 func scriptOutput(t *testing.T, env, script string, args ...string) string {
 	t.Helper()
+	out, err := runScript(env, script, args...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+// runScript returns $env, or the last line script prints.
+func runScript(env, script string, args ...string) (string, error) {
 	if v := os.Getenv(env); v != "" {
-		return v
+		return v, nil
 	}
 	var stdout, stderr bytes.Buffer
 	cmd := exec.Command(script, args...)
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	if err := cmd.Run(); err != nil {
-		t.Fatalf("%s (set %s to skip it): %v\n%s", script, env, err, stderr.String())
+		return "", fmt.Errorf("%s (set %s to skip it): %w\n%s", script, env, err, stderr.String())
 	}
 	lines := strings.Split(strings.TrimSpace(stdout.String()), "\n")
-	return lines[len(lines)-1]
+	return lines[len(lines)-1], nil
 }
 
 func repoRoot(t *testing.T) string {
