@@ -710,3 +710,39 @@ func TestUDPFlowLeavesARemovedBackend(t *testing.T) {
 		})
 	}
 }
+
+func TestAddressInAServiceCIDRWithoutAServiceIsRejected(t *testing.T) {
+	for _, fam := range families {
+		t.Run(fam.name, func(t *testing.T) {
+			d := loadTest(t)
+			service(t, d, Frontend{VIP: fam.vip, Port: servicePort, Proto: TCP}, 1, backendPort, fam.backends[0])
+			cidr := netip.PrefixFrom(fam.vip, 24)
+			if fam.vip.Is6() {
+				cidr = netip.PrefixFrom(fam.vip, 64)
+			}
+			if err := d.Maps.SetServiceCIDRs([]netip.Prefix{cidr.Masked()}); err != nil {
+				t.Fatal(err)
+			}
+			gone := fam.vip.Next().Next().Next() // in the CIDR, no Service
+			syn := pkt{src: ap(fam.client, clientPort), dst: ap(gone, servicePort), proto: TCP, flags: "S", seq: 5}
+			ret, got := run(t, d.Programs.FromPod, syn.bytes(t))
+			if ret != actRedirect {
+				t.Errorf("verdict %d, want TC_ACT_REDIRECT with a RST", ret)
+			}
+			expectPacket(t, "RST", got, rstFor(t, syn))
+
+			// Outside the CIDRs traffic passes untouched.
+			out := pkt{src: ap(fam.client, clientPort), dst: ap(fam.router, servicePort), proto: TCP, flags: "S"}.bytes(t)
+			if ret, got := run(t, d.Programs.FromPod, out); ret != actUnspec || !equalPacket(got, out) {
+				t.Errorf("traffic outside the Service CIDRs changed (verdict %d)", ret)
+			}
+			// Replacing the set removes the old prefix.
+			if err := d.Maps.SetServiceCIDRs(nil); err != nil {
+				t.Fatal(err)
+			}
+			if ret, _ := run(t, d.Programs.FromPod, syn.bytes(t)); ret != actUnspec {
+				t.Errorf("verdict %d after the CIDRs were cleared, want TC_ACT_UNSPEC", ret)
+			}
+		})
+	}
+}

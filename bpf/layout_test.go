@@ -24,6 +24,7 @@ func TestMapLayoutsMatchObject(t *testing.T) {
 		{"podnic_ct_v1", CTKey{}, CTEntry{}},
 		{"podnic_aff_v1", AffinityKey{}, AffinityValue{}},
 		{"podnic_cnt_v1", uint32(0), Counter{}},
+		{"podnic_cidr_v1", CIDRKey{}, uint8(0)},
 	} {
 		ms := spec.Maps[c.m]
 		if ms == nil {

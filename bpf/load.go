@@ -33,6 +33,8 @@ type Maps struct {
 	Affinity  *ebpf.Map
 	Counters  *ebpf.Map
 	Events    *ebpf.Map
+	// ServiceCIDRs holds the cluster's Service CIDRs (LPM trie).
+	ServiceCIDRs *ebpf.Map
 }
 
 // Programs are the datapath's pinned programs.
@@ -99,13 +101,14 @@ func Load(root string) (*Datapath, error) {
 	d := &Datapath{
 		Root: root,
 		Maps: Maps{
-			Services:  objs.PodnicSvcV1,
-			Slots:     objs.PodnicSlotV1,
-			Backends:  objs.PodnicBeV1,
-			Conntrack: objs.PodnicCtV1,
-			Affinity:  objs.PodnicAffV1,
-			Counters:  objs.PodnicCntV1,
-			Events:    objs.PodnicEvV1,
+			Services:     objs.PodnicSvcV1,
+			Slots:        objs.PodnicSlotV1,
+			Backends:     objs.PodnicBeV1,
+			Conntrack:    objs.PodnicCtV1,
+			Affinity:     objs.PodnicAffV1,
+			Counters:     objs.PodnicCntV1,
+			Events:       objs.PodnicEvV1,
+			ServiceCIDRs: objs.PodnicCidrV1,
 		},
 		Programs: Programs{
 			FromPod: objs.PodnicFromPod,
@@ -137,6 +140,7 @@ func OpenPinned(root string) (*Datapath, error) {
 		"podnic_aff_v1":  &d.Maps.Affinity,
 		"podnic_cnt_v1":  &d.Maps.Counters,
 		"podnic_ev_v1":   &d.Maps.Events,
+		"podnic_cidr_v1": &d.Maps.ServiceCIDRs,
 	}
 	for name, dst := range maps {
 		m, err := ebpf.LoadPinnedMap(filepath.Join(mapsDir(root), name), nil)
@@ -180,7 +184,7 @@ func (d *Datapath) programsByName() map[string]*ebpf.Program {
 // Close releases the file descriptors; pins stay.
 func (d *Datapath) Close() {
 	for _, m := range []*ebpf.Map{d.Maps.Services, d.Maps.Slots, d.Maps.Backends,
-		d.Maps.Conntrack, d.Maps.Affinity, d.Maps.Counters, d.Maps.Events} {
+		d.Maps.Conntrack, d.Maps.Affinity, d.Maps.Counters, d.Maps.Events, d.Maps.ServiceCIDRs} {
 		if m != nil {
 			_ = m.Close()
 		}

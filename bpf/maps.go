@@ -275,3 +275,46 @@ func (m *Maps) ListServices() ([]ServiceInfo, error) {
 	})
 	return out, nil
 }
+
+// SetServiceCIDRs makes the datapath reject TCP and UDP to any address in
+// these prefixes that no Service has (a deleted Service, a mistyped VIP),
+// instead of letting the packet wander to the gateway. It replaces the
+// previous set: new prefixes are added before old ones go.
+func (m *Maps) SetServiceCIDRs(prefixes []netip.Prefix) error {
+	if m.ServiceCIDRs == nil {
+		return fmt.Errorf("setting Service CIDRs: %w", ErrNotLoaded)
+	}
+	if len(prefixes) > 64 {
+		return fmt.Errorf("setting Service CIDRs: %d prefixes, at most 64", len(prefixes))
+	}
+	want := map[CIDRKey]bool{}
+	for _, p := range prefixes {
+		if !p.IsValid() {
+			return fmt.Errorf("setting Service CIDRs: invalid prefix %v", p)
+		}
+		want[CIDRKeyFrom(p)] = true
+	}
+	var have []CIDRKey
+	var k CIDRKey
+	var v uint8
+	it := m.ServiceCIDRs.Iterate()
+	for it.Next(&k, &v) {
+		have = append(have, k)
+	}
+	if err := it.Err(); err != nil {
+		return fmt.Errorf("reading Service CIDRs: %w", err)
+	}
+	for k := range want {
+		if err := m.ServiceCIDRs.Put(&k, uint8(1)); err != nil {
+			return fmt.Errorf("writing Service CIDR: %w", err)
+		}
+	}
+	for _, k := range have {
+		if !want[k] {
+			if err := m.ServiceCIDRs.Delete(&k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+				return fmt.Errorf("removing Service CIDR: %w", err)
+			}
+		}
+	}
+	return nil
+}

@@ -128,6 +128,9 @@ static __always_inline int pn_from_pod(struct __sk_buff *skb, struct pn_pkt *p, 
 			*reason = PN_DROP_UNKNOWN_PORT;
 			return TC_ACT_SHOT;
 		}
+		/* No Service has this address (any more): refuse at once. */
+		if (pn_in_service_cidr(p))
+			return pn_reject(skb, p, reason);
 		return TC_ACT_UNSPEC;
 	}
 	if (svc->count == 0)

@@ -47,6 +47,15 @@ const (
 	podnicPnBackendStatePN_BACKEND_TERMINATING podnicPnBackendState = 1
 )
 
+type podnicPnCidrKey struct {
+	_         structs.HostLayout
+	Prefixlen uint32
+	Addr      struct {
+		_ structs.HostLayout
+		W [4]uint32
+	}
+}
+
 type podnicPnCounter struct {
 	_       structs.HostLayout
 	Packets uint64
@@ -160,6 +169,7 @@ type podnicPnSvcVal struct {
 const (
 	podnicMapPodnicAffV1      = "podnic_aff_v1"
 	podnicMapPodnicBeV1       = "podnic_be_v1"
+	podnicMapPodnicCidrV1     = "podnic_cidr_v1"
 	podnicMapPodnicCntV1      = "podnic_cnt_v1"
 	podnicMapPodnicCtV1       = "podnic_ct_v1"
 	podnicMapPodnicEvV1       = "podnic_ev_v1"
@@ -231,6 +241,7 @@ type podnicProgramSpecs struct {
 type podnicMapSpecs struct {
 	PodnicAffV1  *ebpf.MapSpec `ebpf:"podnic_aff_v1"`
 	PodnicBeV1   *ebpf.MapSpec `ebpf:"podnic_be_v1"`
+	PodnicCidrV1 *ebpf.MapSpec `ebpf:"podnic_cidr_v1"`
 	PodnicCntV1  *ebpf.MapSpec `ebpf:"podnic_cnt_v1"`
 	PodnicCtV1   *ebpf.MapSpec `ebpf:"podnic_ct_v1"`
 	PodnicEvV1   *ebpf.MapSpec `ebpf:"podnic_ev_v1"`
@@ -274,6 +285,7 @@ func (o *podnicObjects) Close() error {
 type podnicMaps struct {
 	PodnicAffV1  *ebpf.Map `ebpf:"podnic_aff_v1"`
 	PodnicBeV1   *ebpf.Map `ebpf:"podnic_be_v1"`
+	PodnicCidrV1 *ebpf.Map `ebpf:"podnic_cidr_v1"`
 	PodnicCntV1  *ebpf.Map `ebpf:"podnic_cnt_v1"`
 	PodnicCtV1   *ebpf.Map `ebpf:"podnic_ct_v1"`
 	PodnicEvV1   *ebpf.Map `ebpf:"podnic_ev_v1"`
@@ -285,6 +297,7 @@ func (m *podnicMaps) Close() error {
 	return _PodnicClose(
 		m.PodnicAffV1,
 		m.PodnicBeV1,
+		m.PodnicCidrV1,
 		m.PodnicCntV1,
 		m.PodnicCtV1,
 		m.PodnicEvV1,

@@ -192,3 +192,20 @@ func (p Proto) MarshalText() ([]byte, error) { return []byte(p.String()), nil }
 
 // MarshalText writes the state by name.
 func (s BackendState) MarshalText() ([]byte, error) { return []byte(s.String()), nil }
+
+// CIDRKey is the key of the Service CIDR trie: a prefix of the 128-bit
+// datapath address, IPv4 prefixes mapped under ::ffff:0:0/96.
+type CIDRKey struct {
+	PrefixLen uint32
+	Addr      Addr
+}
+
+// CIDRKeyFrom converts a prefix to the trie's key.
+func CIDRKeyFrom(p netip.Prefix) CIDRKey {
+	p = p.Masked()
+	bits := p.Bits()
+	if p.Addr().Is4() {
+		bits += 96
+	}
+	return CIDRKey{PrefixLen: uint32(bits), Addr: AddrFrom(p.Addr())}
+}

@@ -169,6 +169,7 @@ struct pn_event {
 #define PN_CT_MAX	262144
 #define PN_AFFINITY_MAX 65536
 #define PN_EVENTS_BYTES (256 * 1024)
+#define PN_CIDR_MAX	64
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
@@ -207,6 +208,22 @@ struct {
 	__type(key, struct pn_affinity_key);
 	__type(value, struct pn_affinity_val);
 } podnic_aff_v1 SEC(".maps");
+
+/* The cluster's Service CIDRs: a TCP or UDP packet to an address in them
+ * that is no VIP (a deleted Service, a typo) is rejected at once instead of
+ * wandering to the gateway. */
+struct pn_cidr_key {
+	__u32 prefixlen; /* of the 128-bit address, IPv4 mapped as ::ffff:0:0/96 */
+	struct pn_addr addr;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(max_entries, PN_CIDR_MAX);
+	__type(key, struct pn_cidr_key);
+	__type(value, __u8);
+} podnic_cidr_v1 SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);

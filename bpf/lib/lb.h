@@ -24,6 +24,18 @@ static __always_inline int pn_is_vip(const struct pn_pkt *p)
 	return pn_svc_lookup(p, 0, 0) != NULL;
 }
 
+/* pn_in_service_cidr reports whether the destination lies in one of the
+ * cluster's Service CIDRs. */
+static __always_inline int pn_in_service_cidr(const struct pn_pkt *p)
+{
+	struct pn_cidr_key k = {
+		.prefixlen = 128,
+		.addr = p->daddr,
+	};
+
+	return bpf_map_lookup_elem(&podnic_cidr_v1, &k) != NULL;
+}
+
 /* pn_select_backend picks the backend of a new flow: the client's affinity
  * backend while it is fresh and active, otherwise a random slot, as
  * kube-proxy's iptables mode does. The affinity timeout counts from the

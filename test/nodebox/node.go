@@ -301,7 +301,7 @@ func (b *Box) startAgent(ctx context.Context) error {
 	agent, err := b.startDaemon("podnic-agent", filepath.Join(b.Bin, "podnic-agent"),
 		"--kubeconfig="+filepath.Join(b.Dir, "kubeconfig-podnic-agent"),
 		"--node-name="+NodeName, "--bpf-root="+BPFRoot, "--socket="+b.AgentSocket(),
-		"--ops-address=127.0.0.1:10266")
+		"--ops-address=127.0.0.1:10266", "--service-cidr="+ServiceV4+","+ServiceV6)
 	if err != nil {
 		return err
 	}

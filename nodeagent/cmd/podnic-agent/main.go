@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/netip"
 	"os"
 	"os/signal"
 	"strings"
@@ -40,6 +41,7 @@ type config struct {
 	resync       time.Duration
 	logLevel     string
 	logFormat    string
+	serviceCIDRs string
 }
 
 func main() {
@@ -72,6 +74,7 @@ func parseFlags(args []string) (config, error) {
 	fs.DurationVar(&c.resync, "informer-resync", 0, "informer resync period; 0: none")
 	fs.StringVar(&c.logLevel, "log-level", "info", "debug, info, warn or error")
 	fs.StringVar(&c.logFormat, "log-format", "text", "text or json")
+	fs.StringVar(&c.serviceCIDRs, "service-cidr", "", "the cluster's Service CIDRs, comma-separated (kube-apiserver's --service-cluster-ip-range); traffic to an address in them that no Service has is rejected at once")
 	if err := fs.Parse(args); err != nil {
 		return c, err
 	}
@@ -159,12 +162,19 @@ func run(args []string) error {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 
+	cidrs, err := parseCIDRs(c.serviceCIDRs)
+	if err != nil {
+		return err
+	}
 	d, err := bpf.Load(c.bpfRoot)
 	if err != nil {
 		return err
 	}
 	defer d.Close()
 	log.Info("datapath loaded", "root", c.bpfRoot)
+	if err := d.Maps.SetServiceCIDRs(cidrs); err != nil {
+		return err
+	}
 
 	metrics := nodeagent.NewMetrics(d)
 	a, err := nodeagent.NewAgent(&d.Maps, nodeagent.Options{
@@ -216,4 +226,21 @@ func run(args []string) error {
 	}
 	log.Info("podnic-agent stopped; the maps stay as they are")
 	return nil
+}
+
+// parseCIDRs reads --service-cidr.
+func parseCIDRs(s string) ([]netip.Prefix, error) {
+	var out []netip.Prefix
+	for _, f := range strings.Split(s, ",") {
+		f = strings.TrimSpace(f)
+		if f == "" {
+			continue
+		}
+		p, err := netip.ParsePrefix(f)
+		if err != nil {
+			return nil, fmt.Errorf("parsing --service-cidr %q: %w", f, err)
+		}
+		out = append(out, p.Masked())
+	}
+	return out, nil
 }
