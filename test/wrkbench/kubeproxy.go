@@ -95,7 +95,7 @@ func serviceObject(name string, vip netip.Addr) obj {
 
 func endpointSliceObject(service string) obj {
 	var eps []obj
-	for _, ip := range backendIPs {
+	for _, ip := range serviceEndpoints {
 		eps = append(eps, obj{"addresses": []string{ip.String()}, "conditions": obj{"ready": true}})
 	}
 	return obj{
