@@ -549,20 +549,43 @@ func icmpError(t *testing.T, src, dst netip.Addr, v6Type, v6Code, v4Type, v4Code
 // does not touch the quoted L4 checksum).
 func quote(t *testing.T, frame []byte, dst netip.AddrPort) []byte {
 	t.Helper()
+	return quoteRewritten(t, frame, dst, false)
+}
+
+// quoteSrc is quote with the source rewritten instead of the destination.
+func quoteSrc(t *testing.T, frame []byte, src netip.AddrPort) []byte {
+	t.Helper()
+	return quoteRewritten(t, frame, src, true)
+}
+
+func quoteRewritten(t *testing.T, frame []byte, to netip.AddrPort, src bool) []byte {
+	t.Helper()
 	p := gopacket.NewPacket(frame, layers.LayerTypeEthernet, gopacket.Default)
 	var ip []byte
 	switch l := p.NetworkLayer().(type) {
 	case *layers.IPv4:
 		c := *l
-		c.DstIP = dst.Addr().AsSlice()
+		if src {
+			c.SrcIP = to.Addr().AsSlice()
+		} else {
+			c.DstIP = to.Addr().AsSlice()
+		}
 		ip = serialize(t, &c)[:20]
 	case *layers.IPv6:
 		c := *l
-		c.DstIP = dst.Addr().AsSlice()
+		if src {
+			c.SrcIP = to.Addr().AsSlice()
+		} else {
+			c.DstIP = to.Addr().AsSlice()
+		}
 		ip = serialize(t, &c)[:40]
 	}
 	l4 := append([]byte(nil), p.NetworkLayer().LayerPayload()[:8]...)
-	l4[2], l4[3] = byte(dst.Port()>>8), byte(dst.Port())
+	off := 2
+	if src {
+		off = 0
+	}
+	l4[off], l4[off+1] = byte(to.Port()>>8), byte(to.Port())
 	return append(ip, l4...)
 }
 
@@ -632,26 +655,6 @@ func TestEveryReasonHasAName(t *testing.T) {
 	if len(Reasons()) != len(podnicPnReasonValues()) {
 		t.Errorf("Go knows %d reasons, C defines %d", len(Reasons()), len(podnicPnReasonValues()))
 	}
-}
-
-// quoteSrc is quote with the source rewritten instead of the destination.
-func quoteSrc(t *testing.T, frame []byte, src netip.AddrPort) []byte {
-	t.Helper()
-	p := gopacket.NewPacket(frame, layers.LayerTypeEthernet, gopacket.Default)
-	var ip []byte
-	switch l := p.NetworkLayer().(type) {
-	case *layers.IPv4:
-		c := *l
-		c.SrcIP = src.Addr().AsSlice()
-		ip = serialize(t, &c)[:20]
-	case *layers.IPv6:
-		c := *l
-		c.SrcIP = src.Addr().AsSlice()
-		ip = serialize(t, &c)[:40]
-	}
-	l4 := append([]byte(nil), p.NetworkLayer().LayerPayload()[:8]...)
-	l4[0], l4[1] = byte(src.Port()>>8), byte(src.Port())
-	return append(ip, l4...)
 }
 
 func TestICMPErrorsThePodSendsAboutARepliedFlowReachTheBackend(t *testing.T) {
