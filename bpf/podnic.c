@@ -142,7 +142,7 @@ static __always_inline int pn_from_pod(struct __sk_buff *skb, struct pn_pkt *p, 
 		return TC_ACT_SHOT;
 	}
 	flags = pn_addr_eq(&be->addr, &p->saddr) ? PN_CT_SELF : 0;
-	if (pn_ct_create(&fk, be, svc->id, backend_id, flags, p->tcp_flags, now) < 0) {
+	if (pn_ct_create(&fk, fe, be, svc->id, backend_id, flags, p->tcp_flags, now) < 0) {
 		*reason = PN_DROP_CT_CREATE;
 		return TC_ACT_SHOT;
 	}

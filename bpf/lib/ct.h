@@ -166,12 +166,17 @@ static __always_inline int pn_ct_reply_hit(const struct pn_ct_key *rk, struct pn
 }
 
 /* pn_ct_create writes both entries of a new flow, reply first so that no
- * reply can arrive before its entry exists. */
-static __always_inline int pn_ct_create(const struct pn_ct_key *fk, const struct pn_backend *be,
-					__u32 svc_id, __u32 backend_id, __u8 flags, __u8 tcp_flags,
-					__u64 now)
+ * reply can arrive before its entry exists. An entry that exists already (a
+ * client port used again, the same backend chosen) is overwritten in place:
+ * an LRU insert takes a node from the free lists and, once the map has
+ * filled with closed flows, evicts under a lock, which short connections
+ * would otherwise pay on every SYN. old is the flow's forward entry, if any. */
+static __always_inline int pn_ct_create(const struct pn_ct_key *fk, struct pn_ct_entry *old,
+					const struct pn_backend *be, __u32 svc_id, __u32 backend_id,
+					__u8 flags, __u8 tcp_flags, __u64 now)
 {
 	struct pn_ct_entry fe = {}, re = {};
+	struct pn_ct_entry *cur;
 	struct pn_ct_key rk;
 
 	flags = pn_ct_next_flags(fk->proto, flags, tcp_flags);
@@ -187,9 +192,14 @@ static __always_inline int pn_ct_create(const struct pn_ct_key *fk, const struct
 	re.port = fk->dport;
 
 	pn_ct_reply_key(&rk, fk, &fe);
-	if (bpf_map_update_elem(&podnic_ct_v1, &rk, &re, BPF_ANY) < 0)
+	cur = bpf_map_lookup_elem(&podnic_ct_v1, &rk);
+	if (cur)
+		*cur = re;
+	else if (bpf_map_update_elem(&podnic_ct_v1, &rk, &re, BPF_ANY) < 0)
 		return -1;
-	if (bpf_map_update_elem(&podnic_ct_v1, fk, &fe, BPF_ANY) < 0)
+	if (old)
+		*old = fe;
+	else if (bpf_map_update_elem(&podnic_ct_v1, fk, &fe, BPF_ANY) < 0)
 		return -1;
 	return 0;
 }
