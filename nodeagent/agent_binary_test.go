@@ -43,7 +43,7 @@ func TestAgentBinaryProgramsAndStopsCleanly(t *testing.T) {
 	}
 	bin := buildCommands(t)
 	c := k8s.Start(t)
-	c.Apply(t, agentRBAC+"---"+nodeYAML("zone-a"))
+	c.Apply(t, agentRBAC(t)+"---"+nodeYAML("zone-a"))
 	root := filepath.Join("/sys/fs/bpf", fmt.Sprintf("podnic-agent-binary-%d", os.Getpid()))
 	t.Cleanup(func() { _ = bpf.Unpin(root) })
 	d, err := bpf.Load(root) // the datapath is loaded and pinned before the agent starts

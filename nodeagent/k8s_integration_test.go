@@ -32,21 +32,15 @@ var (
 	vip6 = netip.MustParseAddr("fd00:96::1:10")
 )
 
-const agentRBAC = `
-apiVersion: rbac.authorization.k8s.io/v1
-kind: ClusterRole
-metadata: {name: podnic-agent}
-rules:
-- {apiGroups: [""], resources: [services], verbs: [list, watch]}
-- {apiGroups: [discovery.k8s.io], resources: [endpointslices], verbs: [list, watch]}
-- {apiGroups: [""], resources: [nodes], verbs: [get]}
----
-apiVersion: rbac.authorization.k8s.io/v1
-kind: ClusterRoleBinding
-metadata: {name: podnic-agent}
-roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: podnic-agent}
-subjects: [{apiGroup: rbac.authorization.k8s.io, kind: User, name: podnic-agent}]
-`
+// agentRBAC is the ClusterRole podnic ships, bound to the test's agent user.
+func agentRBAC(t testing.TB) string {
+	t.Helper()
+	r, err := k8s.AgentRBAC("..", k8s.AgentUser)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return r
+}
 
 func nodeYAML(zone string) string {
 	return fmt.Sprintf(`
@@ -245,7 +239,7 @@ func TestAgentProgramsServicesFromTheAPIServer(t *testing.T) {
 		t.Skip("needs root for BPF and network namespaces")
 	}
 	c := k8s.Start(t)
-	c.Apply(t, agentRBAC+"---"+nodeYAML("zone-a"))
+	c.Apply(t, agentRBAC(t)+"---"+nodeYAML("zone-a"))
 	d, err := bpf.Load(testRoot(t))
 	if err != nil {
 		t.Fatal(err)

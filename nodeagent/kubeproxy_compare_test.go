@@ -62,7 +62,7 @@ func TestCompareProgrammingOneServiceWithKubeProxy(t *testing.T) {
 	if _, err := os.Stat(kubeProxy); err != nil {
 		t.Fatalf("kube-proxy: %v (build it: scripts/k8s-binaries.sh kube-proxy)", err)
 	}
-	c.Apply(t, agentRBAC+"---"+nodeYAML("zone-a")+kubeProxyRBAC)
+	c.Apply(t, agentRBAC(t)+"---"+nodeYAML("zone-a")+kubeProxyRBAC)
 	admin := clientFor(t, c.AdminKubeconfig())
 
 	start := time.Now()

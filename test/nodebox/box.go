@@ -1,6 +1,8 @@
 package nodebox
 
 import (
+	"github.com/podnic/podnic/test/k8s"
+
 	"bytes"
 	"context"
 	"crypto/tls"
@@ -71,6 +73,8 @@ type proc struct {
 
 // Box is a running node in a box.
 type Box struct {
+	agentRBAC string // the ClusterRole podnic ships, bound to the agent's user
+
 	Dir     string   `json:"dir"`
 	ID      string   `json:"id"`
 	Cgroup  string   `json:"cgroup"` // kubelet's cgroupRoot
@@ -150,6 +154,9 @@ func Up(ctx context.Context, o Options) (b *Box, err error) {
 	// Builds first: the podnic binaries (static) and the images.
 	t0 := time.Now()
 	if err := buildBinaries(ctx, o.Repo, b.Bin); err != nil {
+		return b, err
+	}
+	if b.agentRBAC, err = k8s.AgentRBAC(o.Repo, "podnic-agent"); err != nil {
 		return b, err
 	}
 	if !o.Detached {

@@ -251,27 +251,11 @@ func (b *Box) startControlPlane(ctx context.Context) error {
 			return err
 		}
 	}
-	if out, err := b.Kubectl(ctx, agentRBAC, "apply", "-f", "-"); err != nil {
+	if out, err := b.Kubectl(ctx, b.agentRBAC, "apply", "-f", "-"); err != nil {
 		return fmt.Errorf("granting podnic-agent its role: %w\n%s", err, out)
 	}
 	return nil
 }
-
-// agentRBAC is what podnic-agent may read.
-const agentRBAC = `apiVersion: rbac.authorization.k8s.io/v1
-kind: ClusterRole
-metadata: {name: podnic-agent}
-rules:
-- {apiGroups: [""], resources: [services], verbs: [list, watch]}
-- {apiGroups: [discovery.k8s.io], resources: [endpointslices], verbs: [list, watch]}
-- {apiGroups: [""], resources: [nodes], verbs: [get]}
----
-apiVersion: rbac.authorization.k8s.io/v1
-kind: ClusterRoleBinding
-metadata: {name: podnic-agent}
-roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: podnic-agent}
-subjects: [{apiGroup: rbac.authorization.k8s.io, kind: User, name: podnic-agent}]
-`
 
 func (b *Box) containerdSocket() string { return filepath.Join(b.Dir, "containerd", "containerd.sock") }
 
