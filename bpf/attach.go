@@ -162,7 +162,8 @@ type attachStep struct {
 
 // AttachPod attaches the datapath to a pod: podnic_from_pod on ifname
 // egress, podnic_to_pod on ifname ingress and podnic_lo_out on lo egress,
-// all in the netns at netnsPath ("" is the current one). owner keys the
+// all in the netns at netnsPath ("" is the current one), and registers the
+// netns for socket-level balancing (used where AttachSocketLB ran). owner keys the
 // pins (a container id). Attaching again is idempotent: existing links are
 // updated to the current programs, so a reloaded datapath takes over
 // without a gap. If a step fails, the attachments this call created are
@@ -217,6 +218,11 @@ func (d *Datapath) AttachPod(netnsPath, ifname, owner string, mode Mode) ([]Atta
 				mode = ModeLegacy
 			}
 			out = append(out, a)
+		}
+		// TCP connect() in this netns is balanced at the socket where
+		// the node has the socket-level programs (AttachSocketLB).
+		if err := d.registerNetns(owner); err != nil {
+			return err
 		}
 		success = true
 		return nil
@@ -375,7 +381,7 @@ func DetachPod(root, owner, netnsPath string) error {
 	dir := ownerDir(root, owner)
 	ifdirs, err := os.ReadDir(dir)
 	if errors.Is(err, os.ErrNotExist) {
-		return nil
+		return unregisterNetns(root, owner)
 	}
 	if err != nil {
 		return fmt.Errorf("detaching %s: reading %s: %w", owner, dir, err)
@@ -426,6 +432,9 @@ func DetachPod(root, owner, netnsPath string) error {
 			errs = append(errs, fmt.Errorf("detaching %s: %w", owner, err))
 			return errors.Join(errs...)
 		}
+	}
+	if err := unregisterNetns(root, owner); err != nil {
+		errs = append(errs, fmt.Errorf("detaching %s: %w", owner, err))
 	}
 	if len(errs) > 0 {
 		return errors.Join(errs...)

@@ -19,6 +19,12 @@ const (
 	ProgFromPod = "podnic_from_pod"
 	ProgToPod   = "podnic_to_pod"
 	ProgLoOut   = "podnic_lo_out"
+
+	// Socket-level load balancing, on the node's cgroup v2 root.
+	ProgConnect4 = "podnic_connect4"
+	ProgConnect6 = "podnic_connect6"
+	ProgGetPeer4 = "podnic_getpeer4"
+	ProgGetPeer6 = "podnic_getpeer6"
 )
 
 // ErrNotLoaded means the datapath has not been loaded and pinned yet.
@@ -35,6 +41,11 @@ type Maps struct {
 	Events    *ebpf.Map
 	// ServiceCIDRs holds the cluster's Service CIDRs (LPM trie).
 	ServiceCIDRs *ebpf.Map
+	// LBNetns lists the network namespaces (by cookie) where TCP
+	// connect() is balanced at the socket; LBSockets is the per-socket
+	// storage remembering the Service a balanced socket connected to.
+	LBNetns   *ebpf.Map
+	LBSockets *ebpf.Map
 }
 
 // Programs are the datapath's pinned programs.
@@ -42,6 +53,11 @@ type Programs struct {
 	FromPod *ebpf.Program
 	ToPod   *ebpf.Program
 	LoOut   *ebpf.Program
+
+	Connect4 *ebpf.Program
+	Connect6 *ebpf.Program
+	GetPeer4 *ebpf.Program
+	GetPeer6 *ebpf.Program
 }
 
 // Datapath is a loaded (or opened) podnic object.
@@ -109,11 +125,17 @@ func Load(root string) (*Datapath, error) {
 			Counters:     objs.PodnicCntV1,
 			Events:       objs.PodnicEvV1,
 			ServiceCIDRs: objs.PodnicCidrV1,
+			LBNetns:      objs.PodnicLbnsV1,
+			LBSockets:    objs.PodnicLbskV1,
 		},
 		Programs: Programs{
-			FromPod: objs.PodnicFromPod,
-			ToPod:   objs.PodnicToPod,
-			LoOut:   objs.PodnicLoOut,
+			FromPod:  objs.PodnicFromPod,
+			ToPod:    objs.PodnicToPod,
+			LoOut:    objs.PodnicLoOut,
+			Connect4: objs.PodnicConnect4,
+			Connect6: objs.PodnicConnect6,
+			GetPeer4: objs.PodnicGetpeer4,
+			GetPeer6: objs.PodnicGetpeer6,
 		},
 	}
 	for name, p := range d.programsByName() {
@@ -141,6 +163,8 @@ func OpenPinned(root string) (*Datapath, error) {
 		"podnic_cnt_v1":  &d.Maps.Counters,
 		"podnic_ev_v1":   &d.Maps.Events,
 		"podnic_cidr_v1": &d.Maps.ServiceCIDRs,
+		"podnic_lbns_v1": &d.Maps.LBNetns,
+		"podnic_lbsk_v1": &d.Maps.LBSockets,
 	}
 	for name, dst := range maps {
 		m, err := ebpf.LoadPinnedMap(filepath.Join(mapsDir(root), name), nil)
@@ -150,12 +174,7 @@ func OpenPinned(root string) (*Datapath, error) {
 		}
 		*dst = m
 	}
-	progs := map[string]**ebpf.Program{
-		ProgFromPod: &d.Programs.FromPod,
-		ProgToPod:   &d.Programs.ToPod,
-		ProgLoOut:   &d.Programs.LoOut,
-	}
-	for name, dst := range progs {
+	for name, dst := range d.programSlots() {
 		p, err := ebpf.LoadPinnedProgram(filepath.Join(progsDir(root), name), nil)
 		if err != nil {
 			d.Close()
@@ -173,18 +192,32 @@ func notLoaded(err error) error {
 	return err
 }
 
-func (d *Datapath) programsByName() map[string]*ebpf.Program {
-	return map[string]*ebpf.Program{
-		ProgFromPod: d.Programs.FromPod,
-		ProgToPod:   d.Programs.ToPod,
-		ProgLoOut:   d.Programs.LoOut,
+// programSlots names every program of the datapath with where it is kept.
+func (d *Datapath) programSlots() map[string]**ebpf.Program {
+	return map[string]**ebpf.Program{
+		ProgFromPod:  &d.Programs.FromPod,
+		ProgToPod:    &d.Programs.ToPod,
+		ProgLoOut:    &d.Programs.LoOut,
+		ProgConnect4: &d.Programs.Connect4,
+		ProgConnect6: &d.Programs.Connect6,
+		ProgGetPeer4: &d.Programs.GetPeer4,
+		ProgGetPeer6: &d.Programs.GetPeer6,
 	}
+}
+
+func (d *Datapath) programsByName() map[string]*ebpf.Program {
+	out := make(map[string]*ebpf.Program)
+	for name, p := range d.programSlots() {
+		out[name] = *p
+	}
+	return out
 }
 
 // Close releases the file descriptors; pins stay.
 func (d *Datapath) Close() {
 	for _, m := range []*ebpf.Map{d.Maps.Services, d.Maps.Slots, d.Maps.Backends,
-		d.Maps.Conntrack, d.Maps.Affinity, d.Maps.Counters, d.Maps.Events, d.Maps.ServiceCIDRs} {
+		d.Maps.Conntrack, d.Maps.Affinity, d.Maps.Counters, d.Maps.Events, d.Maps.ServiceCIDRs,
+		d.Maps.LBNetns, d.Maps.LBSockets} {
 		if m != nil {
 			_ = m.Close()
 		}

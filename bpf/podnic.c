@@ -8,6 +8,9 @@
  *                    conntrack, reject, self-access redirect to lo.
  *   podnic_to_pod    NIC ingress: reverse DNAT of replies and ICMP errors.
  *   podnic_lo_out    lo egress: reverse DNAT of self-access replies.
+ *   podnic_connect4/6, podnic_getpeer4/6
+ *                    cgroup v2 root: TCP connect() to a Service goes
+ *                    straight to a backend (lib/sock.h).
  *
  * Each entry is a short dispatcher with one exit that counts the verdict. */
 
@@ -18,6 +21,7 @@
 #include "lib/lb.h"
 #include "lib/icmp.h"
 #include "lib/reject.h"
+#include "lib/sock.h"
 
 char __license[] SEC("license") = "Dual BSD/GPL";
 
@@ -242,4 +246,68 @@ int podnic_lo_out(struct __sk_buff *skb)
 	int verdict = pn_to_pod(skb, &p, &reason);
 
 	return pn_finish(skb, &p, PN_DIR_LO, reason, verdict);
+}
+
+/* Socket-level load balancing (lib/sock.h): connect() of a TCP socket in a
+ * pod to a Service goes straight to a backend; getpeername() still names
+ * the Service. The return value 1 lets the call go on. */
+SEC("cgroup/connect4")
+int podnic_connect4(struct bpf_sock_addr *ctx)
+{
+	struct pn_addr addr;
+	__be16 port = (__be16)ctx->user_port;
+
+	pn_addr_v4(&addr, ctx->user_ip4);
+	if (pn_sock_lb(ctx, &addr, &port, 1)) {
+		ctx->user_ip4 = addr.w[3];
+		ctx->user_port = port;
+	}
+	return 1;
+}
+
+SEC("cgroup/connect6")
+int podnic_connect6(struct bpf_sock_addr *ctx)
+{
+	struct pn_addr addr;
+	__be16 port = (__be16)ctx->user_port;
+
+	addr.w[0] = ctx->user_ip6[0];
+	addr.w[1] = ctx->user_ip6[1];
+	addr.w[2] = ctx->user_ip6[2];
+	addr.w[3] = ctx->user_ip6[3];
+	if (pn_sock_lb(ctx, &addr, &port, 0)) {
+		ctx->user_ip6[0] = addr.w[0];
+		ctx->user_ip6[1] = addr.w[1];
+		ctx->user_ip6[2] = addr.w[2];
+		ctx->user_ip6[3] = addr.w[3];
+		ctx->user_port = port;
+	}
+	return 1;
+}
+
+SEC("cgroup/getpeername4")
+int podnic_getpeer4(struct bpf_sock_addr *ctx)
+{
+	struct pn_lb_sock *s = pn_sock_peer(ctx);
+
+	if (s && pn_addr_is_v4(&s->addr)) {
+		ctx->user_ip4 = s->addr.w[3];
+		ctx->user_port = s->port;
+	}
+	return 1;
+}
+
+SEC("cgroup/getpeername6")
+int podnic_getpeer6(struct bpf_sock_addr *ctx)
+{
+	struct pn_lb_sock *s = pn_sock_peer(ctx);
+
+	if (s) {
+		ctx->user_ip6[0] = s->addr.w[0];
+		ctx->user_ip6[1] = s->addr.w[1];
+		ctx->user_ip6[2] = s->addr.w[2];
+		ctx->user_ip6[3] = s->addr.w[3];
+		ctx->user_port = s->port;
+	}
+	return 1;
 }

@@ -108,8 +108,25 @@ const (
 	podnicPnDirPN_DIR_FROM_POD podnicPnDir = 0
 	podnicPnDirPN_DIR_TO_POD   podnicPnDir = 1
 	podnicPnDirPN_DIR_LO       podnicPnDir = 2
+	podnicPnDirPN_DIR_SOCK     podnicPnDir = 3
 	podnicPnDirPN_DIR_MAX      podnicPnDir = 4
 )
+
+type podnicPnLbNetns struct {
+	_         structs.HostLayout
+	OwnerHash uint64
+}
+
+type podnicPnLbSock struct {
+	_    structs.HostLayout
+	Addr struct {
+		_ structs.HostLayout
+		W [4]uint32
+	}
+	Port  uint16
+	Pad   uint16
+	SvcId uint32
+}
 
 type podnicPnReason int32
 
@@ -122,6 +139,7 @@ const (
 	podnicPnReasonPN_REJECT            podnicPnReason = 6
 	podnicPnReasonPN_ICMP_REVNAT       podnicPnReason = 7
 	podnicPnReasonPN_ICMP_DNAT         podnicPnReason = 8
+	podnicPnReasonPN_SOCK_LB           podnicPnReason = 9
 	podnicPnReasonPN_DROP_INVALID      podnicPnReason = -1
 	podnicPnReasonPN_DROP_UNKNOWN_PORT podnicPnReason = -2
 	podnicPnReasonPN_DROP_NO_BACKEND   podnicPnReason = -3
@@ -173,9 +191,15 @@ const (
 	podnicMapPodnicCntV1      = "podnic_cnt_v1"
 	podnicMapPodnicCtV1       = "podnic_ct_v1"
 	podnicMapPodnicEvV1       = "podnic_ev_v1"
+	podnicMapPodnicLbnsV1     = "podnic_lbns_v1"
+	podnicMapPodnicLbskV1     = "podnic_lbsk_v1"
 	podnicMapPodnicSlotV1     = "podnic_slot_v1"
 	podnicMapPodnicSvcV1      = "podnic_svc_v1"
+	podnicProgPodnicConnect4  = "podnic_connect4"
+	podnicProgPodnicConnect6  = "podnic_connect6"
 	podnicProgPodnicFromPod   = "podnic_from_pod"
+	podnicProgPodnicGetpeer4  = "podnic_getpeer4"
+	podnicProgPodnicGetpeer6  = "podnic_getpeer6"
 	podnicProgPodnicLoOut     = "podnic_lo_out"
 	podnicProgPodnicToPod     = "podnic_to_pod"
 	podnicVarPnUnusedCtDir    = "pn_unused_ct_dir"
@@ -230,9 +254,13 @@ type podnicSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type podnicProgramSpecs struct {
-	PodnicFromPod *ebpf.ProgramSpec `ebpf:"podnic_from_pod"`
-	PodnicLoOut   *ebpf.ProgramSpec `ebpf:"podnic_lo_out"`
-	PodnicToPod   *ebpf.ProgramSpec `ebpf:"podnic_to_pod"`
+	PodnicConnect4 *ebpf.ProgramSpec `ebpf:"podnic_connect4"`
+	PodnicConnect6 *ebpf.ProgramSpec `ebpf:"podnic_connect6"`
+	PodnicFromPod  *ebpf.ProgramSpec `ebpf:"podnic_from_pod"`
+	PodnicGetpeer4 *ebpf.ProgramSpec `ebpf:"podnic_getpeer4"`
+	PodnicGetpeer6 *ebpf.ProgramSpec `ebpf:"podnic_getpeer6"`
+	PodnicLoOut    *ebpf.ProgramSpec `ebpf:"podnic_lo_out"`
+	PodnicToPod    *ebpf.ProgramSpec `ebpf:"podnic_to_pod"`
 }
 
 // podnicMapSpecs contains maps before they are loaded into the kernel.
@@ -245,6 +273,8 @@ type podnicMapSpecs struct {
 	PodnicCntV1  *ebpf.MapSpec `ebpf:"podnic_cnt_v1"`
 	PodnicCtV1   *ebpf.MapSpec `ebpf:"podnic_ct_v1"`
 	PodnicEvV1   *ebpf.MapSpec `ebpf:"podnic_ev_v1"`
+	PodnicLbnsV1 *ebpf.MapSpec `ebpf:"podnic_lbns_v1"`
+	PodnicLbskV1 *ebpf.MapSpec `ebpf:"podnic_lbsk_v1"`
 	PodnicSlotV1 *ebpf.MapSpec `ebpf:"podnic_slot_v1"`
 	PodnicSvcV1  *ebpf.MapSpec `ebpf:"podnic_svc_v1"`
 }
@@ -289,6 +319,8 @@ type podnicMaps struct {
 	PodnicCntV1  *ebpf.Map `ebpf:"podnic_cnt_v1"`
 	PodnicCtV1   *ebpf.Map `ebpf:"podnic_ct_v1"`
 	PodnicEvV1   *ebpf.Map `ebpf:"podnic_ev_v1"`
+	PodnicLbnsV1 *ebpf.Map `ebpf:"podnic_lbns_v1"`
+	PodnicLbskV1 *ebpf.Map `ebpf:"podnic_lbsk_v1"`
 	PodnicSlotV1 *ebpf.Map `ebpf:"podnic_slot_v1"`
 	PodnicSvcV1  *ebpf.Map `ebpf:"podnic_svc_v1"`
 }
@@ -301,6 +333,8 @@ func (m *podnicMaps) Close() error {
 		m.PodnicCntV1,
 		m.PodnicCtV1,
 		m.PodnicEvV1,
+		m.PodnicLbnsV1,
+		m.PodnicLbskV1,
 		m.PodnicSlotV1,
 		m.PodnicSvcV1,
 	)
@@ -324,14 +358,22 @@ type podnicVariables struct {
 //
 // It can be passed to loadPodnicObjects or ebpf.CollectionSpec.LoadAndAssign.
 type podnicPrograms struct {
-	PodnicFromPod *ebpf.Program `ebpf:"podnic_from_pod"`
-	PodnicLoOut   *ebpf.Program `ebpf:"podnic_lo_out"`
-	PodnicToPod   *ebpf.Program `ebpf:"podnic_to_pod"`
+	PodnicConnect4 *ebpf.Program `ebpf:"podnic_connect4"`
+	PodnicConnect6 *ebpf.Program `ebpf:"podnic_connect6"`
+	PodnicFromPod  *ebpf.Program `ebpf:"podnic_from_pod"`
+	PodnicGetpeer4 *ebpf.Program `ebpf:"podnic_getpeer4"`
+	PodnicGetpeer6 *ebpf.Program `ebpf:"podnic_getpeer6"`
+	PodnicLoOut    *ebpf.Program `ebpf:"podnic_lo_out"`
+	PodnicToPod    *ebpf.Program `ebpf:"podnic_to_pod"`
 }
 
 func (p *podnicPrograms) Close() error {
 	return _PodnicClose(
+		p.PodnicConnect4,
+		p.PodnicConnect6,
 		p.PodnicFromPod,
+		p.PodnicGetpeer4,
+		p.PodnicGetpeer6,
 		p.PodnicLoOut,
 		p.PodnicToPod,
 	)

@@ -17,6 +17,7 @@ const (
 	ReasonReject     = Reason(podnicPnReasonPN_REJECT)
 	ReasonICMPRevNAT = Reason(podnicPnReasonPN_ICMP_REVNAT)
 	ReasonICMPDNAT   = Reason(podnicPnReasonPN_ICMP_DNAT)
+	ReasonSocketLB   = Reason(podnicPnReasonPN_SOCK_LB)
 
 	DropInvalid     = Reason(podnicPnReasonPN_DROP_INVALID)
 	DropUnknownPort = Reason(podnicPnReasonPN_DROP_UNKNOWN_PORT)
@@ -37,6 +38,7 @@ var reasonNames = map[Reason]string{
 	ReasonReject:     "reject",
 	ReasonICMPRevNAT: "icmp-reverse-nat",
 	ReasonICMPDNAT:   "icmp-dnat",
+	ReasonSocketLB:   "socket-lb",
 	DropInvalid:      "drop-invalid-packet",
 	DropUnknownPort:  "drop-unknown-port",
 	DropNoBackend:    "drop-missing-backend",
@@ -74,6 +76,7 @@ const (
 	DirFromPod = Dir(podnicPnDirPN_DIR_FROM_POD)
 	DirToPod   = Dir(podnicPnDirPN_DIR_TO_POD)
 	DirLo      = Dir(podnicPnDirPN_DIR_LO)
+	DirSocket  = Dir(podnicPnDirPN_DIR_SOCK)
 	dirMax     = Dir(podnicPnDirPN_DIR_MAX)
 )
 
@@ -85,6 +88,8 @@ func (d Dir) String() string {
 		return "to-pod"
 	case DirLo:
 		return "lo"
+	case DirSocket:
+		return "connect"
 	}
 	return fmt.Sprintf("dir(%d)", uint8(d))
 }

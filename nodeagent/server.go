@@ -42,6 +42,7 @@ func (a *Agent) LocalAPI(info ServerInfo) http.Handler {
 				Duration: s.Duration.String(), Full: s.Full, Error: s.Error, Writes: s.Writes.Total(), Syncs: s.Syncs,
 			}
 		}
+		st.SocketLB, _ = bpf.SocketLBAttached(d.Root)
 		if as, err := bpf.ListAttachments(d.Root); err == nil {
 			st.Attachments = len(as)
 			for _, at := range as {

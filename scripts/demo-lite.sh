@@ -28,6 +28,8 @@ GW=169.254.1.1
 VIP_WEB=10.96.0.10   # backend: the server pod
 VIP_SELF=10.96.0.11  # backend: the client pod itself (self access)
 VIP_NONE=10.96.0.12  # no backends: rejected at once
+VIP_AFF=10.96.0.13   # session affinity: translated per packet by tc
+CGROUP=$RUN/cgroupv2 # a cgroup v2 mount of the demo's own
 CTL=("$BIN/podnicctl" --bpf-root "$ROOT")
 
 say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
@@ -43,6 +45,9 @@ down() {
 	if [[ -x $BIN/podnicctl && -d $ROOT ]]; then
 		"${CTL[@]}" detach --owner "$NS_CLIENT" --netns "/run/netns/$NS_CLIENT" >/dev/null 2>&1 || true
 		"${CTL[@]}" unload >/dev/null || true
+	fi
+	if mountpoint -q "$CGROUP"; then
+		umount "$CGROUP"
 	fi
 	for ns in "$NS_CLIENT" "$NS_SERVER" "$NS_FABRIC"; do
 		ip netns del "$ns" 2>/dev/null || true
@@ -98,12 +103,17 @@ up() {
 	echo $! >"$RUN/client.pid"
 
 	say "Load podnic's datapath once and pin it (no verifier run per pod after this)"
-	show "${CTL[@]}" load
+	# The socket-level programs hang on a cgroup v2 root; the demo mounts
+	# one of its own (podnic-agent uses the node's).
+	mkdir -p "$CGROUP"
+	mount -t cgroup2 cgroup2 "$CGROUP"
+	show "${CTL[@]}" load --cgroup-root "$CGROUP"
 
-	say "Three Services: one with a backend, one whose backend is the client itself, one with none"
+	say "Four Services: one with a backend, one whose backend is the client itself, one with none, one with session affinity"
 	show "${CTL[@]}" service set --id 1 --vip "$VIP_WEB" --port 80 --backend "$SERVER_IP:8080"
 	show "${CTL[@]}" service set --id 2 --vip "$VIP_SELF" --port 80 --backend "$CLIENT_IP:8080"
 	show "${CTL[@]}" service set --id 3 --vip "$VIP_NONE" --port 80
+	show "${CTL[@]}" service set --id 4 --vip "$VIP_AFF" --port 80 --affinity 1h --backend "$SERVER_IP:8080"
 	show "${CTL[@]}" service list
 
 	say "Attach the programs inside the client pod (TCX on this kernel)"
@@ -114,14 +124,16 @@ up() {
 		sleep 0.1
 	done
 
-	say "curl a ClusterIP from the pod: the NIC's egress program picks the backend"
+	say "curl a ClusterIP from the pod: its connect() goes straight to a backend (socket LB)"
 	show ip netns exec "$NS_CLIENT" curl -sS --max-time 3 "http://$VIP_WEB/"
-	say "Self access: the pod reaches a Service whose backend is itself, via lo"
+	say "Self access: the pod reaches a Service whose backend is itself"
 	show ip netns exec "$NS_CLIENT" curl -sS --max-time 3 "http://$VIP_SELF/"
-	say "A Service without backends is rejected at once (TCP RST), not black-holed"
+	say "A Service without backends is rejected at once (TCP RST from the NIC's egress program)"
 	show ip netns exec "$NS_CLIENT" curl -sS --max-time 3 "http://$VIP_NONE/" || true
+	say "Session affinity is kept per client address by tc: the NIC's programs translate every packet"
+	show ip netns exec "$NS_CLIENT" curl -sS --max-time 3 "http://$VIP_AFF/"
 
-	say "Connections podnic tracks, and every verdict it counted"
+	say "Connections tc translated (socket-balanced ones need no tracking), and every verdict"
 	show "${CTL[@]}" ct list
 	show "${CTL[@]}" verdicts
 

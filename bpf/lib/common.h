@@ -29,6 +29,7 @@ enum pn_reason {
 	PN_REJECT = 6,	    /* no usable backend: TCP RST or ICMP unreachable */
 	PN_ICMP_REVNAT = 7, /* ICMP error about a flow translated back */
 	PN_ICMP_DNAT = 8,   /* ICMP error from the pod sent on to the backend */
+	PN_SOCK_LB = 9,	    /* connect() to a Service sent straight to a backend */
 
 	PN_DROP_INVALID = -1,	   /* truncated or malformed headers */
 	PN_DROP_UNKNOWN_PORT = -2, /* known Service VIP, unknown port */
@@ -49,6 +50,7 @@ enum pn_dir {
 	PN_DIR_FROM_POD = 0, /* pod NIC egress */
 	PN_DIR_TO_POD = 1,   /* pod NIC ingress */
 	PN_DIR_LO = 2,	     /* pod lo egress (self-access replies) */
+	PN_DIR_SOCK = 3,     /* connect() of a pod's socket (socket-level LB) */
 	PN_DIR_MAX = 4,
 };
 
@@ -170,6 +172,7 @@ struct pn_event {
 #define PN_AFFINITY_MAX 65536
 #define PN_EVENTS_BYTES (256 * 1024)
 #define PN_CIDR_MAX	64
+#define PN_LB_NETNS_MAX 16384
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);

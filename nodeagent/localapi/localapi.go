@@ -52,6 +52,7 @@ type Status struct {
 	Frontends   int            `json:"frontends"`            // service entries
 	LastSync    *SyncInfo      `json:"lastSync,omitempty"`   // nil without agent or before the first sync
 	Attachments int            `json:"attachments"`          // attach points
+	SocketLB    []string       `json:"socketLB"`             // socket-level programs on the cgroup root
 }
 
 // Program is one pinned program.
@@ -117,6 +118,7 @@ func MapFill(d *bpf.Datapath, known map[string]int) []MapInfo {
 	}{
 		{"podnic_svc_v1", d.Maps.Services}, {"podnic_slot_v1", d.Maps.Slots}, {"podnic_be_v1", d.Maps.Backends},
 		{"podnic_ct_v1", d.Maps.Conntrack}, {"podnic_aff_v1", d.Maps.Affinity},
+		{"podnic_lbns_v1", d.Maps.LBNetns},
 	} {
 		n, ok := known[m.name]
 		if !ok {
@@ -147,6 +149,8 @@ func Programs(d *bpf.Datapath) []Program {
 	var out []Program
 	for name, p := range map[string]*ebpf.Program{
 		bpf.ProgFromPod: d.Programs.FromPod, bpf.ProgToPod: d.Programs.ToPod, bpf.ProgLoOut: d.Programs.LoOut,
+		bpf.ProgConnect4: d.Programs.Connect4, bpf.ProgConnect6: d.Programs.Connect6,
+		bpf.ProgGetPeer4: d.Programs.GetPeer4, bpf.ProgGetPeer6: d.Programs.GetPeer6,
 	} {
 		pr := Program{Name: name}
 		if info, err := p.Info(); err == nil {
@@ -165,6 +169,7 @@ func Programs(d *bpf.Datapath) []Program {
 func KubeProxyReplacement() []Feature {
 	return []Feature{
 		{"ClusterIP", "enabled", "TCP, UDP; IPv4, IPv6; every ClusterIP of dual-stack Services"},
+		{"SocketLB", "enabled", "TCP connect() balanced at the socket where the agent attached it (--socket-lb)"},
 		{"SessionAffinity", "enabled", "ClientIP with timeout"},
 		{"InternalTrafficPolicy", "enabled", "Local: only this node's endpoints"},
 		{"TopologyAwareRouting", "enabled", "hints: PreferSameNode, PreferSameZone"},

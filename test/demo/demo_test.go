@@ -49,8 +49,9 @@ func TestDemoShowsServicesWorkingAndTearsDown(t *testing.T) {
 		"hello from client-pod (10.244.0.10:8080), you are 10.244.0.10:",
 		"Couldn't connect to server",
 		"podnic_from_pod",
+		"socket-lb",
 		"dnat-new",
-		"self-access",
+		"reverse-nat",
 		"reject",
 	} {
 		if !strings.Contains(out, want) {

@@ -42,6 +42,8 @@ type config struct {
 	logLevel     string
 	logFormat    string
 	serviceCIDRs string
+	socketLB     bool
+	cgroupRoot   string
 }
 
 func main() {
@@ -74,6 +76,8 @@ func parseFlags(args []string) (config, error) {
 	fs.DurationVar(&c.resync, "informer-resync", 0, "informer resync period; 0: none")
 	fs.StringVar(&c.logLevel, "log-level", "info", "debug, info, warn or error")
 	fs.StringVar(&c.logFormat, "log-format", "text", "text or json")
+	fs.BoolVar(&c.socketLB, "socket-lb", true, "balance TCP connect() of podnic's pods at the socket (programs on the node's cgroup v2 root); off: tc translates every packet")
+	fs.StringVar(&c.cgroupRoot, "cgroup-root", "", "cgroup v2 directory for --socket-lb; empty: the node's cgroup v2 mount, mounted at "+bpf.CgroupMount+" if there is none")
 	fs.StringVar(&c.serviceCIDRs, "service-cidr", "", "the cluster's Service CIDRs, comma-separated (kube-apiserver's --service-cluster-ip-range); traffic to an address in them that no Service has is rejected at once")
 	if err := fs.Parse(args); err != nil {
 		return c, err
@@ -171,7 +175,10 @@ func run(args []string) error {
 		return err
 	}
 	defer d.Close()
-	log.Info("datapath loaded", "root", c.bpfRoot)
+	if err := bpf.SetupSocketLB(d, c.socketLB, c.cgroupRoot); err != nil {
+		return err
+	}
+	log.Info("datapath loaded", "root", c.bpfRoot, "socketLB", c.socketLB)
 	if err := d.Maps.SetServiceCIDRs(cidrs); err != nil {
 		return err
 	}

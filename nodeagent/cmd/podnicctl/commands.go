@@ -59,7 +59,10 @@ func open(g globals) (*bpf.Datapath, error) {
 }
 
 func cmdLoad(g globals, args []string) error {
-	if err := parseNoArgs(newFlags("load"), args); err != nil {
+	fs := newFlags("load")
+	socketLB := fs.Bool("socket-lb", true, "balance TCP connect() at the socket (programs on the node's cgroup v2 root)")
+	cgroup := fs.String("cgroup-root", "", "cgroup v2 directory for --socket-lb; empty: the node's cgroup v2 mount, mounted at "+bpf.CgroupMount+" if there is none")
+	if err := parseNoArgs(fs, args); err != nil {
 		return err
 	}
 	d, err := bpf.Load(g.root)
@@ -67,6 +70,9 @@ func cmdLoad(g globals, args []string) error {
 		return err
 	}
 	defer d.Close()
+	if err := bpf.SetupSocketLB(d, *socketLB, *cgroup); err != nil {
+		return err
+	}
 	fmt.Fprintf(g.out, "datapath loaded and pinned under %s\n", g.root)
 	return nil
 }
@@ -386,6 +392,9 @@ func cmdStatus(g globals, args []string) error {
 		for _, a := range as {
 			st.AttachedAs[string(a.Mode)]++
 		}
+		if st.SocketLB, err = bpf.SocketLBAttached(d.Root); err != nil {
+			return err
+		}
 	}
 	return g.emit(st, func(w *tabwriter.Writer) {
 		if st.Agent {
@@ -399,6 +408,11 @@ func cmdStatus(g globals, args []string) error {
 		}
 		sort.Strings(modes)
 		fmt.Fprintf(w, "Attach mode:\t%s\t%d attach points: %s\n", st.AttachMode, st.Attachments, strings.Join(modes, ", "))
+		if len(st.SocketLB) > 0 {
+			fmt.Fprintf(w, "Socket LB:\ton\tTCP connect() goes straight to a backend (%s)\n", strings.Join(st.SocketLB, ", "))
+		} else {
+			fmt.Fprintf(w, "Socket LB:\toff\ttc translates every connection\n")
+		}
 		for _, p := range st.Programs {
 			fmt.Fprintf(w, "Program:\t%s\tid %d tag %s\n", p.Name, p.ID, p.Tag)
 		}

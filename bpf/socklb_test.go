@@ -1,0 +1,284 @@
+package bpf
+
+import (
+	"errors"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"sort"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/podnic/podnic/test/simnode"
+)
+
+// socketLB attaches the socket-level programs to the node's cgroup v2 root
+// for the test's datapath; they see every connect() on this machine but
+// act only in the netns AttachPod registered with this datapath.
+func socketLB(t *testing.T, d *Datapath) {
+	t.Helper()
+	if err := d.AttachSocketLB(testCgroup2(t)); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := DetachSocketLB(d.Root); err != nil {
+			t.Error(err)
+		}
+	})
+}
+
+// testCgroup2 returns the machine's cgroup v2 mount, or mounts the
+// hierarchy in a temporary directory for the test and unmounts it after.
+func testCgroup2(t *testing.T) string {
+	t.Helper()
+	p, err := findCgroup2Mount("/proc/self/mountinfo")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p != "" {
+		return p
+	}
+	dir := t.TempDir()
+	if err := syscall.Mount("cgroup2", dir, "cgroup2", 0, ""); err != nil {
+		t.Fatalf("mounting cgroup v2: %v", err)
+	}
+	t.Cleanup(func() {
+		if err := syscall.Unmount(dir, 0); err != nil {
+			t.Errorf("unmounting %s: %v", dir, err)
+		}
+	})
+	return dir
+}
+
+func lbNetnsCount(t *testing.T, d *Datapath) int {
+	t.Helper()
+	var (
+		k uint64
+		v podnicPnLbNetns
+		n int
+	)
+	it := d.Maps.LBNetns.Iterate()
+	for it.Next(&k, &v) {
+		n++
+	}
+	if err := it.Err(); err != nil {
+		t.Fatal(err)
+	}
+	return n
+}
+
+// A TCP connect() to a Service from a registered pod goes to a backend
+// directly: the socket-level program counts it, the tc programs translate
+// nothing, the backend sees the client's address, and getpeername (which
+// Go's net.Dial reads for RemoteAddr) still names the Service.
+func TestSocketLBConnectsStraightToTheBackend(t *testing.T) {
+	d := loadTest(t)
+	client, _ := trafficPods(t, d)
+	attachPod(t, d, client, ModeAuto)
+	socketLB(t, d)
+	if n := lbNetnsCount(t, d); n != 1 {
+		t.Fatalf("%d netns registered for socket LB, want 1", n)
+	}
+
+	for _, tc := range []struct {
+		name     string
+		vip, src netip.Addr
+		want     string
+	}{
+		{"v4", simVIPv4, client.IPv4, "server"},
+		{"v6", simVIPv6, client.IPv6, "server"},
+		{"v4/self", simSelfV4, client.IPv4, client.Name},
+		{"v6/self", simSelfV6, client.IPv6, client.Name},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			delta := verdictDelta(t, d, verdict(DirSocket, ReasonSocketLB),
+				verdict(DirFromPod, ReasonDNATNew), verdict(DirFromPod, ReasonSelf))
+			vip := netip.AddrPortFrom(tc.vip, simServicePort)
+			body, err := client.HTTPGet("http://"+vip.String()+"/", simTimeout)
+			if err != nil {
+				t.Fatalf("%v (verdicts: %v)", err, delta())
+			}
+			if name, from := answeredBy(body); name != tc.want || from != tc.src {
+				t.Errorf("answer %q, want %s answering %s", body, tc.want, tc.src)
+			}
+			if got := delta(); got[0] != 1 || got[1] != 0 || got[2] != 0 {
+				t.Errorf("counted socket-lb %d, tc dnat-new %d, tc self-access %d; want 1, 0, 0", got[0], got[1], got[2])
+			}
+
+			conn, err := client.Dial("tcp", vip, simTimeout)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer conn.Close()
+			if got := conn.RemoteAddr().String(); got != vip.String() {
+				t.Errorf("getpeername says %s, want the Service %s", got, vip)
+			}
+		})
+	}
+}
+
+// What the socket-level programs leave alone still works through tc: UDP,
+// a Service with session affinity, a Service without endpoints (refused at
+// once), and every connect() of a pod that was never registered.
+func TestSocketLBLeavesTheRestToTC(t *testing.T) {
+	d := loadTest(t)
+	client, server := trafficPods(t, d)
+	attachPod(t, d, client, ModeAuto)
+	socketLB(t, d)
+
+	vip4 := netip.AddrPortFrom(simVIPv4, simServicePort)
+	t.Run("udp", func(t *testing.T) {
+		delta := verdictDelta(t, d, verdict(DirSocket, ReasonSocketLB), verdict(DirFromPod, ReasonDNATNew))
+		if got, err := client.UDPEcho(vip4, "ping", simTimeout); err != nil || got != "server ping" {
+			t.Fatalf("answer %q, %v", got, err)
+		}
+		if got := delta(); got[0] != 0 || got[1] != 1 {
+			t.Errorf("counted socket-lb %d, tc dnat-new %d; want 0, 1", got[0], got[1])
+		}
+	})
+
+	t.Run("affinity", func(t *testing.T) {
+		affVIP := netip.MustParseAddr("10.96.0.50")
+		err := d.Maps.UpsertService(ServiceEntry{
+			Frontend: Frontend{VIP: affVIP, Port: simServicePort, Proto: TCP},
+			ID:       100,
+			Affinity: 60 * time.Second,
+			Backends: []BackendEntry{{ID: 100, Addr: netip.AddrPortFrom(server.IPv4, simBackendPort)}},
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		delta := verdictDelta(t, d, verdict(DirSocket, ReasonSocketLB), verdict(DirFromPod, ReasonDNATNew))
+		if _, err := client.HTTPGet("http://"+netip.AddrPortFrom(affVIP, simServicePort).String()+"/", simTimeout); err != nil {
+			t.Fatal(err)
+		}
+		if got := delta(); got[0] != 0 || got[1] != 1 {
+			t.Errorf("counted socket-lb %d, tc dnat-new %d; want 0, 1", got[0], got[1])
+		}
+	})
+
+	t.Run("no-endpoints", func(t *testing.T) {
+		emptyVIP := netip.MustParseAddr("10.96.0.51")
+		err := d.Maps.UpsertService(ServiceEntry{
+			Frontend: Frontend{VIP: emptyVIP, Port: simServicePort, Proto: TCP},
+			ID:       101,
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		start := time.Now()
+		_, err = client.Dial("tcp", netip.AddrPortFrom(emptyVIP, simServicePort), simTimeout)
+		if !errors.Is(err, syscall.ECONNREFUSED) {
+			t.Fatalf("dial: %v, want connection refused", err)
+		}
+		if el := time.Since(start); el > time.Second {
+			t.Errorf("refused after %v, want at once", el)
+		}
+	})
+
+	t.Run("unregistered-pod", func(t *testing.T) {
+		// The server pod has no podnic: its connect() is not touched and
+		// the VIP means nothing there (it leaves by the default route and
+		// the fabric drops it), so a short timeout is expected.
+		delta := verdictDelta(t, d, verdict(DirSocket, ReasonSocketLB))
+		if _, err := server.Dial("tcp", vip4, 300*time.Millisecond); err == nil {
+			t.Errorf("an unregistered pod reached the Service")
+		}
+		if got := delta(); got[0] != 0 {
+			t.Errorf("counted socket-lb %d for an unregistered pod", got[0])
+		}
+	})
+}
+
+// DetachPod unregisters the pod's netns, also when the netns is gone; the
+// node-wide links come and go with AttachSocketLB / DetachSocketLB, and
+// attaching again is idempotent.
+func TestSocketLBRegistrationFollowsThePod(t *testing.T) {
+	d := loadTest(t)
+	n := simnode.New(t)
+	a := n.AddPod("a", simClientV4, simClientV6)
+	b := n.AddPod("b", simServerV4, simServerV6)
+	for _, p := range []*simnode.Pod{a, b} {
+		if _, err := d.AttachPod(p.NetnsPath, p.Ifname, p.Netns, ModeAuto); err != nil {
+			t.Fatal(err)
+		}
+	}
+	socketLB(t, d)
+	socketLB(t, d) // again: updates the links in place
+
+	names, err := SocketLBAttached(d.Root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sort.Strings(names)
+	want := []string{ProgConnect4, ProgConnect6, ProgGetPeer4, ProgGetPeer6}
+	if len(names) != len(want) {
+		t.Fatalf("socket LB links %q, want %q", names, want)
+	}
+	for i := range want {
+		if names[i] != want[i] {
+			t.Fatalf("socket LB links %q, want %q", names, want)
+		}
+	}
+	if got := lbNetnsCount(t, d); got != 2 {
+		t.Fatalf("%d netns registered, want 2", got)
+	}
+
+	if err := DetachPod(d.Root, a.Netns, a.NetnsPath); err != nil {
+		t.Fatal(err)
+	}
+	if got := lbNetnsCount(t, d); got != 1 {
+		t.Errorf("%d netns registered after detaching a, want 1", got)
+	}
+	if err := b.DeleteNetns(); err != nil {
+		t.Fatal(err)
+	}
+	if err := DetachPod(d.Root, b.Netns, ""); err != nil {
+		t.Fatal(err)
+	}
+	if got := lbNetnsCount(t, d); got != 0 {
+		t.Errorf("%d netns registered after detaching b with its netns gone, want 0", got)
+	}
+
+	if err := DetachSocketLB(d.Root); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(filepath.Join(d.Root, "cgroup")); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("cgroup link pins left: %v", err)
+	}
+	if err := DetachSocketLB(d.Root); err != nil {
+		t.Errorf("detaching twice: %v", err)
+	}
+}
+
+func TestAttachSocketLBRefusesANonCgroupPath(t *testing.T) {
+	d := loadTest(t)
+	err := d.AttachSocketLB(t.TempDir())
+	if err == nil {
+		t.Fatal("attached to a plain directory")
+	}
+	if names, _ := SocketLBAttached(d.Root); len(names) != 0 {
+		t.Errorf("links pinned after a refused attach: %q", names)
+	}
+}
+
+func TestFindCgroup2Mount(t *testing.T) {
+	f := filepath.Join(t.TempDir(), "mountinfo")
+	body := "22 1 0:21 / /sys/fs/cgroup rw - tmpfs tmpfs rw\n" +
+		"30 22 0:26 /sub /sys/fs/cgroup/unified rw - cgroup2 cgroup2 rw\n" +
+		"31 22 0:26 / /run/my\\040cg rw,nosuid shared:9 - cgroup2 cgroup2 rw\n"
+	if err := os.WriteFile(f, []byte(body), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	got, err := findCgroup2Mount(f)
+	if err != nil || got != "/run/my cg" {
+		t.Errorf("found %q, %v; want the root mount %q", got, err, "/run/my cg")
+	}
+	if err := os.WriteFile(f, []byte(body[:len(body)-len("31 22 0:26 / /run/my\\040cg rw,nosuid shared:9 - cgroup2 cgroup2 rw\n")]), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := findCgroup2Mount(f); err != nil || got != "" {
+		t.Errorf("found %q, %v; want none", got, err)
+	}
+}
