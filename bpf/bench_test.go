@@ -107,6 +107,9 @@ func BenchmarkEstablishedFlow(b *testing.B) {
 				if err := d.Maps.Conntrack.Put(&k, &e); err != nil {
 					b.Fatal(err)
 				}
+				if err := d.Maps.raiseLiveUntil(); err != nil {
+					b.Fatal(err)
+				}
 				ack := pkt{src: client, dst: vip, proto: TCP, flags: "A", payload: make([]byte, 64)}
 				in := ack.bytes(b)
 				before := counted(b, d, DirFromPod, ReasonDNATCT)

@@ -749,3 +749,52 @@ func TestAddressInAServiceCIDRWithoutAServiceIsRejected(t *testing.T) {
 		})
 	}
 }
+
+// The fast paths (lib/fast.h): with the Service CIDRs known, a packet to
+// any other address passes without a lookup — even to a VIP that lies
+// outside them, which the agent's --service-cidr must therefore cover —
+// and a reply passes unlooked-at while no tc-translated flow of its
+// protocol is alive, yet is translated as soon as one is.
+func TestFastPathsPassOnlyWhatCannotBeServiceTraffic(t *testing.T) {
+	for _, fam := range families {
+		t.Run(fam.name, func(t *testing.T) {
+			d := loadTest(t)
+			service(t, d, Frontend{VIP: fam.vip, Port: servicePort, Proto: TCP}, 1, backendPort, fam.backends[0])
+			client, vip, backend := ap(fam.client, clientPort), ap(fam.vip, servicePort), ap(fam.backends[0], backendPort)
+			reply := pkt{src: backend, dst: client, proto: TCP, flags: "SA"}
+			fromBackend := reply.bytes(t)
+			if ret, got := run(t, d.Programs.ToPod, fromBackend); ret != actUnspec || !equalPacket(got, fromBackend) {
+				t.Errorf("reply with no live flow changed (verdict %d)", ret)
+			}
+
+			// A CIDR that leaves the VIP out: its traffic passes untouched.
+			other := netip.MustParseAddr("10.96.0.0")
+			if fam.vip.Is6() {
+				other = netip.MustParseAddr("fd00:96::")
+			}
+			if err := d.Maps.SetServiceCIDRs([]netip.Prefix{netip.PrefixFrom(other, 16)}); err != nil {
+				t.Fatal(err)
+			}
+			syn := pkt{src: client, dst: vip, proto: TCP, flags: "S"}
+			if ret, got := run(t, d.Programs.FromPod, syn.bytes(t)); ret != actUnspec || !equalPacket(got, syn.bytes(t)) {
+				t.Errorf("SYN to a VIP outside the configured CIDRs changed (verdict %d)", ret)
+			}
+
+			// With the VIP inside, the flow is translated and its reply too.
+			bits := 64
+			if fam.vip.Is4() {
+				bits = 24
+			}
+			if err := d.Maps.SetServiceCIDRs([]netip.Prefix{netip.PrefixFrom(other, 16), netip.PrefixFrom(fam.vip, bits).Masked()}); err != nil {
+				t.Fatal(err)
+			}
+			if got := dnatTarget(t, d, syn); got != backend {
+				t.Fatalf("SYN went to %s, want %s", got, backend)
+			}
+			ret, got := run(t, d.Programs.ToPod, reply.bytes(t))
+			if want := reply.with(vip, client).bytes(t); ret != actUnspec || !equalPacket(got, want) {
+				t.Errorf("reply of a live flow not translated back (verdict %d)", ret)
+			}
+		})
+	}
+}

@@ -46,6 +46,10 @@ type Maps struct {
 	// storage remembering the Service a balanced socket connected to.
 	LBNetns   *ebpf.Map
 	LBSockets *ebpf.Map
+	// Config holds the Service CIDRs of the egress fast path; Live, per
+	// protocol, when the last tc-translated flow can expire (lib/fast.h).
+	Config *ebpf.Map
+	Live   *ebpf.Map
 }
 
 // Programs are the datapath's pinned programs.
@@ -127,6 +131,8 @@ func Load(root string) (*Datapath, error) {
 			ServiceCIDRs: objs.PodnicCidrV1,
 			LBNetns:      objs.PodnicLbnsV1,
 			LBSockets:    objs.PodnicLbskV1,
+			Config:       objs.PodnicCfgV1,
+			Live:         objs.PodnicLiveV1,
 		},
 		Programs: Programs{
 			FromPod:  objs.PodnicFromPod,
@@ -137,6 +143,12 @@ func Load(root string) (*Datapath, error) {
 			GetPeer4: objs.PodnicGetpeer4,
 			GetPeer6: objs.PodnicGetpeer6,
 		},
+	}
+	// Replies of flows tracked before this load (an upgrade) must still
+	// be looked up by the new programs.
+	if err := d.Maps.raiseLiveUntil(); err != nil {
+		d.Close()
+		return nil, err
 	}
 	for name, p := range d.programsByName() {
 		if err := pinReplace(p, filepath.Join(progsDir(root), name)); err != nil {
@@ -165,6 +177,8 @@ func OpenPinned(root string) (*Datapath, error) {
 		"podnic_cidr_v1": &d.Maps.ServiceCIDRs,
 		"podnic_lbns_v1": &d.Maps.LBNetns,
 		"podnic_lbsk_v1": &d.Maps.LBSockets,
+		"podnic_cfg_v1":  &d.Maps.Config,
+		"podnic_live_v1": &d.Maps.Live,
 	}
 	for name, dst := range maps {
 		m, err := ebpf.LoadPinnedMap(filepath.Join(mapsDir(root), name), nil)
@@ -217,7 +231,7 @@ func (d *Datapath) programsByName() map[string]*ebpf.Program {
 func (d *Datapath) Close() {
 	for _, m := range []*ebpf.Map{d.Maps.Services, d.Maps.Slots, d.Maps.Backends,
 		d.Maps.Conntrack, d.Maps.Affinity, d.Maps.Counters, d.Maps.Events, d.Maps.ServiceCIDRs,
-		d.Maps.LBNetns, d.Maps.LBSockets} {
+		d.Maps.LBNetns, d.Maps.LBSockets, d.Maps.Config, d.Maps.Live} {
 		if m != nil {
 			_ = m.Close()
 		}

@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"testing"
+	"time"
 
 	"github.com/cilium/ebpf"
 )
@@ -75,6 +76,11 @@ func TestReloadKeepsLiveMapState(t *testing.T) {
 		t.Fatalf("reloading: %v", err)
 	}
 	defer d2.Close()
+	// The reloaded programs must still look up that flow's replies.
+	var live podnicPnLive
+	if err := d2.Maps.Live.Lookup(uint32(0), &live); err != nil || live.Until[0] < 42+uint64(time.Second) {
+		t.Errorf("tc flows live until %v (%v), want past the entry's expiry", live.Until, err)
+	}
 	var got CTEntry
 	if err := d2.Maps.Conntrack.Lookup(&k, &got); err != nil {
 		t.Fatalf("conntrack entry lost across reload: %v", err)

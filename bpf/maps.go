@@ -1,8 +1,10 @@
 package bpf
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
+	"net"
 	"net/netip"
 	"sort"
 	"time"
@@ -315,6 +317,92 @@ func (m *Maps) SetServiceCIDRs(prefixes []netip.Prefix) error {
 				return fmt.Errorf("removing Service CIDR: %w", err)
 			}
 		}
+	}
+	return m.setFastPathCIDRs(prefixes)
+}
+
+// setFastPathCIDRs copies the Service CIDRs into podnic_cfg_v1, where the
+// egress program passes packets to any other address at once. A family
+// with more CIDRs than the array holds is left out (every packet of it
+// takes the full path).
+func (m *Maps) setFastPathCIDRs(prefixes []netip.Prefix) error {
+	if m.Config == nil {
+		return fmt.Errorf("setting Service CIDRs: %w", ErrNotLoaded)
+	}
+	var cfg podnicPnCfg
+	var v4, v6 []netip.Prefix
+	for _, p := range prefixes {
+		if p.Addr().Unmap().Is4() {
+			v4 = append(v4, netip.PrefixFrom(p.Addr().Unmap(), min(p.Bits(), 32)).Masked())
+		} else {
+			v6 = append(v6, p.Masked())
+		}
+	}
+	if len(v4) <= len(cfg.V4) {
+		cfg.V4Count = uint32(len(v4))
+		for i, p := range v4 {
+			a := p.Addr().As4()
+			mask := net.CIDRMask(p.Bits(), 32)
+			cfg.V4[i].Net = binary.NativeEndian.Uint32(a[:])
+			cfg.V4[i].Mask = binary.NativeEndian.Uint32(mask)
+		}
+	}
+	if len(v6) <= len(cfg.V6) {
+		cfg.V6Count = uint32(len(v6))
+		for i, p := range v6 {
+			a := p.Addr().As16()
+			mask := net.CIDRMask(p.Bits(), 128)
+			for w := 0; w < 4; w++ {
+				cfg.V6[i].Net[w] = binary.NativeEndian.Uint32(a[4*w:])
+				cfg.V6[i].Mask[w] = binary.NativeEndian.Uint32(mask[4*w:])
+			}
+		}
+	}
+	if err := m.Config.Put(uint32(0), &cfg); err != nil {
+		return fmt.Errorf("writing fast-path Service CIDRs: %w", err)
+	}
+	return nil
+}
+
+// raiseLiveUntil makes podnic_live_v1 cover every conntrack entry in the
+// map, so that replies of flows written by an earlier build (or by
+// userspace) are still looked up. Load calls it.
+func (m *Maps) raiseLiveUntil() error {
+	if m.Live == nil || m.Conntrack == nil {
+		return fmt.Errorf("reading conntrack lifetimes: %w", ErrNotLoaded)
+	}
+	var (
+		k    CTKey
+		e    CTEntry
+		last [2]uint64
+	)
+	it := m.Conntrack.Iterate()
+	for it.Next(&k, &e) {
+		i := 1
+		if k.Proto == TCP {
+			i = 0
+		}
+		last[i] = max(last[i], e.Expires)
+	}
+	if err := it.Err(); err != nil {
+		return fmt.Errorf("reading conntrack lifetimes: %w", err)
+	}
+	var live podnicPnLive
+	if err := m.Live.Lookup(uint32(0), &live); err != nil {
+		return fmt.Errorf("reading conntrack lifetimes: %w", err)
+	}
+	changed := false
+	for i := range last {
+		if last[i] != 0 && live.Until[i] < last[i]+2*uint64(time.Second) {
+			live.Until[i] = last[i] + 2*uint64(time.Second)
+			changed = true
+		}
+	}
+	if !changed {
+		return nil
+	}
+	if err := m.Live.Put(uint32(0), &live); err != nil {
+		return fmt.Errorf("writing conntrack lifetimes: %w", err)
 	}
 	return nil
 }

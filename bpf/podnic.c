@@ -87,12 +87,11 @@ static __always_inline int pn_from_pod(struct __sk_buff *skb, struct pn_pkt *p, 
 		return TC_ACT_UNSPEC;
 	}
 
-	now = bpf_ktime_get_ns();
 	if (!p->fragment && (p->proto == IPPROTO_ICMP || p->proto == IPPROTO_ICMPV6)) {
 		/* An error about a reply the pod got goes to the backend. */
 		int self = 0;
 
-		ret = pn_icmp_xlate(skb, p, now, 1, &self);
+		ret = pn_icmp_xlate(skb, p, bpf_ktime_get_ns(), 1, &self);
 		if (ret < 0) {
 			*reason = ret;
 			return TC_ACT_SHOT;
@@ -102,6 +101,9 @@ static __always_inline int pn_from_pod(struct __sk_buff *skb, struct pn_pkt *p, 
 			return self ? pn_redirect_self(skb) : TC_ACT_UNSPEC;
 		}
 	}
+	/* Not for any Service: pod-to-pod traffic, socket-balanced flows. */
+	if (pn_outside_service_cidrs(&p->daddr))
+		return TC_ACT_UNSPEC;
 	if (p->fragment || (p->proto != IPPROTO_TCP && p->proto != IPPROTO_UDP)) {
 		if (!pn_is_vip(p))
 			return TC_ACT_UNSPEC;
@@ -109,6 +111,7 @@ static __always_inline int pn_from_pod(struct __sk_buff *skb, struct pn_pkt *p, 
 		return TC_ACT_SHOT;
 	}
 
+	now = bpf_ktime_get_ns();
 	pn_ct_key_of(&fk, p, PN_CT_FORWARD);
 	fe = bpf_map_lookup_elem(&podnic_ct_v1, &fk);
 	if (fe && pn_ct_forward_hit(&fk, fe, p->tcp_flags, now) && pn_ct_backend_alive(&fk, fe)) {
@@ -200,6 +203,10 @@ static __always_inline int pn_to_pod(struct __sk_buff *skb, struct pn_pkt *p, in
 		return TC_ACT_UNSPEC;
 	}
 	if (p->proto != IPPROTO_TCP && p->proto != IPPROTO_UDP)
+		return TC_ACT_UNSPEC;
+	/* No flow of this protocol translated by tc is alive: nothing to
+	 * look up (the common case once connect() is balanced at the socket). */
+	if (pn_no_live_flows(p->proto, now))
 		return TC_ACT_UNSPEC;
 
 	pn_ct_key_of(&rk, p, PN_CT_REPLY);

@@ -47,6 +47,22 @@ const (
 	podnicPnBackendStatePN_BACKEND_TERMINATING podnicPnBackendState = 1
 )
 
+type podnicPnCfg struct {
+	_       structs.HostLayout
+	V4Count uint32
+	V6Count uint32
+	V4      [4]struct {
+		_    structs.HostLayout
+		Net  uint32
+		Mask uint32
+	}
+	V6 [4]struct {
+		_    structs.HostLayout
+		Net  [4]uint32
+		Mask [4]uint32
+	}
+}
+
 type podnicPnCidrKey struct {
 	_         structs.HostLayout
 	Prefixlen uint32
@@ -128,6 +144,11 @@ type podnicPnLbSock struct {
 	SvcId uint32
 }
 
+type podnicPnLive struct {
+	_     structs.HostLayout
+	Until [2]uint64
+}
+
 type podnicPnReason int32
 
 const (
@@ -187,12 +208,14 @@ type podnicPnSvcVal struct {
 const (
 	podnicMapPodnicAffV1      = "podnic_aff_v1"
 	podnicMapPodnicBeV1       = "podnic_be_v1"
+	podnicMapPodnicCfgV1      = "podnic_cfg_v1"
 	podnicMapPodnicCidrV1     = "podnic_cidr_v1"
 	podnicMapPodnicCntV1      = "podnic_cnt_v1"
 	podnicMapPodnicCtV1       = "podnic_ct_v1"
 	podnicMapPodnicEvV1       = "podnic_ev_v1"
 	podnicMapPodnicLbnsV1     = "podnic_lbns_v1"
 	podnicMapPodnicLbskV1     = "podnic_lbsk_v1"
+	podnicMapPodnicLiveV1     = "podnic_live_v1"
 	podnicMapPodnicSlotV1     = "podnic_slot_v1"
 	podnicMapPodnicSvcV1      = "podnic_svc_v1"
 	podnicProgPodnicConnect4  = "podnic_connect4"
@@ -269,12 +292,14 @@ type podnicProgramSpecs struct {
 type podnicMapSpecs struct {
 	PodnicAffV1  *ebpf.MapSpec `ebpf:"podnic_aff_v1"`
 	PodnicBeV1   *ebpf.MapSpec `ebpf:"podnic_be_v1"`
+	PodnicCfgV1  *ebpf.MapSpec `ebpf:"podnic_cfg_v1"`
 	PodnicCidrV1 *ebpf.MapSpec `ebpf:"podnic_cidr_v1"`
 	PodnicCntV1  *ebpf.MapSpec `ebpf:"podnic_cnt_v1"`
 	PodnicCtV1   *ebpf.MapSpec `ebpf:"podnic_ct_v1"`
 	PodnicEvV1   *ebpf.MapSpec `ebpf:"podnic_ev_v1"`
 	PodnicLbnsV1 *ebpf.MapSpec `ebpf:"podnic_lbns_v1"`
 	PodnicLbskV1 *ebpf.MapSpec `ebpf:"podnic_lbsk_v1"`
+	PodnicLiveV1 *ebpf.MapSpec `ebpf:"podnic_live_v1"`
 	PodnicSlotV1 *ebpf.MapSpec `ebpf:"podnic_slot_v1"`
 	PodnicSvcV1  *ebpf.MapSpec `ebpf:"podnic_svc_v1"`
 }
@@ -315,12 +340,14 @@ func (o *podnicObjects) Close() error {
 type podnicMaps struct {
 	PodnicAffV1  *ebpf.Map `ebpf:"podnic_aff_v1"`
 	PodnicBeV1   *ebpf.Map `ebpf:"podnic_be_v1"`
+	PodnicCfgV1  *ebpf.Map `ebpf:"podnic_cfg_v1"`
 	PodnicCidrV1 *ebpf.Map `ebpf:"podnic_cidr_v1"`
 	PodnicCntV1  *ebpf.Map `ebpf:"podnic_cnt_v1"`
 	PodnicCtV1   *ebpf.Map `ebpf:"podnic_ct_v1"`
 	PodnicEvV1   *ebpf.Map `ebpf:"podnic_ev_v1"`
 	PodnicLbnsV1 *ebpf.Map `ebpf:"podnic_lbns_v1"`
 	PodnicLbskV1 *ebpf.Map `ebpf:"podnic_lbsk_v1"`
+	PodnicLiveV1 *ebpf.Map `ebpf:"podnic_live_v1"`
 	PodnicSlotV1 *ebpf.Map `ebpf:"podnic_slot_v1"`
 	PodnicSvcV1  *ebpf.Map `ebpf:"podnic_svc_v1"`
 }
@@ -329,12 +356,14 @@ func (m *podnicMaps) Close() error {
 	return _PodnicClose(
 		m.PodnicAffV1,
 		m.PodnicBeV1,
+		m.PodnicCfgV1,
 		m.PodnicCidrV1,
 		m.PodnicCntV1,
 		m.PodnicCtV1,
 		m.PodnicEvV1,
 		m.PodnicLbnsV1,
 		m.PodnicLbskV1,
+		m.PodnicLiveV1,
 		m.PodnicSlotV1,
 		m.PodnicSvcV1,
 	)

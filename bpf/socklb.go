@@ -176,7 +176,7 @@ func removeCgroupLink(pin string) error {
 // hybrid host). Processes not placed anywhere in cgroup v2 are in its root,
 // so programs there see every socket on the node.
 func CgroupV2Root() (string, error) {
-	if p, err := findCgroup2Mount("/proc/self/mountinfo"); err != nil || p != "" {
+	if p, err := CgroupV2Mount(); err != nil || p != "" {
 		return p, err
 	}
 	if err := os.MkdirAll(CgroupMount, 0o700); err != nil {
@@ -187,6 +187,9 @@ func CgroupV2Root() (string, error) {
 	}
 	return CgroupMount, nil
 }
+
+// CgroupV2Mount returns where cgroup v2 is mounted (its root), or "".
+func CgroupV2Mount() (string, error) { return findCgroup2Mount("/proc/self/mountinfo") }
 
 // findCgroup2Mount returns the first cgroup2 mount in a mountinfo file
 // whose root is the hierarchy's root, or "".
@@ -288,6 +291,16 @@ func (d *Datapath) registerNetns(owner string) error {
 		return fmt.Errorf("registering netns for socket load balancing: %w", err)
 	}
 	return nil
+}
+
+// OptOutSocketLB takes owner's pod out of socket-level balancing: its
+// connections are translated by tc, packet by packet. AttachPod opts a pod
+// in again.
+func OptOutSocketLB(root, owner string) error {
+	if root == "" {
+		root = DefaultRoot
+	}
+	return unregisterNetns(root, owner)
 }
 
 // unregisterNetns removes owner's netns entries from the pinned map under

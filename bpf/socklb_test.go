@@ -32,7 +32,7 @@ func socketLB(t *testing.T, d *Datapath) {
 // hierarchy in a temporary directory for the test and unmounts it after.
 func testCgroup2(t *testing.T) string {
 	t.Helper()
-	p, err := findCgroup2Mount("/proc/self/mountinfo")
+	p, err := CgroupV2Mount()
 	if err != nil {
 		t.Fatal(err)
 	}

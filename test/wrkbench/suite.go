@@ -82,6 +82,7 @@ const (
 	TargetDirect       = "direct pod IP"
 	TargetPodnicTCX    = "podnic TCX"
 	TargetPodnicLegacy = "podnic legacy tc"
+	TargetPodnicTCOnly = "podnic TCX, tc only"
 	TargetViaNode      = "direct pod IP via node"
 	TargetKubeProxyNFT = "kube-proxy nftables"
 	TargetKubeProxyIPT = "kube-proxy iptables-legacy"
@@ -108,6 +109,7 @@ func Run(t *testing.T, cfg Config) *Results {
 		{Name: TargetDirect, netns: tb.direct.Netns, url: fmt.Sprintf("http://%s/", netip.AddrPortFrom(backendIPs[0], backendPort))},
 		{Name: TargetPodnicTCX, netns: tb.tcx.Netns, url: serviceURL()},
 		{Name: TargetPodnicLegacy, netns: tb.legacy.Netns, url: serviceURL()},
+		{Name: TargetPodnicTCOnly, netns: tb.tcOnly.Netns, url: serviceURL()},
 	}
 
 	var api *apiClient

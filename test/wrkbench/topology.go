@@ -29,6 +29,8 @@ var (
 	directIP         = netip.MustParseAddr("10.244.2.1")
 	tcxIP            = netip.MustParseAddr("10.244.2.2")
 	legacyIP         = netip.MustParseAddr("10.244.2.3")
+	tcOnlyIP         = netip.MustParseAddr("10.244.2.4")
+	serviceCIDR      = netip.MustParsePrefix("10.96.0.0/12")
 	benchVIP         = netip.MustParseAddr("10.96.0.10")
 	fillVIPStart     = netip.MustParseAddr("10.96.100.0")
 )
@@ -146,6 +148,7 @@ type testbed struct {
 	direct   *simnode.Pod
 	tcx      *simnode.Pod
 	legacy   *simnode.Pod
+	tcOnly   *simnode.Pod // podnic by TCX with socket-level balancing off
 	datapath *bpf.Datapath
 }
 
@@ -166,7 +169,8 @@ func newTestbed(t *testing.T, echo, dir string) *testbed {
 	tb.direct = tb.node.AddPod("direct", netip.PrefixFrom(directIP, 32), netip.Prefix{})
 	tb.tcx = tb.node.AddPod("tcx", netip.PrefixFrom(tcxIP, 32), netip.Prefix{})
 	tb.legacy = tb.node.AddPod("legacy", netip.PrefixFrom(legacyIP, 32), netip.Prefix{})
-	for _, p := range []*simnode.Pod{tb.direct, tb.tcx, tb.legacy} {
+	tb.tcOnly = tb.node.AddPod("tconly", netip.PrefixFrom(tcOnlyIP, 32), netip.Prefix{})
+	for _, p := range []*simnode.Pod{tb.direct, tb.tcx, tb.legacy, tb.tcOnly} {
 		if err := tuneClient(p.Netns); err != nil {
 			t.Fatal(err)
 		}
@@ -179,7 +183,7 @@ func newTestbed(t *testing.T, echo, dir string) *testbed {
 	}
 	tb.datapath = d
 	t.Cleanup(func() {
-		for _, p := range []*simnode.Pod{tb.tcx, tb.legacy} {
+		for _, p := range []*simnode.Pod{tb.tcx, tb.legacy, tb.tcOnly} {
 			if err := bpf.DetachPod(root, p.Netns, p.NetnsPath); err != nil {
 				t.Errorf("detaching podnic from %s: %v", p.Name, err)
 			}
@@ -192,13 +196,24 @@ func newTestbed(t *testing.T, echo, dir string) *testbed {
 	if err := d.Maps.UpsertService(serviceEntry(benchSvcID, benchVIP)); err != nil {
 		t.Fatalf("adding the bench Service to podnic: %v", err)
 	}
+	// As podnic-agent runs: the Service CIDR known, connect() balanced
+	// at the socket.
+	if err := d.Maps.SetServiceCIDRs([]netip.Prefix{serviceCIDR}); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.AttachSocketLB(cgroup2(t)); err != nil {
+		t.Fatal(err)
+	}
 	for _, a := range []struct {
 		pod  *simnode.Pod
 		mode bpf.Mode
-	}{{tb.tcx, bpf.ModeTCX}, {tb.legacy, bpf.ModeLegacy}} {
+	}{{tb.tcx, bpf.ModeTCX}, {tb.legacy, bpf.ModeLegacy}, {tb.tcOnly, bpf.ModeTCX}} {
 		if _, err := d.AttachPod(a.pod.NetnsPath, simnode.PodIfname, a.pod.Netns, a.mode); err != nil {
 			t.Fatalf("attaching podnic to %s: %v", a.pod.Name, err)
 		}
+	}
+	if err := bpf.OptOutSocketLB(root, tb.tcOnly.Netns); err != nil {
+		t.Fatal(err)
 	}
 
 	// The servers listen once they answer; this also proves the routes.
@@ -217,6 +232,28 @@ func newTestbed(t *testing.T, echo, dir string) *testbed {
 		}
 	}
 	return tb
+}
+
+// cgroup2 returns the machine's cgroup v2 mount, or mounts the hierarchy
+// in a temporary directory until the test ends.
+func cgroup2(t *testing.T) string {
+	t.Helper()
+	if p, err := bpf.CgroupV2Mount(); err != nil || p != "" {
+		if err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	dir := t.TempDir()
+	if err := syscall.Mount("cgroup2", dir, "cgroup2", 0, ""); err != nil {
+		t.Fatalf("mounting cgroup v2: %v", err)
+	}
+	t.Cleanup(func() {
+		if err := syscall.Unmount(dir, 0); err != nil {
+			t.Errorf("unmounting %s: %v", dir, err)
+		}
+	})
+	return dir
 }
 
 // tuneClient widens the client's port range: short-connection runs open

@@ -1,0 +1,122 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/* The pass-through fast path: most packets a pod sends and receives are
+ * not Service traffic (pod-to-pod, and every connection the socket-level
+ * programs balanced), and should cost next to nothing.
+ *
+ * Egress: a packet to an address outside the cluster's Service CIDRs
+ * cannot be for a Service. The agent copies the CIDRs (--service-cidr)
+ * into podnic_cfg_v1, an array the verifier turns into a direct load; a
+ * family without CIDRs there takes the full path.
+ *
+ * Ingress: a reply needs reverse translation only while some flow of its
+ * protocol translated by tc is alive. podnic_live_v1 holds, per protocol, a
+ * time after which no conntrack entry of that protocol can be alive; every
+ * write of an entry's expiry pushes it at least PN_NS past that expiry, and
+ * at most once a second, so the line stays shared between CPUs. */
+#pragma once
+
+#include "common.h"
+
+#define PN_CFG_CIDRS	  4
+#define PN_LIVE_MARGIN_NS 1000000000ULL
+
+struct pn_cidr4 {
+	__be32 net;
+	__be32 mask;
+};
+
+struct pn_cidr6 {
+	__u32 net[4];
+	__u32 mask[4];
+};
+
+struct pn_cfg {
+	__u32 v4_count; /* Service CIDRs of the family; 0: not known */
+	__u32 v6_count;
+	struct pn_cidr4 v4[PN_CFG_CIDRS];
+	struct pn_cidr6 v6[PN_CFG_CIDRS];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct pn_cfg);
+} podnic_cfg_v1 SEC(".maps");
+
+struct pn_live {
+	__u64 until[2]; /* [0] TCP, [1] UDP: CLOCK_MONOTONIC ns */
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct pn_live);
+} podnic_live_v1 SEC(".maps");
+
+/* pn_outside_service_cidrs reports whether addr is known not to be in any
+ * Service CIDR. */
+static __always_inline int pn_outside_service_cidrs(const struct pn_addr *a)
+{
+	__u32 zero = 0;
+	struct pn_cfg *cfg = bpf_map_lookup_elem(&podnic_cfg_v1, &zero);
+	int i;
+
+	if (!cfg)
+		return 0;
+	if (a->w[0] == 0 && a->w[1] == 0 && a->w[2] == bpf_htonl(0xffff)) {
+		if (cfg->v4_count == 0)
+			return 0;
+#pragma unroll
+		for (i = 0; i < PN_CFG_CIDRS; i++) {
+			if (i < cfg->v4_count && (a->w[3] & cfg->v4[i].mask) == cfg->v4[i].net)
+				return 0;
+		}
+		return 1;
+	}
+	if (cfg->v6_count == 0)
+		return 0;
+#pragma unroll
+	for (i = 0; i < PN_CFG_CIDRS; i++) {
+		const struct pn_cidr6 *c = &cfg->v6[i];
+
+		if (i < cfg->v6_count && (a->w[0] & c->mask[0]) == c->net[0] &&
+		    (a->w[1] & c->mask[1]) == c->net[1] && (a->w[2] & c->mask[2]) == c->net[2] &&
+		    (a->w[3] & c->mask[3]) == c->net[3])
+			return 0;
+	}
+	return 1;
+}
+
+static __always_inline __u32 pn_live_slot(__u8 proto)
+{
+	return proto == IPPROTO_TCP ? 0 : 1;
+}
+
+/* pn_no_live_flows reports whether no tc-translated flow of proto can be
+ * alive at now. */
+static __always_inline int pn_no_live_flows(__u8 proto, __u64 now)
+{
+	__u32 zero = 0;
+	struct pn_live *l = bpf_map_lookup_elem(&podnic_live_v1, &zero);
+
+	return l && now >= l->until[pn_live_slot(proto) & 1];
+}
+
+/* pn_live_until records that a flow of proto lives until expires. The
+ * bump is an atomic add, so two CPUs bumping at once can only push the
+ * time further out, never lose the later one. */
+static __always_inline void pn_live_until(__u8 proto, __u64 expires)
+{
+	__u32 zero = 0;
+	struct pn_live *l = bpf_map_lookup_elem(&podnic_live_v1, &zero);
+	__u32 i = pn_live_slot(proto) & 1;
+	__u64 cur;
+
+	if (!l)
+		return;
+	cur = l->until[i];
+	if (cur < expires + PN_LIVE_MARGIN_NS)
+		__sync_fetch_and_add(&l->until[i], expires + 2 * PN_LIVE_MARGIN_NS - cur);
+}
