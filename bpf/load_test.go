@@ -77,9 +77,11 @@ func TestReloadKeepsLiveMapState(t *testing.T) {
 	}
 	defer d2.Close()
 	// The reloaded programs must still look up that flow's replies.
-	var live podnicPnLive
-	if err := d2.Maps.Live.Lookup(uint32(0), &live); err != nil || live.Until[0] < 42+uint64(time.Second) {
-		t.Errorf("tc flows live until %v (%v), want past the entry's expiry", live.Until, err)
+	for _, slot := range []uint32{0, 1, 1023} {
+		var live podnicPnLive
+		if err := d2.Maps.Live.Lookup(slot, &live); err != nil || live.Until[0] < 42+uint64(time.Second) {
+			t.Errorf("tc flows on slot %d live until %v (%v), want past the entry's expiry", slot, live.Until, err)
+		}
 	}
 	var got CTEntry
 	if err := d2.Maps.Conntrack.Lookup(&k, &got); err != nil {

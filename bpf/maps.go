@@ -387,22 +387,29 @@ func (m *Maps) raiseLiveUntil() error {
 	if err := it.Err(); err != nil {
 		return fmt.Errorf("reading conntrack lifetimes: %w", err)
 	}
-	var live podnicPnLive
-	if err := m.Live.Lookup(uint32(0), &live); err != nil {
-		return fmt.Errorf("reading conntrack lifetimes: %w", err)
-	}
-	changed := false
-	for i := range last {
-		if last[i] != 0 && live.Until[i] < last[i]+2*uint64(time.Second) {
-			live.Until[i] = last[i] + 2*uint64(time.Second)
-			changed = true
-		}
-	}
-	if !changed {
+	if last == [2]uint64{} {
 		return nil
 	}
-	if err := m.Live.Put(uint32(0), &live); err != nil {
-		return fmt.Errorf("writing conntrack lifetimes: %w", err)
+	// Which interface a flow's replies arrive on is not in the entry:
+	// raise every slot.
+	for slot := uint32(0); slot < m.Live.MaxEntries(); slot++ {
+		var live podnicPnLive
+		if err := m.Live.Lookup(slot, &live); err != nil {
+			return fmt.Errorf("reading conntrack lifetimes: %w", err)
+		}
+		changed := false
+		for i := range last {
+			if last[i] != 0 && live.Until[i] < last[i]+2*uint64(time.Second) {
+				live.Until[i] = last[i] + 2*uint64(time.Second)
+				changed = true
+			}
+		}
+		if !changed {
+			continue
+		}
+		if err := m.Live.Put(slot, &live); err != nil {
+			return fmt.Errorf("writing conntrack lifetimes: %w", err)
+		}
 	}
 	return nil
 }

@@ -18,6 +18,7 @@
 #include "lib/parse.h"
 #include "lib/nat.h"
 #include "lib/ct.h"
+#include "lib/fast.h"
 #include "lib/lb.h"
 #include "lib/icmp.h"
 #include "lib/reject.h"
@@ -64,6 +65,16 @@ static __always_inline int pn_redirect_self(struct __sk_buff *skb)
 	if (bpf_skb_store_bytes(skb, 0, zero, ETH_ALEN, 0) < 0)
 		return -1;
 	return bpf_redirect(LOOPBACK_IFINDEX, BPF_F_INGRESS);
+}
+
+/* pn_live_flow keeps the reply fast path looking up a flow's replies: on
+ * this NIC, and on lo for self access. */
+static __always_inline void pn_live_flow(struct __sk_buff *skb, __u8 proto, __u64 expires,
+					 __u8 flags)
+{
+	pn_live_until(skb->ifindex, proto, expires);
+	if (flags & PN_CT_SELF)
+		pn_live_until(LOOPBACK_IFINDEX, proto, expires);
 }
 
 static __always_inline int pn_from_pod(struct __sk_buff *skb, struct pn_pkt *p, int *reason)
@@ -117,6 +128,8 @@ static __always_inline int pn_from_pod(struct __sk_buff *skb, struct pn_pkt *p, 
 	if (fe && pn_ct_forward_hit(&fk, fe, p->tcp_flags, now) && pn_ct_backend_alive(&fk, fe)) {
 		struct pn_addr addr = fe->addr;
 
+		pn_live_flow(skb, p->proto, fe->expires, fe->flags);
+
 		if (pn_rewrite(skb, p, 1, &p->daddr, p->dport, &addr, fe->port) < 0) {
 			*reason = PN_DROP_NAT;
 			return TC_ACT_SHOT;
@@ -153,6 +166,10 @@ static __always_inline int pn_from_pod(struct __sk_buff *skb, struct pn_pkt *p, 
 		*reason = PN_DROP_CT_CREATE;
 		return TC_ACT_SHOT;
 	}
+	pn_live_flow(
+		skb, p->proto,
+		now + pn_ct_lifetime(p->proto, pn_ct_next_flags(p->proto, flags, p->tcp_flags)),
+		flags);
 	{
 		struct pn_addr addr = be->addr;
 
@@ -206,13 +223,14 @@ static __always_inline int pn_to_pod(struct __sk_buff *skb, struct pn_pkt *p, in
 		return TC_ACT_UNSPEC;
 	/* No flow of this protocol translated by tc is alive: nothing to
 	 * look up (the common case once connect() is balanced at the socket). */
-	if (pn_no_live_flows(p->proto, now))
+	if (pn_no_live_flows(skb->ifindex, p->proto, now))
 		return TC_ACT_UNSPEC;
 
 	pn_ct_key_of(&rk, p, PN_CT_REPLY);
 	re = bpf_map_lookup_elem(&podnic_ct_v1, &rk);
 	if (!re || !pn_ct_reply_hit(&rk, re, p->tcp_flags, now))
 		return TC_ACT_UNSPEC;
+	pn_live_until(skb->ifindex, p->proto, re->expires);
 	{
 		struct pn_addr addr = re->addr;
 

@@ -16,7 +16,6 @@
 #pragma once
 
 #include "parse.h"
-#include "fast.h"
 
 #define PN_NS		   1000000000ULL
 #define PN_CT_TCP_SYN_NS   (60 * PN_NS)
@@ -112,7 +111,6 @@ static __always_inline int pn_ct_forward_hit(const struct pn_ct_key *fk, struct 
 		return 1;
 	fe->flags = flags;
 	fe->expires = expires;
-	pn_live_until(fk->proto, expires);
 	pn_ct_reply_key(&rk, fk, fe);
 	re = bpf_map_lookup_elem(&podnic_ct_v1, &rk);
 	if (re) {
@@ -160,11 +158,9 @@ static __always_inline int pn_ct_reply_hit(const struct pn_ct_key *rk, struct pn
 	re->expires = expires;
 	pn_ct_forward_key(&fk, rk, re);
 	fe = bpf_map_lookup_elem(&podnic_ct_v1, &fk);
-	pn_live_until(rk->proto, expires);
 	if (fe) {
 		fe->flags |= flags;
 		fe->expires = now + pn_ct_lifetime(rk->proto, fe->flags);
-		pn_live_until(rk->proto, fe->expires);
 	}
 	return 1;
 }
@@ -205,6 +201,5 @@ static __always_inline int pn_ct_create(const struct pn_ct_key *fk, struct pn_ct
 		*old = fe;
 	else if (bpf_map_update_elem(&podnic_ct_v1, fk, &fe, BPF_ANY) < 0)
 		return -1;
-	pn_live_until(fk->proto, fe.expires);
 	return 0;
 }

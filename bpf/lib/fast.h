@@ -9,10 +9,11 @@
  * family without CIDRs there takes the full path.
  *
  * Ingress: a reply needs reverse translation only while some flow of its
- * protocol translated by tc is alive. podnic_live_v1 holds, per protocol, a
- * time after which no conntrack entry of that protocol can be alive; every
- * write of an entry's expiry pushes it at least PN_NS past that expiry, and
- * at most once a second, so the line stays shared between CPUs. */
+ * protocol translated by tc, whose replies arrive on this interface, is
+ * alive. podnic_live_v1 holds, per interface slot and protocol, a time after
+ * which no such conntrack entry can be alive; the egress program pushes it
+ * past every expiry it writes, at most about once a second, so the line
+ * stays shared between CPUs. */
 #pragma once
 
 #include "common.h"
@@ -44,13 +45,19 @@ struct {
 	__type(value, struct pn_cfg);
 } podnic_cfg_v1 SEC(".maps");
 
+/* Indexed by the ifindex the reply arrives on (the pod's NIC, or lo for
+ * self access) modulo PN_LIVE_SLOTS: one pod's tc-translated flows do not
+ * make every other pod look its replies up. Colliding ifindexes only cost
+ * lookups. */
+#define PN_LIVE_SLOTS 1024
+
 struct pn_live {
 	__u64 until[2]; /* [0] TCP, [1] UDP: CLOCK_MONOTONIC ns */
 };
 
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, 1);
+	__uint(max_entries, PN_LIVE_SLOTS);
 	__type(key, __u32);
 	__type(value, struct pn_live);
 } podnic_live_v1 SEC(".maps");
@@ -89,29 +96,30 @@ static __always_inline int pn_outside_service_cidrs(const struct pn_addr *a)
 	return 1;
 }
 
-static __always_inline __u32 pn_live_slot(__u8 proto)
+static __always_inline __u32 pn_live_proto(__u8 proto)
 {
 	return proto == IPPROTO_TCP ? 0 : 1;
 }
 
-/* pn_no_live_flows reports whether no tc-translated flow of proto can be
- * alive at now. */
-static __always_inline int pn_no_live_flows(__u8 proto, __u64 now)
+/* pn_no_live_flows reports whether no tc-translated flow of proto whose
+ * replies arrive on ifindex can be alive at now. */
+static __always_inline int pn_no_live_flows(__u32 ifindex, __u8 proto, __u64 now)
 {
-	__u32 zero = 0;
-	struct pn_live *l = bpf_map_lookup_elem(&podnic_live_v1, &zero);
+	__u32 slot = ifindex % PN_LIVE_SLOTS;
+	struct pn_live *l = bpf_map_lookup_elem(&podnic_live_v1, &slot);
 
-	return l && now >= l->until[pn_live_slot(proto) & 1];
+	return l && now >= l->until[pn_live_proto(proto) & 1];
 }
 
-/* pn_live_until records that a flow of proto lives until expires. The
- * bump is an atomic add, so two CPUs bumping at once can only push the
- * time further out, never lose the later one. */
-static __always_inline void pn_live_until(__u8 proto, __u64 expires)
+/* pn_live_until records that a flow of proto whose replies arrive on
+ * ifindex lives until expires. The bump is an atomic add, so two CPUs
+ * bumping at once can only push the time further out, never lose the
+ * later one; it happens about once a second at most. */
+static __always_inline void pn_live_until(__u32 ifindex, __u8 proto, __u64 expires)
 {
-	__u32 zero = 0;
-	struct pn_live *l = bpf_map_lookup_elem(&podnic_live_v1, &zero);
-	__u32 i = pn_live_slot(proto) & 1;
+	__u32 slot = ifindex % PN_LIVE_SLOTS;
+	struct pn_live *l = bpf_map_lookup_elem(&podnic_live_v1, &slot);
+	__u32 i = pn_live_proto(proto) & 1;
 	__u64 cur;
 
 	if (!l)
