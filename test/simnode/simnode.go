@@ -185,14 +185,24 @@ func (n *Node) wirePod(p *Pod, v4, v6 netip.Prefix) error {
 	}
 	defer unix.Close(podNs)
 
+	// The pod's end is made on the fabric and moved in, as a cloud NIC
+	// comes from the host: it keeps an ifindex no other pod has (made
+	// inside the pod's netns, every pod's NIC would be ifindex 2).
+	tmp := p.Peer + "p"
 	err = netdevice.InNetns(n.FabricPath, func() error {
 		veth := &netlink.Veth{
-			LinkAttrs:     netlink.LinkAttrs{Name: p.Peer},
-			PeerName:      p.Ifname,
-			PeerNamespace: netlink.NsFd(podNs),
+			LinkAttrs: netlink.LinkAttrs{Name: p.Peer},
+			PeerName:  tmp,
 		}
 		if err := netlink.LinkAdd(veth); err != nil {
 			return fmt.Errorf("adding veth %s: %w", p.Peer, err)
+		}
+		end, err := netlink.LinkByName(tmp)
+		if err != nil {
+			return fmt.Errorf("finding veth end %s: %w", tmp, err)
+		}
+		if err := netlink.LinkSetNsFd(end, podNs); err != nil {
+			return fmt.Errorf("moving veth end %s into the pod: %w", tmp, err)
 		}
 		for _, s := range [][2]string{
 			{"net/ipv6/conf/" + p.Peer + "/accept_dad", "0"},
@@ -224,6 +234,13 @@ func (n *Node) wirePod(p *Pod, v4, v6 netip.Prefix) error {
 	}
 
 	err = netdevice.InNetns(p.NetnsPath, func() error {
+		end, err := netlink.LinkByName(tmp)
+		if err != nil {
+			return fmt.Errorf("finding veth end %s: %w", tmp, err)
+		}
+		if err := netlink.LinkSetName(end, p.Ifname); err != nil {
+			return fmt.Errorf("renaming %s to %s: %w", tmp, p.Ifname, err)
+		}
 		if err := linkUp("lo"); err != nil {
 			return err
 		}

@@ -98,8 +98,8 @@ func TestQuickSuiteServesEveryCase(t *testing.T) {
 	} else if st, err := os.Stat(png); err != nil || st.Size() < 1000 {
 		t.Errorf("chart %s not written (%v)", png, err)
 	}
-	if got, want := len(res.Phases[0].Cases), 12; got != want {
-		t.Errorf("ran %d cases, want %d (6 paths × keep-alive, short)", got, want)
+	if got, want := len(res.Phases[0].Cases), 14; got != want {
+		t.Errorf("ran %d cases, want %d (7 paths × keep-alive, short)", got, want)
 	}
 }
 
