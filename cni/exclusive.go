@@ -78,7 +78,9 @@ func addExclusive(args *skel.CmdArgs, conf *Config, dp *bpf.Datapath) (*types100
 		// gets its addresses and the device through its device plugin.
 		result.Interfaces = []*types100.Interface{{Name: args.IfName, Sandbox: args.Netns, PciID: dev.PCIAddress}}
 	} else {
-		saved, err := netdevice.MoveIn(dev, args.Netns, args.IfName, conf.MTU)
+		// Down until its addresses are on it: as ConfigureAddrs sets it
+		// up, the kernel announces the IPv4 ones.
+		saved, err := netdevice.MoveInDown(dev, args.Netns, args.IfName, conf.MTU)
 		if err != nil {
 			return nil, cniError(ErrCodeDevice, "moving the device into the pod", err)
 		}
@@ -147,9 +149,10 @@ func addExclusive(args *skel.CmdArgs, conf *Config, dp *bpf.Datapath) (*types100
 	if err := failpoint("state"); err != nil {
 		return nil, err
 	}
-	// Tell the fabric where the addresses live now; a lost announcement
-	// only costs the first peer an ARP round trip.
-	if err := netdevice.AnnounceAddrs(args.Netns, args.IfName, addrs(ips)); err != nil {
+	// Tell the fabric where the IPv6 addresses live now (the kernel sent
+	// the gratuitous ARPs as the link came up); a lost announcement only
+	// costs the first peer a neighbour solicitation round trip.
+	if err := netdevice.AnnounceIPv6Addrs(args.Netns, args.IfName, ipv6Addrs(ips)); err != nil {
 		slog.Warn("announcing pod addresses", "container", args.ContainerID, "err", err)
 	}
 	steps.mark("announce")
@@ -280,10 +283,12 @@ func prefixes(ips []*types100.IPConfig) []netip.Prefix {
 	return out
 }
 
-func addrs(ips []*types100.IPConfig) []netip.Addr {
+func ipv6Addrs(ips []*types100.IPConfig) []netip.Addr {
 	var out []netip.Addr
 	for _, p := range prefixes(ips) {
-		out = append(out, p.Addr())
+		if p.Addr().Is6() {
+			out = append(out, p.Addr())
+		}
 	}
 	return out
 }

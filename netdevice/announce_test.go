@@ -13,18 +13,29 @@ import (
 )
 
 // The fabric netns holds stale neighbour entries with a wrong MAC for the
-// pod's addresses, as after the address moved from another device. A
-// packet socket there must see the gratuitous ARP and the unsolicited NA,
-// and the fabric's kernel must accept them: it updates both entries to
-// the pod's MAC (an NA without the override flag, or with a bad checksum,
-// would leave the IPv6 entry alone).
-func TestAnnounceAddrsUpdatesTheFabricsNeighbours(t *testing.T) {
+// pod's addresses, as after the addresses moved from another device. With
+// no packet socket in the pod, ConfigureAddrs on a device that MoveInDown
+// left down makes the pod's kernel send the gratuitous ARP (as the link
+// comes up, with arp_notify), and AnnounceIPv6Addrs sends the unsolicited
+// NA through a raw ICMPv6 socket. A packet socket in the fabric must see
+// both, and the fabric's kernel must accept them: it updates both entries
+// to the pod's MAC (an NA without the override flag, or with a bad
+// checksum, would leave the IPv6 entry alone).
+func TestThePodsAddressesAreAnnouncedToTheFabricWithoutAPacketSocket(t *testing.T) {
 	needRoot(t)
-	eni, pod := podWithENI(t)
-	v4, v6 := netip.MustParseAddr("192.0.2.10"), netip.MustParseAddr("2001:db8::10")
-	if err := ConfigureAddrs(pod, "eth1", []netip.Prefix{netip.PrefixFrom(v4, 32), netip.PrefixFrom(v6, 128)}, nil); err != nil {
+	eni := newENI(t, newNetns(t, "fabric"), false)
+	pod := newNetns(t, "pod")
+	dev, err := Find(Selector{MAC: eni.MAC})
+	if err != nil {
 		t.Fatal(err)
 	}
+	if _, err := MoveInDown(dev, pod, "eth1", 0); err != nil {
+		t.Fatal(err)
+	}
+	if a := linkIn(t, pod, "eth1"); a.Flags&net.FlagUp != 0 {
+		t.Fatalf("MoveInDown left eth1 up (flags %v)", a.Flags)
+	}
+	v4, v6 := netip.MustParseAddr("192.0.2.10"), netip.MustParseAddr("2001:db8::10")
 	wrongMAC := testMAC()
 	withLink(t, eni.Fabric, eni.Peer, func(r *netnsRef, l netlink.Link) {
 		// The fabric side is the pod's gateway. Without an address the
@@ -43,7 +54,19 @@ func TestAnnounceAddrsUpdatesTheFabricsNeighbours(t *testing.T) {
 	})
 	capture := openCapture(t, eni.Fabric, eni.Peer)
 
-	if err := AnnounceAddrs(pod, "eth1", []netip.Addr{v4, v6}); err != nil {
+	if err := ConfigureAddrs(pod, "eth1", []netip.Prefix{netip.PrefixFrom(v4, 32), netip.PrefixFrom(v6, 128)}, nil); err != nil {
+		t.Fatal(err)
+	}
+	if a := linkIn(t, pod, "eth1"); a.Flags&net.FlagUp == 0 {
+		t.Errorf("ConfigureAddrs left eth1 down (flags %v)", a.Flags)
+	}
+	// The fabric's end got its carrier only now, with the pod's link; until
+	// its kernel has processed that, it has no ff00::/8 route on the link
+	// and drops the NA as unroutable. A real fabric is up all along.
+	eventually(t, "the fabric routes IPv6 multicast on its end", func() bool {
+		return fabricRoutesMulticast(t, eni)
+	})
+	if err := AnnounceIPv6Addrs(pod, "eth1", []netip.Addr{v6}); err != nil {
 		t.Fatal(err)
 	}
 
@@ -125,6 +148,23 @@ func openCapture(t *testing.T, path, link string) int {
 	return fd
 }
 
+func fabricRoutesMulticast(t *testing.T, eni testENI) bool {
+	found := false
+	withLink(t, eni.Fabric, eni.Peer, func(r *netnsRef, l netlink.Link) {
+		filter := &netlink.Route{Table: unix.RT_TABLE_LOCAL, LinkIndex: l.Attrs().Index}
+		rs, err := r.nl.RouteListFiltered(netlink.FAMILY_V6, filter, netlink.RT_FILTER_TABLE|netlink.RT_FILTER_OIF)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, rt := range rs {
+			if rt.Dst != nil && rt.Dst.String() == "ff00::/8" {
+				found = true
+			}
+		}
+	})
+	return found
+}
+
 func fabricNeighbour(t *testing.T, eni testENI, ip netip.Addr) net.HardwareAddr {
 	var mac net.HardwareAddr
 	withLink(t, eni.Fabric, eni.Peer, func(r *netnsRef, l netlink.Link) {
@@ -145,10 +185,39 @@ func fabricNeighbour(t *testing.T, eni testENI, ip netip.Addr) net.HardwareAddr 
 	return mac
 }
 
-func TestAnnounceAddrsRejectsMulticast(t *testing.T) {
+func htons(v uint16) uint16 { return v<<8 | v>>8 }
+
+// icmpv6Checksum is the ICMPv6 checksum of msg (checksum field zero) with
+// the IPv6 pseudo-header of src and dst.
+func icmpv6Checksum(src, dst [16]byte, msg []byte) uint16 {
+	var sum uint32
+	add := func(b []byte) {
+		for i := 0; i+1 < len(b); i += 2 {
+			sum += uint32(b[i])<<8 | uint32(b[i+1])
+		}
+		if len(b)%2 == 1 {
+			sum += uint32(b[len(b)-1]) << 8
+		}
+	}
+	add(src[:])
+	add(dst[:])
+	var pseudo [8]byte
+	binary.BigEndian.PutUint32(pseudo[0:4], uint32(len(msg)))
+	pseudo[7] = unix.IPPROTO_ICMPV6
+	add(pseudo[:])
+	add(msg)
+	for sum>>16 != 0 {
+		sum = sum&0xffff + sum>>16
+	}
+	return ^uint16(sum)
+}
+
+func TestAnnounceIPv6AddrsRejectsAnythingButUnicastIPv6(t *testing.T) {
 	needRoot(t)
 	_, pod := podWithENI(t)
-	if err := AnnounceAddrs(pod, "eth1", []netip.Addr{netip.MustParseAddr("ff02::1")}); err == nil {
-		t.Error("AnnounceAddrs accepted a multicast address")
+	for _, a := range []string{"ff02::1", "192.0.2.10", "::ffff:192.0.2.10", "::"} {
+		if err := AnnounceIPv6Addrs(pod, "eth1", []netip.Addr{netip.MustParseAddr(a)}); err == nil {
+			t.Errorf("AnnounceIPv6Addrs accepted %s", a)
+		}
 	}
 }

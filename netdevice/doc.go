@@ -9,13 +9,16 @@
 //
 // # Lifecycle
 //
-// CNI ADD: Find → MoveIn (keep the returned Saved, e.g. as JSON) →
-// ConfigureVF for a VF → ConfigureAddrs → PodSysctls → AnnounceAddrs.
+// CNI ADD: Find → ConfigureVF for a VF → MoveInDown (keep the returned
+// Saved, e.g. as JSON) → ConfigureAddrs (IPv4 addresses, link up, which
+// makes the kernel send the gratuitous ARPs, IPv6 addresses, routes) →
+// PodSysctls → AnnounceIPv6Addrs.
 // CNI DEL: MoveOut with the Saved from ADD. MoveOut is idempotent and
 // succeeds when the pod netns or the device is gone.
 //
-// Devices move through a temporary, anonymous netns and are renamed there,
-// never in the host (renaming in place races with udev). Their alias
+// Devices are renamed inside the pod netns, or, when a name is taken
+// there, in a temporary, anonymous netns they pass through; never in the
+// host (renaming in place races with udev). Their alias
 // carries "podnic:<original name>" while a pod holds them.
 //
 // # When the pod netns dies first

@@ -71,6 +71,17 @@ func (s *Saved) UnmarshalJSON(b []byte) error {
 // kept in Saved.VF, for MoveOut to restore. A DPDK-bound device has no
 // netdev and is refused.
 func MoveIn(dev *Device, podNetns, ifname string, mtu int) (*Saved, error) {
+	return moveInChecked(dev, podNetns, ifname, mtu, true)
+}
+
+// MoveInDown is MoveIn that leaves the device down in the pod, so that
+// ConfigureAddrs puts the IPv4 addresses on it before it comes up and the
+// kernel announces them as it does (see ConfigureAddrs). CNI ADD uses it.
+func MoveInDown(dev *Device, podNetns, ifname string, mtu int) (*Saved, error) {
+	return moveInChecked(dev, podNetns, ifname, mtu, false)
+}
+
+func moveInChecked(dev *Device, podNetns, ifname string, mtu int, up bool) (*Saved, error) {
 	if dev == nil {
 		return nil, errors.New("moving device: no device")
 	}
@@ -83,7 +94,7 @@ func MoveIn(dev *Device, podNetns, ifname string, mtu int) (*Saved, error) {
 	if mtu < 0 {
 		return nil, fmt.Errorf("moving %s: MTU %d is negative", dev.Name, mtu)
 	}
-	saved, err := moveIn(dev, podNetns, ifname, mtu)
+	saved, err := moveIn(dev, podNetns, ifname, mtu, up)
 	if err != nil {
 		return nil, fmt.Errorf("moving %s into %s: %w", dev.Name, podNetns, err)
 	}
@@ -91,7 +102,7 @@ func MoveIn(dev *Device, podNetns, ifname string, mtu int) (*Saved, error) {
 	return saved, nil
 }
 
-func moveIn(dev *Device, podNetns, ifname string, mtu int) (*Saved, error) {
+func moveIn(dev *Device, podNetns, ifname string, mtu int, up bool) (*Saved, error) {
 	host, err := currentNetns()
 	if err != nil {
 		return nil, err
@@ -134,12 +145,10 @@ func moveIn(dev *Device, podNetns, ifname string, mtu int) (*Saved, error) {
 		saved.VF = &vf
 	}
 
-	// Created before the undo below is deferred, so that it is closed
-	// only after the undo has taken the device out of it.
-	tmp, err := tempNetns()
-	if err != nil {
-		return nil, err
-	}
+	// Deferred before the undo below, so that a temporary netns is closed
+	// only after the undo has taken the device out of it. It is created
+	// only when a name is taken.
+	tmp := &tempNetnsOnDemand{}
 	defer tmp.close()
 
 	// Where the device is and under what name, for the undo.
@@ -161,9 +170,11 @@ func moveIn(dev *Device, podNetns, ifname string, mtu int) (*Saved, error) {
 	// then happens inside the pod, where no udev runs, and the device moves
 	// once, not twice (each move waits for RCU grace periods: 15-30 ms
 	// measured on Linux 6.18). Otherwise through the temporary netns.
-	cur := tmp
-	if _, err := pod.nl.LinkByName(a.Name); isLinkNotFound(err) {
-		cur = pod
+	cur := pod
+	if _, err := pod.nl.LinkByName(a.Name); !isLinkNotFound(err) {
+		if cur, err = tmp.get(); err != nil {
+			return nil, err
+		}
 	}
 	if err := host.nl.LinkSetNsFd(link, int(cur.ns)); err != nil {
 		return nil, fmt.Errorf("moving %s to the %s: %w", a.Name, cur.label, err)
@@ -187,8 +198,8 @@ func moveIn(dev *Device, podNetns, ifname string, mtu int) (*Saved, error) {
 			return nil, fmt.Errorf("setting MTU %d on %s: %w", mtu, ifname, err)
 		}
 	}
-	if cur == tmp {
-		if err := tmp.nl.LinkSetNsFd(link, int(pod.ns)); err != nil {
+	if tmp.is(cur) {
+		if err := cur.nl.LinkSetNsFd(link, int(pod.ns)); err != nil {
 			return nil, fmt.Errorf("entering the pod as %s: %w", ifname, err)
 		}
 		at = pod
@@ -196,8 +207,10 @@ func moveIn(dev *Device, podNetns, ifname string, mtu int) (*Saved, error) {
 			return nil, fmt.Errorf("looking up %s in the pod: %w", ifname, err)
 		}
 	}
-	if err := pod.nl.LinkSetUp(link); err != nil {
-		return nil, fmt.Errorf("setting %s up: %w", ifname, err)
+	if up {
+		if err := pod.nl.LinkSetUp(link); err != nil {
+			return nil, fmt.Errorf("setting %s up: %w", ifname, err)
+		}
 	}
 	success = true
 	return saved, nil
@@ -205,7 +218,7 @@ func moveIn(dev *Device, podNetns, ifname string, mtu int) (*Saved, error) {
 
 // undoMoveIn returns a device that MoveIn took as far as netns at, under
 // name, to the host as it was found.
-func undoMoveIn(host, tmp, at *netnsRef, name string, saved *Saved) error {
+func undoMoveIn(host *netnsRef, tmp *tempNetnsOnDemand, at *netnsRef, name string, saved *Saved) error {
 	if at != host {
 		return bringHome(host, tmp, at, name, saved, nil, "")
 	}
@@ -259,10 +272,7 @@ func moveOut(podNetns, ifname string, saved *Saved) error {
 		return errors.Join(vfErr, err)
 	}
 	defer host.close()
-	tmp, err := tempNetns()
-	if err != nil {
-		return errors.Join(vfErr, err)
-	}
+	tmp := &tempNetnsOnDemand{} // only when a name is taken
 	defer tmp.close()
 
 	pod, err := openNetns(podNetns)
@@ -346,13 +356,13 @@ func findReturned(host *netnsRef, ifname string, saved *Saved) (netlink.Link, er
 }
 
 // bringHome returns the link called name in netns at to the host with the
-// name, MAC, MTU, alias and up state in saved. tmp is a fresh temporary
-// netns; at may be tmp itself (MoveIn's undo) or the host (a device that
-// came back by itself). A link outside tmp is moved there first, renamed
-// and restored there, then moved to the host. If that last move fails and
-// back is set, the link is renamed to backName and returned to back, so
-// that it does not die with tmp.
-func bringHome(host, tmp, at *netnsRef, name string, saved *Saved, back *netnsRef, backName string) error {
+// name, MAC, MTU, alias and up state in saved. tmp is a temporary netns,
+// created here if needed; at may be tmp itself (MoveIn's undo) or the host
+// (a device that came back by itself). A link outside tmp whose names are
+// taken is moved there first, renamed and restored there, then moved to
+// the host. If that last move fails and back is set, the link is renamed
+// to backName and returned to back, so that it does not die with tmp.
+func bringHome(host *netnsRef, tmpOnDemand *tempNetnsOnDemand, at *netnsRef, name string, saved *Saved, back *netnsRef, backName string) error {
 	link, err := at.nl.LinkByName(name)
 	if err != nil {
 		return fmt.Errorf("looking up %s in %s: %w", name, at.label, err)
@@ -360,8 +370,12 @@ func bringHome(host, tmp, at *netnsRef, name string, saved *Saved, back *netnsRe
 	if at == host && name == saved.Name {
 		return restoreInPlace(host, link, saved)
 	}
-	if at != host && at != tmp && nameFree(at, saved.Name, name) && nameFree(host, saved.Name, "") {
+	if at != host && !tmpOnDemand.is(at) && nameFree(at, saved.Name, name) && nameFree(host, saved.Name, "") {
 		return bringHomeDirect(host, at, link, name, saved)
+	}
+	tmp, err := tmpOnDemand.get()
+	if err != nil {
+		return err
 	}
 	if at != tmp {
 		if err := at.nl.LinkSetDown(link); err != nil {

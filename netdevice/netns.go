@@ -207,6 +207,37 @@ func tempNetns() (*netnsRef, error) {
 	return &netnsRef{label: "temporary netns", ns: r.ns, nl: r.nl}, nil
 }
 
+// tempNetnsOnDemand is a temporary netns created on first use. Most
+// moves need none (the device's names are free), and a netns is not free:
+// creating one sets up every pernet subsystem, and destroying it queues a
+// cleanup that takes rtnl and waits for RCU grace periods while the next
+// CNI call may need rtnl too.
+type tempNetnsOnDemand struct {
+	ref *netnsRef
+}
+
+// get returns the temporary netns, creating it on the first call.
+func (t *tempNetnsOnDemand) get() (*netnsRef, error) {
+	if t.ref == nil {
+		ref, err := tempNetns()
+		if err != nil {
+			return nil, err
+		}
+		t.ref = ref
+	}
+	return t.ref, nil
+}
+
+// is reports whether ns is the temporary netns (false before it exists).
+func (t *tempNetnsOnDemand) is(ns *netnsRef) bool {
+	return t.ref != nil && ns == t.ref
+}
+
+func (t *tempNetnsOnDemand) close() {
+	t.ref.close()
+	t.ref = nil
+}
+
 // dumpRetry repeats a netlink dump that the kernel interrupted because the
 // table changed meanwhile; its partial result is not to be trusted.
 func dumpRetry[T any](dump func() ([]T, error)) ([]T, error) {
