@@ -29,9 +29,8 @@ import (
 // addExclusive moves the selected device into the pod and configures it.
 // Every step is undone, in reverse, when a later one fails: the device
 // goes back to the host as it was, no address stays held, no pin remains.
-func addExclusive(args *skel.CmdArgs, conf *Config, dp *bpf.Datapath) (*types100.Result, error) {
-	steps := newStepTimer()
-	defer steps.log(args.ContainerID)
+// steps records how long each step took.
+func addExclusive(args *skel.CmdArgs, conf *Config, dp *bpf.Datapath, steps *stepTimer) (*types100.Result, error) {
 	dev, release, err := findDevice(args, conf)
 	if err != nil {
 		code := ErrCodeDevice
@@ -50,11 +49,17 @@ func addExclusive(args *skel.CmdArgs, conf *Config, dp *bpf.Datapath) (*types100
 	success := false
 	defer func() {
 		if !success {
-			if err := teardown(conf, st); err != nil {
+			if err := teardown(conf, st, nil); err != nil {
 				slog.Error("rolling back a failed ADD", "container", args.ContainerID, "err", err)
 			}
 		}
 	}()
+
+	// podnic's IPAM allocates while the device moves (see
+	// startAllocation). Deferred after the rollback above, settle runs
+	// before it, so a rollback always sees the allocation.
+	alloc := startAllocation(args, conf)
+	defer alloc.settle()
 
 	if dev.VF != nil && conf.VF != nil {
 		saved, err := netdevice.ConfigureVF(dev, netdevice.VFConfig{MAC: conf.VF.MAC, VLAN: conf.VF.VLAN, SpoofChk: conf.VF.SpoofChk, Trust: conf.VF.Trust})
@@ -97,7 +102,7 @@ func addExclusive(args *skel.CmdArgs, conf *Config, dp *bpf.Datapath) (*types100
 		}
 	}
 
-	ips, routes, err := allocate(args, conf)
+	ips, routes, err := alloc.wait()
 	if err != nil {
 		return nil, cniError(ErrCodeIPAM, "allocating addresses", err)
 	}
@@ -307,6 +312,54 @@ func netdeviceRoutes(rs []*types.Route) []netdevice.Route {
 		out = append(out, nr)
 	}
 	return out
+}
+
+// allocation is an address allocation that may be under way.
+type allocation struct {
+	args *skel.CmdArgs
+	conf *Config
+	done chan struct{} // nil until started; closed when finished
+	ips  []*types100.IPConfig
+	rts  []*types.Route
+	err  error
+}
+
+// startAllocation starts allocating the pod's addresses with podnic's
+// IPAM on a goroutine of its own, so that it runs while the device moves:
+// the move waits for RCU grace periods, the IPAM for its fsyncs, and
+// neither needs the other. A delegated IPAM plugin starts only when wait
+// is called, after the move: plugins may expect the interface in the pod
+// (dhcp does).
+func startAllocation(args *skel.CmdArgs, conf *Config) *allocation {
+	a := &allocation{args: args, conf: conf}
+	if conf.IPAMType == IPAMTypePodnic {
+		a.start()
+	}
+	return a
+}
+
+func (a *allocation) start() {
+	a.done = make(chan struct{})
+	go func() {
+		defer close(a.done)
+		a.ips, a.rts, a.err = allocate(a.args, a.conf)
+	}()
+}
+
+// wait starts the allocation if it has not started and returns its result.
+func (a *allocation) wait() ([]*types100.IPConfig, []*types.Route, error) {
+	if a.done == nil {
+		a.start()
+	}
+	<-a.done
+	return a.ips, a.rts, a.err
+}
+
+// settle waits for an allocation under way to finish; it starts none.
+func (a *allocation) settle() {
+	if a.done != nil {
+		<-a.done
+	}
 }
 
 // allocate gets the pod's addresses from podnic's IPAM or a delegated
@@ -530,24 +583,33 @@ func hasDefaultRoute(ifname string) bool {
 	return false
 }
 
-// stepTimer records how long each step of ADD took, logged at debug level
-// (PODNIC_LOG_LEVEL=debug) so an operator can see where the time goes.
+// stepTimer records how long each step of ADD or DEL took, logged at
+// debug level (PODNIC_LOG_LEVEL=debug) so an operator can see where the
+// time goes.
 type stepTimer struct {
+	verb        string
 	start, last time.Time
 	fields      []any
 }
 
-func newStepTimer() *stepTimer {
+func newStepTimer(verb string) *stepTimer {
 	now := time.Now()
-	return &stepTimer{start: now, last: now}
+	return &stepTimer{verb: verb, start: now, last: now}
 }
 
+// mark records step as done now; a nil stepTimer records nothing.
 func (s *stepTimer) mark(step string) {
+	if s == nil {
+		return
+	}
 	now := time.Now()
 	s.fields = append(s.fields, step, now.Sub(s.last).Round(10*time.Microsecond))
 	s.last = now
 }
 
 func (s *stepTimer) log(container string) {
-	slog.Debug("ADD steps", append([]any{"container", container, "total", time.Since(s.start).Round(10 * time.Microsecond)}, s.fields...)...)
+	if s == nil {
+		return
+	}
+	slog.Debug(s.verb+" steps", append([]any{"container", container, "total", time.Since(s.start).Round(10 * time.Microsecond)}, s.fields...)...)
 }

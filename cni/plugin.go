@@ -28,6 +28,8 @@ func Funcs() skel.CNIFuncs {
 // Add gives the pod its NIC (or, chained, attaches to the NIC an earlier
 // plugin made), addresses, routes and podnic's datapath.
 func Add(args *skel.CmdArgs) error {
+	steps := newStepTimer("ADD")
+	defer steps.log(args.ContainerID)
 	conf, err := ParseConfig(args.StdinData)
 	if err != nil {
 		return cniError(types.ErrInvalidNetworkConfig, "invalid config", err)
@@ -41,12 +43,13 @@ func Add(args *skel.CmdArgs) error {
 		return cniError(types.ErrTryAgainLater, "opening the datapath", err)
 	}
 	defer dp.Close()
+	steps.mark("datapath")
 
 	var result *types100.Result
 	if conf.Chained {
 		result, err = addChained(args, conf, dp)
 	} else {
-		result, err = addExclusive(args, conf, dp)
+		result, err = addExclusive(args, conf, dp, steps)
 	}
 	if err != nil {
 		return err
@@ -99,6 +102,8 @@ func addChained(args *skel.CmdArgs, conf *Config, dp *bpf.Datapath) (*types100.R
 // Del undoes Add. It is idempotent and succeeds when the netns or the
 // device is gone already; addresses are released from the cached state.
 func Del(args *skel.CmdArgs) error {
+	steps := newStepTimer("DEL")
+	defer steps.log(args.ContainerID)
 	conf, err := ParseConfig(args.StdinData)
 	if err != nil {
 		return cniError(types.ErrInvalidNetworkConfig, "invalid config", err)
@@ -116,13 +121,14 @@ func Del(args *skel.CmdArgs) error {
 	if args.Netns != "" {
 		st.Netns = args.Netns
 	}
-	return teardown(conf, st)
+	steps.mark("read")
+	return teardown(conf, st, steps)
 }
 
 // teardown removes everything a state records, in reverse order of ADD.
 // Each step tolerates what a crash, a node reboot or a force delete may
-// already have removed.
-func teardown(conf *Config, st *State) error {
+// already have removed. steps, if not nil, records how long each took.
+func teardown(conf *Config, st *State, steps *stepTimer) error {
 	var errs []error
 	netns := st.Netns
 	if netns != "" {
@@ -133,13 +139,16 @@ func teardown(conf *Config, st *State) error {
 	if err := bpf.DetachPod(st.BPFRoot, owner(st.ContainerID, st.Ifname), netns); err != nil {
 		errs = append(errs, fmt.Errorf("detaching programs: %w", err))
 	}
+	steps.mark("detach")
 	if !st.Chained {
 		if err := releaseDevice(st, netns); err != nil {
 			errs = append(errs, err)
 		}
+		steps.mark("device")
 		if err := releaseAddresses(conf, st); err != nil {
 			errs = append(errs, err)
 		}
+		steps.mark("addresses")
 	}
 	if len(errs) > 0 {
 		return types.NewError(types.ErrIOFailure, "tearing down", errors.Join(errs...).Error())
@@ -147,6 +156,7 @@ func teardown(conf *Config, st *State) error {
 	if err := removeState(conf.StateDir, st.Network, st.ContainerID, st.Ifname); err != nil {
 		return types.NewError(types.ErrIOFailure, "removing state", err.Error())
 	}
+	steps.mark("state")
 	return nil
 }
 
@@ -222,7 +232,7 @@ func GC(args *skel.CmdArgs) error {
 		if valid[types.GCAttachment{ContainerID: st.ContainerID, IfName: st.Ifname}] {
 			continue
 		}
-		if err := teardown(conf, st); err != nil {
+		if err := teardown(conf, st, nil); err != nil {
 			errs = append(errs, fmt.Errorf("%s/%s: %w", st.ContainerID, st.Ifname, err))
 			continue
 		}
