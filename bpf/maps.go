@@ -329,7 +329,11 @@ func (m *Maps) setFastPathCIDRs(prefixes []netip.Prefix) error {
 	if m.Config == nil {
 		return fmt.Errorf("setting Service CIDRs: %w", ErrNotLoaded)
 	}
-	var cfg podnicPnCfg
+	cfg, err := m.readConfig()
+	if err != nil {
+		return err
+	}
+	cfg.V4Count, cfg.V6Count = 0, 0
 	var v4, v6 []netip.Prefix
 	for _, p := range prefixes {
 		if p.Addr().Unmap().Is4() {
@@ -360,6 +364,34 @@ func (m *Maps) setFastPathCIDRs(prefixes []netip.Prefix) error {
 	}
 	if err := m.Config.Put(uint32(0), &cfg); err != nil {
 		return fmt.Errorf("writing fast-path Service CIDRs: %w", err)
+	}
+	return nil
+}
+
+func (m *Maps) readConfig() (podnicPnCfg, error) {
+	var cfg podnicPnCfg
+	if m.Config == nil {
+		return cfg, fmt.Errorf("reading datapath settings: %w", ErrNotLoaded)
+	}
+	if err := m.Config.Lookup(uint32(0), &cfg); err != nil {
+		return cfg, fmt.Errorf("reading datapath settings: %w", err)
+	}
+	return cfg, nil
+}
+
+// setPeerName says whether socket-level balancing remembers each socket's
+// Service so that getpeername() answers with it.
+func (m *Maps) setPeerName(on bool) error {
+	cfg, err := m.readConfig()
+	if err != nil {
+		return err
+	}
+	cfg.Flags &^= uint32(podnicPnCfgFlagsPN_CFG_PEER_NAME)
+	if on {
+		cfg.Flags |= uint32(podnicPnCfgFlagsPN_CFG_PEER_NAME)
+	}
+	if err := m.Config.Put(uint32(0), &cfg); err != nil {
+		return fmt.Errorf("writing datapath settings: %w", err)
 	}
 	return nil
 }

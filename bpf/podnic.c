@@ -19,10 +19,10 @@
 #include "lib/nat.h"
 #include "lib/ct.h"
 #include "lib/fast.h"
+#include "lib/sock.h"
 #include "lib/lb.h"
 #include "lib/icmp.h"
 #include "lib/reject.h"
-#include "lib/sock.h"
 
 char __license[] SEC("license") = "Dual BSD/GPL";
 
@@ -204,6 +204,9 @@ static __always_inline int pn_to_pod(struct __sk_buff *skb, struct pn_pkt *p, in
 		return TC_ACT_UNSPEC;
 	}
 	if (p->fragment)
+		return TC_ACT_UNSPEC;
+	if ((p->proto == IPPROTO_TCP || p->proto == IPPROTO_UDP) &&
+	    pn_never_live_flows(skb->ifindex, p->proto))
 		return TC_ACT_UNSPEC;
 
 	now = bpf_ktime_get_ns();

@@ -51,6 +51,8 @@ type podnicPnCfg struct {
 	_       structs.HostLayout
 	V4Count uint32
 	V6Count uint32
+	Flags   uint32
+	Pad     uint32
 	V4      [4]struct {
 		_    structs.HostLayout
 		Net  uint32
@@ -62,6 +64,12 @@ type podnicPnCfg struct {
 		Mask [4]uint32
 	}
 }
+
+type podnicPnCfgFlags uint32
+
+const (
+	podnicPnCfgFlagsPN_CFG_PEER_NAME podnicPnCfgFlags = 1
+)
 
 type podnicPnCidrKey struct {
 	_         structs.HostLayout
@@ -225,6 +233,7 @@ const (
 	podnicProgPodnicGetpeer6  = "podnic_getpeer6"
 	podnicProgPodnicLoOut     = "podnic_lo_out"
 	podnicProgPodnicToPod     = "podnic_to_pod"
+	podnicVarPnUnusedCfgFlags = "pn_unused_cfg_flags"
 	podnicVarPnUnusedCtDir    = "pn_unused_ct_dir"
 	podnicVarPnUnusedCtFlags  = "pn_unused_ct_flags"
 	podnicVarPnUnusedDir      = "pn_unused_dir"
@@ -308,6 +317,7 @@ type podnicMapSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type podnicVariableSpecs struct {
+	PnUnusedCfgFlags *ebpf.VariableSpec `ebpf:"pn_unused_cfg_flags"`
 	PnUnusedCtDir    *ebpf.VariableSpec `ebpf:"pn_unused_ct_dir"`
 	PnUnusedCtFlags  *ebpf.VariableSpec `ebpf:"pn_unused_ct_flags"`
 	PnUnusedDir      *ebpf.VariableSpec `ebpf:"pn_unused_dir"`
@@ -373,6 +383,7 @@ func (m *podnicMaps) Close() error {
 //
 // It can be passed to loadPodnicObjects or ebpf.CollectionSpec.LoadAndAssign.
 type podnicVariables struct {
+	PnUnusedCfgFlags *ebpf.Variable `ebpf:"pn_unused_cfg_flags"`
 	PnUnusedCtDir    *ebpf.Variable `ebpf:"pn_unused_ct_dir"`
 	PnUnusedCtFlags  *ebpf.Variable `ebpf:"pn_unused_ct_flags"`
 	PnUnusedDir      *ebpf.Variable `ebpf:"pn_unused_dir"`

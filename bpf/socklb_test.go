@@ -18,7 +18,7 @@ import (
 // act only in the netns AttachPod registered with this datapath.
 func socketLB(t *testing.T, d *Datapath) {
 	t.Helper()
-	if err := d.AttachSocketLB(testCgroup2(t)); err != nil {
+	if err := d.AttachSocketLB(testCgroup2(t), true); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() {
@@ -254,7 +254,7 @@ func TestSocketLBRegistrationFollowsThePod(t *testing.T) {
 
 func TestAttachSocketLBRefusesANonCgroupPath(t *testing.T) {
 	d := loadTest(t)
-	err := d.AttachSocketLB(t.TempDir())
+	err := d.AttachSocketLB(t.TempDir(), true)
 	if err == nil {
 		t.Fatal("attached to a plain directory")
 	}
@@ -280,5 +280,47 @@ func TestFindCgroup2Mount(t *testing.T) {
 	}
 	if got, err := findCgroup2Mount(f); err != nil || got != "" {
 		t.Errorf("found %q, %v; want none", got, err)
+	}
+}
+
+// Without peer names (--socket-lb-peer-name=false) nothing is stored per
+// socket and getpeername() names the backend the socket really talks to;
+// the getpeername programs are not attached at all.
+func TestSocketLBWithoutPeerNames(t *testing.T) {
+	d := loadTest(t)
+	client, server := trafficPods(t, d)
+	attachPod(t, d, client, ModeAuto)
+	cg := testCgroup2(t)
+	if err := d.AttachSocketLB(cg, true); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := DetachSocketLB(d.Root); err != nil {
+			t.Error(err)
+		}
+	})
+	if err := d.AttachSocketLB(cg, false); err != nil { // switched off in place
+		t.Fatal(err)
+	}
+	names, err := SocketLBAttached(d.Root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, n := range names {
+		if n == ProgGetPeer4 || n == ProgGetPeer6 {
+			t.Errorf("%s still attached", n)
+		}
+	}
+	delta := verdictDelta(t, d, verdict(DirSocket, ReasonSocketLB))
+	conn, err := client.Dial("tcp", netip.AddrPortFrom(simVIPv4, simServicePort), simTimeout)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	if got, want := conn.RemoteAddr().String(), netip.AddrPortFrom(server.IPv4, simBackendPort).String(); got != want {
+		t.Errorf("getpeername says %s, want the backend %s", got, want)
+	}
+	if got := delta(); got[0] != 1 {
+		t.Errorf("counted socket-lb %d, want 1", got[0])
 	}
 }

@@ -31,9 +31,15 @@ struct pn_cidr6 {
 	__u32 mask[4];
 };
 
+enum pn_cfg_flags {
+	PN_CFG_PEER_NAME = 1 << 0, /* socket LB remembers the Service for getpeername() */
+};
+
 struct pn_cfg {
 	__u32 v4_count; /* Service CIDRs of the family; 0: not known */
 	__u32 v6_count;
+	__u32 flags;
+	__u32 pad;
 	struct pn_cidr4 v4[PN_CFG_CIDRS];
 	struct pn_cidr6 v6[PN_CFG_CIDRS];
 };
@@ -44,6 +50,8 @@ struct {
 	__type(key, __u32);
 	__type(value, struct pn_cfg);
 } podnic_cfg_v1 SEC(".maps");
+
+const enum pn_cfg_flags *pn_unused_cfg_flags __attribute__((unused));
 
 /* Indexed by the ifindex the reply arrives on (the pod's NIC, or lo for
  * self access) modulo PN_LIVE_SLOTS: one pod's tc-translated flows do not
@@ -109,6 +117,26 @@ static __always_inline int pn_no_live_flows(__u32 ifindex, __u8 proto, __u64 now
 	struct pn_live *l = bpf_map_lookup_elem(&podnic_live_v1, &slot);
 
 	return l && now >= l->until[pn_live_proto(proto) & 1];
+}
+
+/* pn_never_live_flows reports whether no tc-translated flow of proto whose
+ * replies arrive on ifindex was ever recorded: the common case of a pod
+ * whose connections are all balanced at the socket, decided without
+ * reading the clock. */
+static __always_inline int pn_never_live_flows(__u32 ifindex, __u8 proto)
+{
+	__u32 slot = ifindex % PN_LIVE_SLOTS;
+	struct pn_live *l = bpf_map_lookup_elem(&podnic_live_v1, &slot);
+
+	return l && l->until[pn_live_proto(proto) & 1] == 0;
+}
+
+static __always_inline int pn_cfg_flag(__u32 flag)
+{
+	__u32 zero = 0;
+	struct pn_cfg *cfg = bpf_map_lookup_elem(&podnic_cfg_v1, &zero);
+
+	return cfg && (cfg->flags & flag);
 }
 
 /* pn_live_until records that a flow of proto whose replies arrive on

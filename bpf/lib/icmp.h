@@ -44,21 +44,26 @@ static __always_inline int pn_icmp_xlate(struct __sk_buff *skb, const struct pn_
 	void *data, *end;
 	struct pn_ct_key k = {};
 	struct pn_ct_entry *e;
-	__u32 in_l3, in_l4, icmp_csum = p->l4off + 2;
+	__u32 l4off = p->l4off, in_l3, in_l4, icmp_csum;
 	__be16 in_ports[2];
 	__u8 type;
 
-	if (pn_ensure(skb, p->l4off + 8 + sizeof(struct ipv6hdr) + 4) < 0 &&
-	    pn_ensure(skb, p->l4off + 8 + sizeof(struct iphdr) + 4) < 0)
+	/* A bound the verifier can see, whatever the compiler spills:
+	 * Ethernet + IPv4 with options, or + IPv6. */
+	if (l4off > sizeof(struct ethhdr) + 60)
+		return 0;
+	icmp_csum = l4off + 2;
+	if (pn_ensure(skb, l4off + 8 + sizeof(struct ipv6hdr) + 4) < 0 &&
+	    pn_ensure(skb, l4off + 8 + sizeof(struct iphdr) + 4) < 0)
 		return 0;
 	data = (void *)(long)skb->data;
 	end = (void *)(long)skb->data_end;
-	in_l3 = p->l4off + 8;
+	in_l3 = l4off + 8;
 
 	/* The key swaps the quoted tuple: the quote is the packet that went
 	 * the other way. */
 	if (!p->v6) {
-		struct icmphdr *ic = data + p->l4off;
+		struct icmphdr *ic = data + l4off;
 		struct iphdr *in;
 
 		if ((void *)(ic + 1) > end)
@@ -74,7 +79,7 @@ static __always_inline int pn_icmp_xlate(struct __sk_buff *skb, const struct pn_
 		pn_addr_v4(&k.saddr, in->daddr);
 		pn_addr_v4(&k.daddr, in->saddr);
 	} else {
-		struct icmp6hdr *ic = data + p->l4off;
+		struct icmp6hdr *ic = data + l4off;
 		struct ipv6hdr *in;
 
 		if ((void *)(ic + 1) > end)

@@ -25,6 +25,10 @@ type Config struct {
 	KubeProxy        bool
 	KubeProxyAtScale bool
 	Workers          int // parallel API requests while filling
+	// NoPeerNames runs podnic as podnic-agent --socket-lb-peer-name=false:
+	// getpeername() of a balanced socket names the backend, and no
+	// per-socket storage is allocated.
+	NoPeerNames bool
 }
 
 // QuickConfig is for development: about two minutes.
@@ -104,7 +108,7 @@ func Run(t *testing.T, cfg Config) *Results {
 	dir := t.TempDir()
 	echo := buildEcho(t, dir)
 
-	tb := newTestbed(t, echo, dir)
+	tb := newTestbed(t, echo, dir, !cfg.NoPeerNames)
 	targets := []*Target{
 		{Name: TargetDirect, netns: tb.direct.Netns, url: fmt.Sprintf("http://%s/", netip.AddrPortFrom(backendIPs[0], backendPort))},
 		{Name: TargetPodnicTCX, netns: tb.tcx.Netns, url: serviceURL()},

@@ -153,10 +153,11 @@ type testbed struct {
 }
 
 // newTestbed builds the fabric, the backends (serving, pinned to
-// cpuServer) and the three pod clients; the podnic clients get the
-// datapath attached with TCX and with legacy tc, holding the bench
-// Service.
-func newTestbed(t *testing.T, echo, dir string) *testbed {
+// cpuServer) and the pod clients; the podnic clients get the datapath
+// attached with TCX and with legacy tc, holding the bench Service, with
+// connect() balanced at the socket (peerNames: getpeername() names the
+// Service) except for the tc-only client.
+func newTestbed(t *testing.T, echo, dir string, peerNames bool) *testbed {
 	t.Helper()
 	tb := &testbed{node: simnode.New(t)}
 	for i, ip := range backendIPs {
@@ -201,7 +202,7 @@ func newTestbed(t *testing.T, echo, dir string) *testbed {
 	if err := d.Maps.SetServiceCIDRs([]netip.Prefix{serviceCIDR}); err != nil {
 		t.Fatal(err)
 	}
-	if err := d.AttachSocketLB(cgroup2(t)); err != nil {
+	if err := d.AttachSocketLB(cgroup2(t), peerNames); err != nil {
 		t.Fatal(err)
 	}
 	for _, a := range []struct {
