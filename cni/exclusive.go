@@ -106,12 +106,11 @@ func addExclusive(args *skel.CmdArgs, conf *Config, dp *bpf.Datapath, steps *ste
 	if err != nil {
 		return nil, cniError(ErrCodeIPAM, "allocating addresses", err)
 	}
+	// Recorded with the next save: undoing the allocation needs only the
+	// owner (container and interface), which the state has already.
 	for _, ip := range ips {
 		st.Addresses = append(st.Addresses, ip.Address.String())
 		ip.Interface = &podIface
-	}
-	if err := st.save(conf.StateDir); err != nil {
-		return nil, types.NewError(types.ErrIOFailure, "saving state", err.Error())
 	}
 	result.IPs = ips
 	result.Routes = podRoutes(ips, routes, conf.ServiceCIDRs)
@@ -121,6 +120,9 @@ func addExclusive(args *skel.CmdArgs, conf *Config, dp *bpf.Datapath, steps *ste
 	}
 
 	if dev.DPDK {
+		if err := st.save(conf.StateDir); err != nil {
+			return nil, types.NewError(types.ErrIOFailure, "saving state", err.Error())
+		}
 		success = true
 		return result, nil
 	}
