@@ -169,6 +169,18 @@ func TestScenarios(t *testing.T) {
 	t.Run("ClusterIPOverTCPAndUDPForBothFamilies", func(t *testing.T) {
 		client := c.podAddrs(t, "client")
 		echoes := c.podNames(t, "app=echo")
+		// podnic-agent balances TCP connect() at the socket by default;
+		// UDP goes through the NIC's programs.
+		balanced, dnatNew := c.verdict(t, "connect", "socket-lb"), c.verdict(t, "from-pod", "dnat-new")
+		defer func() {
+			vips := uint64(len(c.clusterIPs(t, "echo")))
+			if got := c.verdict(t, "connect", "socket-lb") - balanced; got < 20*vips {
+				t.Errorf("%d TCP connections balanced at the socket, want at least %d", got, 20*vips)
+			}
+			if got := c.verdict(t, "from-pod", "dnat-new") - dnatNew; got < 20*vips {
+				t.Errorf("%d new flows translated by tc, want at least %d (UDP)", got, 20*vips)
+			}
+		}()
 		for _, vip := range c.clusterIPs(t, "echo") {
 			for _, udp := range []bool{false, true} {
 				answers, remotes := c.ask(t, vip, udp, 20)
@@ -731,6 +743,28 @@ func (c *cluster) watchTerminating(t *testing.T, svc string) func() int {
 }
 
 func is(b *bool) bool { return b != nil && *b }
+
+// verdict reads one of the datapath's verdict counters through podnicctl.
+func (c *cluster) verdict(t *testing.T, hook, verdict string) uint64 {
+	t.Helper()
+	out, err := c.box.Podnicctl(c.ctx, "-o", "json", "verdicts")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var rows []struct {
+		Hook, Verdict string
+		Packets       uint64
+	}
+	if err := json.Unmarshal([]byte(out), &rows); err != nil {
+		t.Fatalf("parsing podnicctl verdicts: %v\n%s", err, out)
+	}
+	for _, r := range rows {
+		if r.Hook == hook && r.Verdict == verdict {
+			return r.Packets
+		}
+	}
+	return 0
+}
 
 // checkProgramsByName checks that every pod's interface carries podnic's
 // programs, named, through `podnicctl attachments` (the agent's view).
