@@ -71,7 +71,8 @@ func (r *Results) WriteMarkdown(w io.Writer) {
 	fmt.Fprintf(w, "- %d rounds, interleaved; wrk -t1 -c%d -d%v pinned to CPU %s, servers to CPU %s; suite took %v\n\n",
 		c.Rounds, c.Conns, c.Duration, cpuClient, cpuServer, r.Elapsed.Round(1e9))
 	fmt.Fprintf(w, "Medians over rounds. \"× direct\", \"× via node\", \"× nft\", \"× ipt\": this row's req/s over that row's, same round, median. "+
-		"ΔCPU: CPU µs per request (wrk + servers + ksoftirqd) minus direct's, same round, median; with short connections that is the extra cost of a new connection.\n")
+		"ΔCPU: CPU µs per request (wrk + servers + ksoftirqd) minus direct's, same round, median; with short connections that is the extra cost of a new connection. "+
+		"SYN retrans: SYNs the client sent again, over all rounds — each a connect stalled for a second, which lowers req/s without showing in the latency columns (wrk times request to response).\n")
 	for _, ph := range r.Phases {
 		if ph.Setup > 1e9 {
 			fmt.Fprintf(w, "\n(%d Services: filling and kube-proxy sync took %v)\n", ph.Services, ph.Setup.Round(1e9))
@@ -82,8 +83,8 @@ func (r *Results) WriteMarkdown(w io.Writer) {
 				kind = "short connections (Connection: close)"
 			}
 			fmt.Fprintf(w, "\n## %d Service(s), %s\n\n", ph.Services, kind)
-			fmt.Fprintln(w, "| path | req/s | p50 µs | p99 µs | CPU µs/req | ΔCPU µs/req | × direct | × via node | × nft | × ipt | errors |")
-			fmt.Fprintln(w, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+			fmt.Fprintln(w, "| path | req/s | p50 µs | p99 µs | CPU µs/req | ΔCPU µs/req | × direct | × via node | × nft | × ipt | errors | SYN retrans |")
+			fmt.Fprintln(w, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
 			find := func(name string) []Sample {
 				return ph.Samples[Case{&Target{Name: name}, short}.String()]
 			}
@@ -95,11 +96,12 @@ func (r *Results) WriteMarkdown(w io.Writer) {
 					continue
 				}
 				s := ph.Samples[cs.String()]
-				var errs int64
+				var errs, syn int64
 				for _, x := range s {
 					errs += x.Errors()
+					syn += x.SynRetrans
 				}
-				fmt.Fprintf(w, "| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %d |\n",
+				fmt.Fprintf(w, "| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %d | %d |\n",
 					cs.Target.Name,
 					fmtNum(of(s, Sample.RPS), "%.0f"),
 					fmtNum(of(s, func(x Sample) float64 { return x.P50US }), "%.0f"),
@@ -110,7 +112,7 @@ func (r *Results) WriteMarkdown(w io.Writer) {
 					fmtNum(paired(s, via, ratio), "%.2f"),
 					fmtNum(paired(s, nft, ratio), "%.2f"),
 					fmtNum(paired(s, ipt, ratio), "%.2f"),
-					errs)
+					errs, syn)
 			}
 		}
 	}

@@ -208,8 +208,8 @@ func Run(t *testing.T, cfg Config) *Results {
 					t.Fatalf("%d Services, round %d, %s: %v", n, r+1, c, err)
 				}
 				ph.Samples[c.String()] = append(ph.Samples[c.String()], s)
-				t.Logf("%5d svc r%d %-36s %9.0f req/s p50 %6.0fµs p99 %6.0fµs cpu %5.1fµs/req err %d",
-					n, r+1, c, s.RPS(), s.P50US, s.P99US, s.CPUPerRequest(), s.Errors())
+				t.Logf("%5d svc r%d %-36s %9.0f req/s p50 %6.0fµs p99 %6.0fµs cpu %5.1fµs/req err %d syn-retrans %d",
+					n, r+1, c, s.RPS(), s.P50US, s.P99US, s.CPUPerRequest(), s.Errors(), s.SynRetrans)
 			}
 		}
 		res.Phases = append(res.Phases, ph)

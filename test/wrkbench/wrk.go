@@ -44,6 +44,10 @@ type Sample struct {
 	// CPU time of wrk, the two servers and the ksoftirqd threads during
 	// the run, in microseconds.
 	CPUUS float64 `json:"-"`
+	// SynRetrans counts the SYNs the client sent again during the run: a
+	// connect that stalled a second or more, which wrk's latency (request
+	// to response) does not show but req/s does.
+	SynRetrans int64 `json:"-"`
 }
 
 // RPS is requests per second.
@@ -106,6 +110,10 @@ func (w *wrkRunner) run(netns, url string, closeEach bool) (Sample, error) {
 	cmd.Stdout, cmd.Stderr = &out, &out
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 
+	synBefore, err := synRetrans(netns)
+	if err != nil {
+		return Sample{}, err
+	}
 	before, err := cpuTimes(w.cpuPIDs)
 	if err != nil {
 		return Sample{}, err
@@ -116,6 +124,10 @@ func (w *wrkRunner) run(netns, url string, closeEach bool) (Sample, error) {
 		return Sample{}, fmt.Errorf("running wrk in %s: %w: %s", netns, err, strings.TrimSpace(out.String()))
 	}
 	after, err := cpuTimes(w.cpuPIDs)
+	if err != nil {
+		return Sample{}, err
+	}
+	synAfter, err := synRetrans(netns)
 	if err != nil {
 		return Sample{}, err
 	}
@@ -131,7 +143,33 @@ func (w *wrkRunner) run(netns, url string, closeEach bool) (Sample, error) {
 	}
 	ru := cmd.ProcessState.SysUsage().(*syscall.Rusage)
 	s.CPUUS = float64(ru.Utime.Nano()+ru.Stime.Nano())/1e3 + (after - before)
+	s.SynRetrans = synAfter - synBefore
 	return s, nil
+}
+
+// synRetrans reads TcpExt TCPSynRetrans of the netns called netns.
+func synRetrans(netns string) (int64, error) {
+	out, err := run("ip", "netns", "exec", netns, "cat", "/proc/net/netstat")
+	if err != nil {
+		return 0, err
+	}
+	var names []string
+	for _, line := range strings.Split(out, "\n") {
+		f := strings.Fields(line)
+		if len(f) == 0 || f[0] != "TcpExt:" {
+			continue
+		}
+		if names == nil {
+			names = f
+			continue
+		}
+		for i, n := range names {
+			if n == "TCPSynRetrans" && i < len(f) {
+				return strconv.ParseInt(f[i], 10, 64)
+			}
+		}
+	}
+	return 0, fmt.Errorf("reading SYN retransmits in %s: no TcpExt TCPSynRetrans", netns)
 }
 
 // clockTick is USER_HZ, the unit of /proc/<pid>/stat times; it is 100 on
