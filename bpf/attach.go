@@ -161,7 +161,8 @@ type attachStep struct {
 }
 
 // AttachPod attaches the datapath to a pod: podnic_from_pod on ifname
-// egress, podnic_to_pod on ifname ingress and podnic_lo_out on lo egress,
+// egress, podnic_to_pod on ifname ingress and podnic_lo_out on lo egress
+// (in ModeAuto always with clsact: see below),
 // all in the netns at netnsPath ("" is the current one), and registers the
 // netns for socket-level balancing (used where AttachSocketLB ran). owner keys the
 // pins (a container id). Attaching again is idempotent: existing links are
@@ -206,14 +207,22 @@ func (d *Datapath) AttachPod(netnsPath, ifname, owner string, mode Mode) ([]Atta
 		}()
 
 		for _, s := range steps {
-			a, isNew, err := d.attachOne(s, owner, mode)
+			stepMode := mode
+			if s.ifname == loopback && mode == ModeAuto {
+				// lo is born and dies with the netns and never moves, so a
+				// clsact filter there is as safe as a pinned TCX link, and
+				// it costs no RCU grace period (~12-15 ms here) to attach
+				// or to detach, as each TCX link does.
+				stepMode = ModeLegacy
+			}
+			a, isNew, err := d.attachOne(s, owner, stepMode)
 			if isNew {
 				created = append(created, a)
 			}
 			if err != nil {
 				return err
 			}
-			if a.Mode == ModeLegacy {
+			if a.Mode == ModeLegacy && stepMode != ModeLegacy {
 				// Modes fall back together: the rest of the pod follows.
 				mode = ModeLegacy
 			}

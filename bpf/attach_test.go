@@ -189,15 +189,30 @@ func TestAttachedProgramsAreListedAndQueried(t *testing.T) {
 }
 
 // ModeAuto falls back to clsact only when TCX attach fails with
-// ErrNotSupported; on a kernel with TCX (>= 6.6) it must pick TCX.
+// ErrNotSupported; on a kernel with TCX (>= 6.6) it must pick TCX for the
+// NIC. lo always gets clsact in auto mode: it never moves, and a TCX link
+// costs an RCU grace period to attach and to detach. Switching a pod
+// attached before (lo by TCX) leaves one program on lo.
 func TestAutoModeAttachesWithTCXWhenTheKernelHasIt(t *testing.T) {
 	d := loadTest(t)
 	_, p := simPod(t)
+	attachPod(t, d, p, ModeTCX)
 	for _, a := range attachPod(t, d, p, ModeAuto) {
-		if a.Mode != ModeTCX {
-			t.Errorf("%s: auto mode chose %s on a kernel with TCX", a, a.Mode)
+		want := ModeTCX
+		if a.Ifname == loopback {
+			want = ModeLegacy
+		}
+		if a.Mode != want {
+			t.Errorf("%s: auto mode chose %s, want %s", a, a.Mode, want)
 		}
 	}
+	if got := queryInterface(t, p, loopback); len(got) != 1 || got[0].Mode != ModeLegacy {
+		t.Errorf("lo carries %q, want podnic_lo_out once, by clsact", attachSummary(got))
+	}
+	expectAttachments(t, "listed", listAttachments(t, d.Root),
+		fmt.Sprintf("%s tcx %s/ingress podnic_to_pod@%d", simOwner, p.Ifname, podIfindex(t, p, p.Ifname)),
+		fmt.Sprintf("%s tcx %s/egress podnic_from_pod@%d", simOwner, p.Ifname, podIfindex(t, p, p.Ifname)),
+		fmt.Sprintf("%s legacy lo/egress podnic_lo_out@0", simOwner))
 }
 
 func TestReattachIsIdempotentAndFollowsReload(t *testing.T) {
