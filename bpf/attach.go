@@ -301,7 +301,7 @@ func (d *Datapath) attachOne(s attachStep, owner string, mode Mode) (_ Attachmen
 		return Attachment{}, false, fmt.Errorf("%s with clsact: %w", what, err)
 	}
 	a.Mode, a.Pin = ModeLegacy, legacyPin
-	if err := removeTCXPin(tcxPin); err != nil {
+	if err := removePinnedLink(tcxPin); err != nil {
 		return a, isNew, fmt.Errorf("%s: removing the earlier TCX link: %w", what, err)
 	}
 	return a, isNew, nil
@@ -346,8 +346,9 @@ func attachTCX(prog *ebpf.Program, ifindex int, h Hook, pin string) (bool, error
 	return true, nil
 }
 
-// removeTCXPin detaches and unpins the TCX link at pin, if any.
-func removeTCXPin(pin string) error {
+// removePinnedLink detaches and unpins the link (TCX or cgroup) at pin, if
+// any.
+func removePinnedLink(pin string) error {
 	l, err := link.LoadPinnedLink(pin, nil)
 	if errors.Is(err, os.ErrNotExist) {
 		return nil
@@ -372,7 +373,7 @@ func removeAttachment(a Attachment) error {
 	if a.Mode == ModeLegacy {
 		return removeLegacy(a.Pin, a.Ifname, a.Hook)
 	}
-	return removeTCXPin(a.Pin)
+	return removePinnedLink(a.Pin)
 }
 
 // DetachPod removes every attachment recorded for owner: it detaches and
@@ -418,7 +419,7 @@ func DetachPod(root, owner, netnsPath string) error {
 			case !ok:
 				// Not podnic's naming: the RemoveAll below drops it.
 			case kind == pinTCX:
-				if err := removeTCXPin(path); err != nil {
+				if err := removePinnedLink(path); err != nil {
 					errs = append(errs, fmt.Errorf("detaching %s: %w", owner, err))
 				}
 			default:

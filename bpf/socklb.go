@@ -70,7 +70,7 @@ func (d *Datapath) AttachSocketLB(cgroupPath string, peerName bool) (retErr erro
 	defer func() {
 		if retErr != nil {
 			for _, pin := range created {
-				_ = removeCgroupLink(pin)
+				_ = removePinnedLink(pin)
 			}
 		}
 	}()
@@ -87,7 +87,7 @@ func (d *Datapath) AttachSocketLB(cgroupPath string, peerName bool) (retErr erro
 		}
 		pin := filepath.Join(dir, h.name)
 		if !peerName && (h.name == ProgGetPeer4 || h.name == ProgGetPeer6) {
-			if err := removeCgroupLink(pin); err != nil {
+			if err := removePinnedLink(pin); err != nil {
 				return fmt.Errorf("detaching %s: %w", h.name, err)
 			}
 			continue
@@ -100,7 +100,7 @@ func (d *Datapath) AttachSocketLB(cgroupPath string, peerName bool) (retErr erro
 			}
 			// A link that cannot take the program (its cgroup is gone):
 			// replace it.
-			if err := removeCgroupLink(pin); err != nil {
+			if err := removePinnedLink(pin); err != nil {
 				return fmt.Errorf("attaching %s: %w", h.name, err)
 			}
 		}
@@ -140,7 +140,7 @@ func DetachSocketLB(root string) error {
 	}
 	var errs []error
 	for _, e := range ents {
-		if err := removeCgroupLink(filepath.Join(dir, e.Name())); err != nil {
+		if err := removePinnedLink(filepath.Join(dir, e.Name())); err != nil {
 			errs = append(errs, err)
 		}
 	}
@@ -171,24 +171,6 @@ func SocketLBAttached(root string) ([]string, error) {
 		names = append(names, e.Name())
 	}
 	return names, nil
-}
-
-func removeCgroupLink(pin string) error {
-	l, err := link.LoadPinnedLink(pin, nil)
-	if errors.Is(err, os.ErrNotExist) {
-		return nil
-	}
-	if err != nil {
-		return fmt.Errorf("loading pinned link %s: %w", pin, err)
-	}
-	defer l.Close()
-	if err := l.Detach(); err != nil && !errors.Is(err, ebpf.ErrNotSupported) {
-		return fmt.Errorf("detaching link %s: %w", pin, err)
-	}
-	if err := l.Unpin(); err != nil {
-		return fmt.Errorf("unpinning link %s: %w", pin, err)
-	}
-	return nil
 }
 
 // CgroupV2Root returns the node's cgroup v2 mount point, mounting the

@@ -28,28 +28,9 @@ func socketLB(t *testing.T, d *Datapath) {
 	})
 }
 
-// testCgroup2 returns the machine's cgroup v2 mount, or mounts the
-// hierarchy in a temporary directory for the test and unmounts it after.
-func testCgroup2(t *testing.T) string {
-	t.Helper()
-	p, err := CgroupV2Mount()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if p != "" {
-		return p
-	}
-	dir := t.TempDir()
-	if err := syscall.Mount("cgroup2", dir, "cgroup2", 0, ""); err != nil {
-		t.Fatalf("mounting cgroup v2: %v", err)
-	}
-	t.Cleanup(func() {
-		if err := syscall.Unmount(dir, 0); err != nil {
-			t.Errorf("unmounting %s: %v", dir, err)
-		}
-	})
-	return dir
-}
+// testCgroup2 is the cgroup v2 directory the socket-level programs attach
+// to in tests.
+func testCgroup2(t *testing.T) string { return simnode.CgroupV2(t, CgroupV2Mount) }
 
 func lbNetnsCount(t *testing.T, d *Datapath) int {
 	t.Helper()

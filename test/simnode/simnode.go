@@ -587,3 +587,26 @@ func addRoute(dev string, dst netip.Prefix, gw netip.Addr) error {
 func ipNet(p netip.Prefix) *net.IPNet {
 	return &net.IPNet{IP: net.IP(p.Addr().AsSlice()), Mask: net.CIDRMask(p.Bits(), p.Addr().BitLen())}
 }
+
+// CgroupV2 returns the machine's cgroup v2 mount as find (bpf.CgroupV2Mount)
+// reports it, or mounts the hierarchy in a temporary directory until the
+// test ends: where podnic's socket-level programs attach.
+func CgroupV2(t testing.TB, find func() (string, error)) string {
+	t.Helper()
+	if p, err := find(); err != nil || p != "" {
+		if err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	dir := t.TempDir()
+	if err := unix.Mount("cgroup2", dir, "cgroup2", 0, ""); err != nil {
+		t.Fatalf("mounting cgroup v2: %v", err)
+	}
+	t.Cleanup(func() {
+		if err := unix.Unmount(dir, 0); err != nil {
+			t.Errorf("unmounting %s: %v", dir, err)
+		}
+	})
+	return dir
+}

@@ -202,7 +202,7 @@ func newTestbed(t *testing.T, echo, dir string, peerNames bool) *testbed {
 	if err := d.Maps.SetServiceCIDRs([]netip.Prefix{serviceCIDR}); err != nil {
 		t.Fatal(err)
 	}
-	if err := d.AttachSocketLB(cgroup2(t), peerNames); err != nil {
+	if err := d.AttachSocketLB(simnode.CgroupV2(t, bpf.CgroupV2Mount), peerNames); err != nil {
 		t.Fatal(err)
 	}
 	for _, a := range []struct {
@@ -233,28 +233,6 @@ func newTestbed(t *testing.T, echo, dir string, peerNames bool) *testbed {
 		}
 	}
 	return tb
-}
-
-// cgroup2 returns the machine's cgroup v2 mount, or mounts the hierarchy
-// in a temporary directory until the test ends.
-func cgroup2(t *testing.T) string {
-	t.Helper()
-	if p, err := bpf.CgroupV2Mount(); err != nil || p != "" {
-		if err != nil {
-			t.Fatal(err)
-		}
-		return p
-	}
-	dir := t.TempDir()
-	if err := syscall.Mount("cgroup2", dir, "cgroup2", 0, ""); err != nil {
-		t.Fatalf("mounting cgroup v2: %v", err)
-	}
-	t.Cleanup(func() {
-		if err := syscall.Unmount(dir, 0); err != nil {
-			t.Errorf("unmounting %s: %v", dir, err)
-		}
-	})
-	return dir
 }
 
 // tuneClient widens the client's port range: short-connection runs open
