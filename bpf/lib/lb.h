@@ -36,6 +36,23 @@ static __always_inline int pn_in_service_cidr(const struct pn_pkt *p)
 	return bpf_map_lookup_elem(&podnic_cidr_v1, &k) != NULL;
 }
 
+/* pn_random_backend picks one of the Service's slots at random, as
+ * kube-proxy's iptables mode does, and returns its backend. */
+static __always_inline struct pn_backend *pn_random_backend(const struct pn_svc_val *svc,
+							    __u32 *backend_id)
+{
+	struct pn_slot_key sk = {
+		.svc_id = svc->id,
+		.slot = bpf_get_prandom_u32() % svc->count + 1,
+	};
+	__u32 *id = bpf_map_lookup_elem(&podnic_slot_v1, &sk);
+
+	if (!id)
+		return NULL;
+	*backend_id = *id;
+	return bpf_map_lookup_elem(&podnic_be_v1, id);
+}
+
 /* pn_select_backend picks the backend of a new flow: the client's affinity
  * backend while it is fresh and active, otherwise a random slot, as
  * kube-proxy's iptables mode does. The affinity timeout counts from the
@@ -45,9 +62,7 @@ static __always_inline int pn_select_backend(const struct pn_pkt *p, const struc
 					     struct pn_backend **backend)
 {
 	struct pn_affinity_key ak = {};
-	struct pn_slot_key sk = {};
 	struct pn_backend *be;
-	__u32 *id;
 
 	if (svc->flags & PN_SVC_AFFINITY) {
 		struct pn_affinity_val *av;
@@ -68,13 +83,7 @@ static __always_inline int pn_select_backend(const struct pn_pkt *p, const struc
 		}
 	}
 
-	sk.svc_id = svc->id;
-	sk.slot = bpf_get_prandom_u32() % svc->count + 1;
-	id = bpf_map_lookup_elem(&podnic_slot_v1, &sk);
-	if (!id)
-		return PN_DROP_NO_BACKEND;
-	*backend_id = *id;
-	be = bpf_map_lookup_elem(&podnic_be_v1, id);
+	be = pn_random_backend(svc, backend_id);
 	if (!be)
 		return PN_DROP_NO_BACKEND;
 	*backend = be;

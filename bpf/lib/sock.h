@@ -23,6 +23,7 @@
 
 #include "common.h"
 #include "fast.h"
+#include "lb.h"
 
 /* The network namespaces (by netns cookie) where connect() is balanced.
  * The value is the hash of the attachment's owner, so that a DEL whose
@@ -77,12 +78,11 @@ static __always_inline int pn_sock_lb(struct bpf_sock_addr *ctx, struct pn_addr 
 				      int v4)
 {
 	struct pn_svc_key k = {};
-	struct pn_slot_key sk = {};
 	struct pn_svc_val *svc;
 	struct pn_backend *be;
 	struct pn_lb_sock *s;
 	__u64 cookie;
-	__u32 *id;
+	__u32 id;
 
 	if (ctx->protocol != IPPROTO_TCP)
 		return 0;
@@ -98,12 +98,7 @@ static __always_inline int pn_sock_lb(struct bpf_sock_addr *ctx, struct pn_addr 
 	if (!svc || svc->count == 0 || (svc->flags & PN_SVC_AFFINITY))
 		goto unchanged;
 
-	sk.svc_id = svc->id;
-	sk.slot = bpf_get_prandom_u32() % svc->count + 1;
-	id = bpf_map_lookup_elem(&podnic_slot_v1, &sk);
-	if (!id)
-		goto unchanged;
-	be = bpf_map_lookup_elem(&podnic_be_v1, id);
+	be = pn_random_backend(svc, &id);
 	if (!be || (v4 && !pn_addr_is_v4(&be->addr)))
 		goto unchanged;
 
