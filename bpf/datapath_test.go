@@ -369,6 +369,36 @@ func TestReusedClientPortAfterCloseChoosesAnew(t *testing.T) {
 
 func equalPacket(a, b []byte) bool { return string(a) == string(b) }
 
+// A connection balanced at the socket reuses the client port of a flow tc
+// translated to the same backend, which is still closing: its SYN, sent
+// straight to the backend, makes the egress program forget the old flow's
+// reply entry, so the new connection's SYN-ACK reaches the pod as the
+// backend sent it, not rewritten to the old Service.
+func TestDirectSYNForgetsAClosingFlowsReplyEntry(t *testing.T) {
+	for _, fam := range families {
+		t.Run(fam.name, func(t *testing.T) {
+			d := loadTest(t)
+			service(t, d, Frontend{VIP: fam.vip, Port: servicePort, Proto: TCP}, 1, backendPort, fam.backends[0])
+			client, vip, backend := ap(fam.client, clientPort), ap(fam.vip, servicePort), ap(fam.backends[0], backendPort)
+			dnatTarget(t, d, pkt{src: client, dst: vip, proto: TCP, flags: "S"})
+			dnatTarget(t, d, pkt{src: client, dst: vip, proto: TCP, flags: "A"})
+			dnatTarget(t, d, pkt{src: client, dst: vip, proto: TCP, flags: "FA"})
+
+			synAck := pkt{src: backend, dst: client, proto: TCP, flags: "SA"}
+			if _, got := run(t, d.Programs.ToPod, synAck.bytes(t)); equalPacket(got, synAck.bytes(t)) {
+				t.Fatal("the closing flow's reply entry did not translate: the test does not test")
+			}
+			direct := pkt{src: client, dst: backend, proto: TCP, flags: "S"}
+			if ret, got := run(t, d.Programs.FromPod, direct.bytes(t)); ret != actUnspec || !equalPacket(got, direct.bytes(t)) {
+				t.Fatalf("direct SYN changed (verdict %d)", ret)
+			}
+			if ret, got := run(t, d.Programs.ToPod, synAck.bytes(t)); ret != actUnspec || !equalPacket(got, synAck.bytes(t)) {
+				t.Errorf("the new connection's SYN-ACK was rewritten (verdict %d)", ret)
+			}
+		})
+	}
+}
+
 func TestExpiredFlowChoosesAnew(t *testing.T) {
 	forEach(t, func(t *testing.T, fam family, proto Proto) {
 		d := loadTest(t)

@@ -98,6 +98,17 @@ static __always_inline int pn_from_pod(struct __sk_buff *skb, struct pn_pkt *p, 
 		return TC_ACT_UNSPEC;
 	}
 
+	/* A SYN the pod sends straight to a backend (a connection balanced at
+	 * the socket) shares its wire tuple with any earlier flow tc translated
+	 * from the same client port to that backend: that flow's reply entry,
+	 * still alive while it closes, would rewrite the new connection's
+	 * replies to the old Service. Forget it. Pods that never had a
+	 * tc-translated TCP flow skip this. */
+	if (p->proto == IPPROTO_TCP && !p->fragment &&
+	    (p->tcp_flags & (PN_TCP_SYN | PN_TCP_ACK)) == PN_TCP_SYN &&
+	    !pn_never_live_flows(skb->ifindex, IPPROTO_TCP))
+		pn_ct_forget_reply(p);
+
 	if (!p->fragment && (p->proto == IPPROTO_ICMP || p->proto == IPPROTO_ICMPV6)) {
 		/* An error about a reply the pod got goes to the backend. */
 		int self = 0;

@@ -107,7 +107,7 @@ up() {
 	# one of its own (podnic-agent uses the node's).
 	mkdir -p "$CGROUP"
 	mount -t cgroup2 cgroup2 "$CGROUP"
-	show "${CTL[@]}" load --socket-lb --cgroup-root "$CGROUP"
+	show "${CTL[@]}" load --cgroup-root "$CGROUP" ${PODNIC_DEMO_LOAD_FLAGS:-}
 
 	say "Four Services: one with a backend, one whose backend is the client itself, one with none, one with session affinity"
 	show "${CTL[@]}" service set --id 1 --vip "$VIP_WEB" --port 80 --backend "$SERVER_IP:8080"

@@ -50,14 +50,14 @@ show "$box" podnicctl service list
 echo_ip=$(kubectl get service echo -o jsonpath='{.spec.clusterIP}')
 self_ip=$(kubectl get service client-self -o jsonpath='{.spec.clusterIP}')
 
-say "From inside the client pod, 4 requests to ClusterIP $echo_ip: the NIC's egress program picks a backend"
+say "From inside the client pod, 4 requests to ClusterIP $echo_ip: each connect() goes straight to a backend (socket-level balancing)"
 show "$box" kubectl exec client -- /podnic-get -n 4 "http://$echo_ip/"
 
-say "Self access: the client reaches Service client-self ($self_ip), whose only backend is itself, via lo"
+say "Self access: the client reaches Service client-self ($self_ip), whose only backend is itself"
 show "$box" kubectl exec client -- /podnic-get -n 2 "http://$self_ip/"
 
-say "What runs on the client's NIC, and the connections podnic tracks"
+say "What runs on the client's NIC, and how podnic served each connection (socket-lb) or packet"
 show "$box" podnicctl attachments
-show "$box" podnicctl ct list
+show "$box" podnicctl verdicts
 
 say "Done. Explore with '$box kubectl ...' and '$box podnicctl ...'; remove everything with: make demo-down"

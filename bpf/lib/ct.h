@@ -165,6 +165,23 @@ static __always_inline int pn_ct_reply_hit(const struct pn_ct_key *rk, struct pn
 	return 1;
 }
 
+/* pn_ct_forget_reply deletes the reply entry that a packet the pod sends
+ * would get its replies translated by, if any. A SYN to a VIP never has
+ * one (reply entries are keyed by the backend's address). */
+static __always_inline void pn_ct_forget_reply(const struct pn_pkt *p)
+{
+	struct pn_ct_key rk = {
+		.saddr = p->daddr,
+		.daddr = p->saddr,
+		.sport = p->dport,
+		.dport = p->sport,
+		.proto = p->proto,
+		.dir = PN_CT_REPLY,
+	};
+
+	bpf_map_delete_elem(&podnic_ct_v1, &rk);
+}
+
 /* pn_ct_create writes both entries of a new flow, reply first so that no
  * reply can arrive before its entry exists. An entry that exists already (a
  * client port used again, the same backend chosen) is overwritten in place:

@@ -169,7 +169,7 @@ func Programs(d *bpf.Datapath) []Program {
 func KubeProxyReplacement() []Feature {
 	return []Feature{
 		{"ClusterIP", "enabled", "TCP, UDP; IPv4, IPv6; every ClusterIP of dual-stack Services"},
-		{"SocketLB", "opt-in", "TCP connect() balanced at the socket with --socket-lb (podnicctl status: Socket LB)"},
+		{"SocketLB", "enabled", "TCP connect() balanced at the socket where the agent attached it (--socket-lb)"},
 		{"SessionAffinity", "enabled", "ClientIP with timeout"},
 		{"InternalTrafficPolicy", "enabled", "Local: only this node's endpoints"},
 		{"TopologyAwareRouting", "enabled", "hints: PreferSameNode, PreferSameZone"},

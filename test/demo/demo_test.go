@@ -104,7 +104,7 @@ func TestNodeBoxDemoShowsClusterIPAndSelfAccess(t *testing.T) {
 		"default/client-self:http",
 		"podnic_from_pod",
 		"hello from client (10.1.0.",
-		"closing,self",
+		"socket-lb",
 	} {
 		if !strings.Contains(out, want) {
 			t.Errorf("demo output lacks %q:\n%s", want, out)

@@ -63,11 +63,11 @@ func (r *Results) WriteMarkdown(w io.Writer) {
 	fmt.Fprintf(w, "- machine: %s, Linux %s, %d CPUs (%s), %s\n", host, kernelRelease(), runtime.NumCPU(), cpuModel(), runtime.Version())
 	fmt.Fprintf(w, "- load average before / after: %s / %s (other work on the machine adds noise)\n", r.LoadBefore, r.LoadAfter)
 	c := r.Config
-	peer := "getpeername() names the Service"
+	peer := "getpeername() names the Service (podnic-agent's default)"
 	if r.Config.NoPeerNames {
 		peer = "getpeername() names the backend (--socket-lb-peer-name=false)"
 	}
-	fmt.Fprintf(w, "- podnic as `podnic-agent --service-cidr=... --socket-lb` runs it: TCP connect() balanced at the socket, %s; the tc-only client has socket balancing off (podnic-agent's default)\n", peer)
+	fmt.Fprintf(w, "- podnic as podnic-agent runs it: Service CIDR known, TCP connect() balanced at the socket, %s; the tc-only client has socket balancing off\n", peer)
 	fmt.Fprintf(w, "- %d rounds, interleaved; wrk -t1 -c%d -d%v pinned to CPU %s, servers to CPU %s; suite took %v\n\n",
 		c.Rounds, c.Conns, c.Duration, cpuClient, cpuServer, r.Elapsed.Round(1e9))
 	fmt.Fprintf(w, "Medians over rounds. \"× direct\", \"× via node\", \"× nft\", \"× ipt\": this row's req/s over that row's, same round, median. "+
