@@ -77,6 +77,21 @@ static __always_inline void pn_live_flow(struct __sk_buff *skb, __u8 proto, __u6
 		pn_live_until(LOOPBACK_IFINDEX, proto, expires);
 }
 
+/* pn_pass lets a packet that is no Service traffic go on. A SYN the pod
+ * sends straight to a backend (a connection balanced at the socket) shares
+ * its wire tuple with any earlier flow tc translated from the same client
+ * port to that backend: that flow's reply entry, still alive while it
+ * closes, would rewrite the new connection's replies to the old Service.
+ * Forget it. Interfaces that never had a tc-translated TCP flow skip this. */
+static __always_inline int pn_pass(struct __sk_buff *skb, const struct pn_pkt *p)
+{
+	if (p->proto == IPPROTO_TCP && !p->fragment &&
+	    (p->tcp_flags & (PN_TCP_SYN | PN_TCP_ACK)) == PN_TCP_SYN &&
+	    !pn_never_live_flows(skb->ifindex, IPPROTO_TCP))
+		pn_ct_forget_reply(p);
+	return TC_ACT_UNSPEC;
+}
+
 static __always_inline int pn_from_pod(struct __sk_buff *skb, struct pn_pkt *p, int *reason)
 {
 	struct pn_ct_entry *fe;
@@ -98,17 +113,6 @@ static __always_inline int pn_from_pod(struct __sk_buff *skb, struct pn_pkt *p, 
 		return TC_ACT_UNSPEC;
 	}
 
-	/* A SYN the pod sends straight to a backend (a connection balanced at
-	 * the socket) shares its wire tuple with any earlier flow tc translated
-	 * from the same client port to that backend: that flow's reply entry,
-	 * still alive while it closes, would rewrite the new connection's
-	 * replies to the old Service. Forget it. Pods that never had a
-	 * tc-translated TCP flow skip this. */
-	if (p->proto == IPPROTO_TCP && !p->fragment &&
-	    (p->tcp_flags & (PN_TCP_SYN | PN_TCP_ACK)) == PN_TCP_SYN &&
-	    !pn_never_live_flows(skb->ifindex, IPPROTO_TCP))
-		pn_ct_forget_reply(p);
-
 	if (!p->fragment && (p->proto == IPPROTO_ICMP || p->proto == IPPROTO_ICMPV6)) {
 		/* An error about a reply the pod got goes to the backend. */
 		int self = 0;
@@ -125,7 +129,7 @@ static __always_inline int pn_from_pod(struct __sk_buff *skb, struct pn_pkt *p, 
 	}
 	/* Not for any Service: pod-to-pod traffic, socket-balanced flows. */
 	if (pn_outside_service_cidrs(&p->daddr))
-		return TC_ACT_UNSPEC;
+		return pn_pass(skb, p);
 	if (p->fragment || (p->proto != IPPROTO_TCP && p->proto != IPPROTO_UDP)) {
 		if (!pn_is_vip(p))
 			return TC_ACT_UNSPEC;
@@ -162,7 +166,7 @@ static __always_inline int pn_from_pod(struct __sk_buff *skb, struct pn_pkt *p, 
 		/* No Service has this address (any more): refuse at once. */
 		if (pn_in_service_cidr(p))
 			return pn_reject(skb, p, reason);
-		return TC_ACT_UNSPEC;
+		return pn_pass(skb, p);
 	}
 	if (svc->count == 0)
 		return pn_reject(skb, p, reason);
