@@ -529,19 +529,24 @@ func trafficPods(t *testing.T, d *Datapath) (client, server *simnode.Pod) {
 		p.ServeHTTP(t, simBackendPort)
 		p.ServeUDPEcho(t, simBackendPort)
 	}
+	singleBackendServices(t, d,
+		[2]netip.Addr{simVIPv4, server.IPv4}, [2]netip.Addr{simVIPv6, server.IPv6},
+		[2]netip.Addr{simSelfV4, client.IPv4}, [2]netip.Addr{simSelfV6, client.IPv6})
+	return client, server
+}
+
+// singleBackendServices adds, for each (VIP, backend) pair, a TCP and a
+// UDP Service on simServicePort whose one backend listens on
+// simBackendPort; ids count from 1.
+func singleBackendServices(t *testing.T, d *Datapath, pairs ...[2]netip.Addr) {
+	t.Helper()
 	id := uint32(1)
-	for _, s := range []struct {
-		vip     netip.Addr
-		backend netip.Addr
-	}{
-		{simVIPv4, server.IPv4}, {simVIPv6, server.IPv6},
-		{simSelfV4, client.IPv4}, {simSelfV6, client.IPv6},
-	} {
+	for _, pair := range pairs {
 		for _, proto := range []Proto{TCP, UDP} {
 			err := d.Maps.UpsertService(ServiceEntry{
-				Frontend: Frontend{VIP: s.vip, Port: simServicePort, Proto: proto},
+				Frontend: Frontend{VIP: pair[0], Port: simServicePort, Proto: proto},
 				ID:       id,
-				Backends: []BackendEntry{{ID: id, Addr: netip.AddrPortFrom(s.backend, simBackendPort)}},
+				Backends: []BackendEntry{{ID: id, Addr: netip.AddrPortFrom(pair[1], simBackendPort)}},
 			})
 			if err != nil {
 				t.Fatal(err)
@@ -549,7 +554,6 @@ func trafficPods(t *testing.T, d *Datapath) (client, server *simnode.Pod) {
 			id++
 		}
 	}
-	return client, server
 }
 
 // verdictDelta returns a function that reports how often each verdict was

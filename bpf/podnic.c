@@ -87,7 +87,7 @@ static __always_inline int pn_pass(struct __sk_buff *skb, const struct pn_pkt *p
 {
 	if (p->proto == IPPROTO_TCP && !p->fragment &&
 	    (p->tcp_flags & (PN_TCP_SYN | PN_TCP_ACK)) == PN_TCP_SYN &&
-	    !pn_never_live_flows(skb->ifindex, IPPROTO_TCP))
+	    pn_live_time(skb->ifindex, IPPROTO_TCP) != 0)
 		pn_ct_forget_reply(p);
 	return TC_ACT_UNSPEC;
 }
@@ -207,7 +207,7 @@ static __always_inline int pn_to_pod(struct __sk_buff *skb, struct pn_pkt *p, in
 {
 	struct pn_ct_entry *re;
 	struct pn_ct_key rk;
-	__u64 now;
+	__u64 now, until;
 
 	switch (pn_parse(skb, p)) {
 	case PN_PARSE_OK:
@@ -220,14 +220,10 @@ static __always_inline int pn_to_pod(struct __sk_buff *skb, struct pn_pkt *p, in
 	}
 	if (p->fragment)
 		return TC_ACT_UNSPEC;
-	if ((p->proto == IPPROTO_TCP || p->proto == IPPROTO_UDP) &&
-	    pn_never_live_flows(skb->ifindex, p->proto))
-		return TC_ACT_UNSPEC;
 
-	now = bpf_ktime_get_ns();
 	if (p->proto == IPPROTO_ICMP || p->proto == IPPROTO_ICMPV6) {
 		int self = 0;
-		int ret = pn_icmp_xlate(skb, p, now, 0, &self);
+		int ret = pn_icmp_xlate(skb, p, bpf_ktime_get_ns(), 0, &self);
 
 		if (ret < 0) {
 			*reason = ret;
@@ -241,7 +237,11 @@ static __always_inline int pn_to_pod(struct __sk_buff *skb, struct pn_pkt *p, in
 		return TC_ACT_UNSPEC;
 	/* No flow of this protocol translated by tc is alive: nothing to
 	 * look up (the common case once connect() is balanced at the socket). */
-	if (pn_no_live_flows(skb->ifindex, p->proto, now))
+	until = pn_live_time(skb->ifindex, p->proto);
+	if (until == 0)
+		return TC_ACT_UNSPEC;
+	now = bpf_ktime_get_ns();
+	if (now >= until)
 		return TC_ACT_UNSPEC;
 
 	pn_ct_key_of(&rk, p, PN_CT_REPLY);

@@ -429,23 +429,8 @@ func TestVMServiceTrafficFlowsThroughClsactFilters(t *testing.T) {
 	d := loadTest(t)
 	client, server := vmPair(t)
 	vmServe(t, server, "server", simBackendPort)
-	id := uint32(1)
-	for _, s := range []struct {
-		vip     netip.Addr
-		backend netip.Addr
-	}{{vmVIPv4, server.v4.Addr()}, {vmVIPv6, server.v6.Addr()}} {
-		for _, proto := range []Proto{TCP, UDP} {
-			err := d.Maps.UpsertService(ServiceEntry{
-				Frontend: Frontend{VIP: s.vip, Port: simServicePort, Proto: proto},
-				ID:       id,
-				Backends: []BackendEntry{{ID: id, Addr: netip.AddrPortFrom(s.backend, simBackendPort)}},
-			})
-			if err != nil {
-				t.Fatal(err)
-			}
-			id++
-		}
-	}
+	singleBackendServices(t, d,
+		[2]netip.Addr{vmVIPv4, server.v4.Addr()}, [2]netip.Addr{vmVIPv6, server.v6.Addr()})
 	as, err := d.AttachPod(client.path, "eth0", vmOwner, ModeAuto)
 	if err != nil {
 		t.Fatalf("attaching: %v", err)

@@ -44,15 +44,22 @@ func (s *Saved) UnmarshalJSON(b []byte) error {
 		return err
 	}
 	*s = Saved(j.savedFields)
-	s.MAC = nil
-	if j.MAC != "" {
-		mac, err := net.ParseMAC(j.MAC)
-		if err != nil {
-			return fmt.Errorf("saved device MAC: %w", err)
-		}
-		s.MAC = mac
+	mac, err := parseSavedMAC("device", j.MAC)
+	s.MAC = mac
+	return err
+}
+
+// parseSavedMAC reads a MAC written by a saved state's MarshalJSON; empty
+// is none.
+func parseSavedMAC(what, s string) (net.HardwareAddr, error) {
+	if s == "" {
+		return nil, nil
 	}
-	return nil
+	mac, err := net.ParseMAC(s)
+	if err != nil {
+		return nil, fmt.Errorf("saved %s MAC: %w", what, err)
+	}
+	return mac, nil
 }
 
 // MoveIn moves dev from the current (host) netns into the pod netns at

@@ -55,15 +55,9 @@ func (s *VFSaved) UnmarshalJSON(b []byte) error {
 		return err
 	}
 	*s = VFSaved(j.vfSavedFields)
-	s.MAC = nil
-	if j.MAC != "" {
-		mac, err := net.ParseMAC(j.MAC)
-		if err != nil {
-			return fmt.Errorf("saved VF MAC: %w", err)
-		}
-		s.MAC = mac
-	}
-	return nil
+	mac, err := parseSavedMAC("VF", j.MAC)
+	s.MAC = mac
+	return err
 }
 
 // pfLinks is the PF side of VF settings: the only calls that need a real

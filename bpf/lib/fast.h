@@ -109,26 +109,17 @@ static __always_inline __u32 pn_live_proto(__u8 proto)
 	return proto == IPPROTO_TCP ? 0 : 1;
 }
 
-/* pn_no_live_flows reports whether no tc-translated flow of proto whose
- * replies arrive on ifindex can be alive at now. */
-static __always_inline int pn_no_live_flows(__u32 ifindex, __u8 proto, __u64 now)
+/* pn_live_time returns when the last tc-translated flow of proto whose
+ * replies arrive on ifindex can expire: 0 when there never was one (the
+ * common case of a pod whose connections are all balanced at the socket,
+ * decided without reading the clock), and "always" when the slot cannot
+ * be read. */
+static __always_inline __u64 pn_live_time(__u32 ifindex, __u8 proto)
 {
 	__u32 slot = ifindex % PN_LIVE_SLOTS;
 	struct pn_live *l = bpf_map_lookup_elem(&podnic_live_v1, &slot);
 
-	return l && now >= l->until[pn_live_proto(proto) & 1];
-}
-
-/* pn_never_live_flows reports whether no tc-translated flow of proto whose
- * replies arrive on ifindex was ever recorded: the common case of a pod
- * whose connections are all balanced at the socket, decided without
- * reading the clock. */
-static __always_inline int pn_never_live_flows(__u32 ifindex, __u8 proto)
-{
-	__u32 slot = ifindex % PN_LIVE_SLOTS;
-	struct pn_live *l = bpf_map_lookup_elem(&podnic_live_v1, &slot);
-
-	return l && l->until[pn_live_proto(proto) & 1] == 0;
+	return l ? l->until[pn_live_proto(proto) & 1] : ~0ULL;
 }
 
 static __always_inline int pn_cfg_flag(__u32 flag)
