@@ -67,6 +67,11 @@ func (r *Results) WriteMarkdown(w io.Writer) {
 	if r.Config.NoPeerNames {
 		peer = "getpeername() names the backend (--socket-lb-peer-name=false)"
 	}
+	backend := "podnic-echo --minimal (a fixed HTTP response, no per-request work: the datapath's cost is not hidden behind the server's)"
+	if c.NetHTTP {
+		backend = "podnic-echo on net/http (-wrkbench.net-http)"
+	}
+	fmt.Fprintf(w, "- backends: %s\n", backend)
 	fmt.Fprintf(w, "- podnic as podnic-agent runs it: Service CIDR known, TCP connect() balanced at the socket, %s; the tc-only client has socket balancing off\n", peer)
 	fmt.Fprintf(w, "- %d rounds, interleaved; wrk -t1 -c%d -d%v pinned to CPU %s, servers to CPU %s; suite took %v\n\n",
 		c.Rounds, c.Conns, c.Duration, cpuClient, cpuServer, r.Elapsed.Round(1e9))

@@ -29,6 +29,9 @@ type Config struct {
 	// getpeername() of a balanced socket names the backend, and no
 	// per-socket storage is allocated.
 	NoPeerNames bool
+	// NetHTTP serves with podnic-echo's net/http server instead of its
+	// minimal one.
+	NetHTTP bool
 }
 
 // QuickConfig is for development: about two minutes.
@@ -108,7 +111,7 @@ func Run(t *testing.T, cfg Config) *Results {
 	dir := t.TempDir()
 	echo := buildEcho(t, dir)
 
-	tb := newTestbed(t, echo, dir, !cfg.NoPeerNames)
+	tb := newTestbed(t, echo, dir, !cfg.NoPeerNames, !cfg.NetHTTP)
 	targets := []*Target{
 		{Name: TargetDirect, netns: tb.direct.Netns, url: fmt.Sprintf("http://%s/", netip.AddrPortFrom(backendIPs[0], backendPort))},
 		{Name: TargetPodnicTCX, netns: tb.tcx.Netns, url: serviceURL()},
@@ -139,7 +142,9 @@ func Run(t *testing.T, cfg Config) *Results {
 				// forwarding hop more than a pod on the fabric: this is
 				// the ceiling for them (it still passes the node's
 				// nftables hooks).
-				targets = append(targets, &Target{Name: TargetViaNode, netns: pn.clientNetns,
+				// Its own client address: see addNodeClient.
+				viaNode, _ := tb.addNodeClient(t, pn, "kp-nft-direct", 3, pn.gateway())
+				targets = append(targets, &Target{Name: TargetViaNode, netns: viaNode,
 					url: fmt.Sprintf("http://%s/", netip.AddrPortFrom(backendIPs[0], backendPort)), kubeProxy: kp})
 			}
 			targets = append(targets, &Target{Name: name, netns: pn.clientNetns, url: serviceURL(), kubeProxy: kp})

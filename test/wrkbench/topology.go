@@ -156,16 +156,20 @@ type testbed struct {
 // cpuServer) and the pod clients; the podnic clients get the datapath
 // attached with TCX and with legacy tc, holding the bench Service, with
 // connect() balanced at the socket (peerNames: getpeername() names the
-// Service) except for the tc-only client.
-func newTestbed(t *testing.T, echo, dir string, peerNames bool) *testbed {
+// Service) except for the tc-only client. minimal runs the backends with
+// podnic-echo --minimal.
+func newTestbed(t *testing.T, echo, dir string, peerNames, minimal bool) *testbed {
 	t.Helper()
 	tb := &testbed{node: simnode.New(t)}
 	for i, ip := range backendIPs {
 		name := fmt.Sprintf("backend%d", i+1)
 		pod := tb.node.AddPod(name, netip.PrefixFrom(ip, 32), netip.Prefix{})
-		tb.backends = append(tb.backends, startProc(t, dir, name, nil,
-			"ip", "netns", "exec", pod.Netns, "taskset", "-c", cpuServer,
-			echo, "--name", name, "--listen", fmt.Sprintf(":%d", backendPort)))
+		args := []string{"ip", "netns", "exec", pod.Netns, "taskset", "-c", cpuServer,
+			echo, "--name", name, "--listen", fmt.Sprintf(":%d", backendPort)}
+		if minimal {
+			args = append(args, "--minimal")
+		}
+		tb.backends = append(tb.backends, startProc(t, dir, name, nil, args...))
 	}
 	tb.direct = tb.node.AddPod("direct", netip.PrefixFrom(directIP, 32), netip.Prefix{})
 	tb.tcx = tb.node.AddPod("tcx", netip.PrefixFrom(tcxIP, 32), netip.Prefix{})
@@ -277,10 +281,11 @@ func (tb *testbed) fillPodnic(n int) error {
 	return nil
 }
 
-// proxyNode is a namespace that routes between a client namespace of its
+// proxyNode is a namespace that routes between client namespaces of its
 // own and the fabric; kube-proxy runs in it.
 type proxyNode struct {
 	pod         *simnode.Pod // the node, a pod on the fabric
+	idx         int
 	clientNetns string
 	clientIP    netip.Addr
 }
@@ -291,38 +296,68 @@ func (tb *testbed) addProxyNode(t *testing.T, name string, idx int) *proxyNode {
 	t.Helper()
 	nodeIP := netip.AddrFrom4([4]byte{10, 244, 3, byte(idx)})
 	pn := &proxyNode{
-		pod:         tb.node.AddPod(name, netip.PrefixFrom(nodeIP, 32), netip.Prefix{}),
-		clientNetns: tb.node.Prefix + "-" + name + "-client",
-		clientIP:    netip.AddrFrom4([4]byte{10, 245, byte(idx), 2}),
+		pod: tb.node.AddPod(name, netip.PrefixFrom(nodeIP, 32), netip.Prefix{}),
+		idx: idx,
 	}
-	gw := netip.AddrFrom4([4]byte{10, 245, byte(idx), 1})
+	gw := pn.gateway()
 	subnet := netip.PrefixFrom(netip.AddrFrom4([4]byte{10, 245, byte(idx), 0}), 24)
-	if _, err := run("ip", "netns", "add", pn.clientNetns); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if _, err := run("ip", "netns", "delete", pn.clientNetns); err != nil {
-			t.Errorf("deleting %s: %v", pn.clientNetns, err)
-		}
-	})
-	cl, nd := pn.clientNetns, pn.pod.Netns
 	err := runAll(
-		[]string{"ip", "link", "add", "eth0", "netns", cl, "type", "veth", "peer", "name", "client0", "netns", nd},
-		[]string{"ip", "-n", cl, "link", "set", "lo", "up"},
-		[]string{"ip", "-n", cl, "link", "set", "eth0", "up"},
-		[]string{"ip", "-n", cl, "addr", "add", netip.PrefixFrom(pn.clientIP, 24).String(), "dev", "eth0"},
-		[]string{"ip", "-n", cl, "route", "add", "default", "via", gw.String()},
-		[]string{"ip", "-n", nd, "link", "set", "client0", "up"},
-		[]string{"ip", "-n", nd, "addr", "add", netip.PrefixFrom(gw, 24).String(), "dev", "client0"},
-		[]string{"ip", "netns", "exec", nd, "sysctl", "-qw", "net.ipv4.ip_forward=1"},
-		[]string{"ip", "netns", "exec", nd, "sysctl", "-qw", "net.ipv4.conf.all.rp_filter=0"},
+		[]string{"ip", "netns", "exec", pn.pod.Netns, "sysctl", "-qw", "net.ipv4.ip_forward=1"},
+		[]string{"ip", "netns", "exec", pn.pod.Netns, "sysctl", "-qw", "net.ipv4.conf.all.rp_filter=0"},
 		[]string{"ip", "-n", tb.node.FabricNetns, "route", "add", subnet.String(), "via", nodeIP.String(), "dev", pn.pod.Peer},
 	)
 	if err != nil {
 		t.Fatalf("wiring %s: %v", name, err)
 	}
-	if err := tuneClient(cl); err != nil {
+	pn.clientNetns, pn.clientIP = tb.addNodeClient(t, pn, name+"-client", 2, gw)
+	return pn
+}
+
+// addNodeClient adds a client namespace at 10.245.idx.host behind the
+// proxy node, on a link of its own, and returns it and its address.
+// Clients of different paths must not share an address: the node's
+// conntrack would hold a closing flow of one path (client:port to the
+// backend) whose reply tuple a new connection of the other path (client:
+// port to the VIP, translated to the same backend) cannot take — its SYN
+// is dropped and sent again a second later.
+func (tb *testbed) addNodeClient(t *testing.T, pn *proxyNode, netns string, host byte, gw netip.Addr) (string, netip.Addr) {
+	t.Helper()
+	netns = tb.node.Prefix + "-" + netns
+	ip := netip.AddrFrom4([4]byte{10, 245, byte(pn.idx), host})
+	if _, err := run("ip", "netns", "add", netns); err != nil {
 		t.Fatal(err)
 	}
-	return pn
+	t.Cleanup(func() {
+		if _, err := run("ip", "netns", "delete", netns); err != nil {
+			t.Errorf("deleting %s: %v", netns, err)
+		}
+	})
+	nd := pn.pod.Netns
+	peer := fmt.Sprintf("client%d", host)
+	args := [][]string{
+		{"ip", "link", "add", "eth0", "netns", netns, "type", "veth", "peer", "name", peer, "netns", nd},
+		{"ip", "-n", netns, "link", "set", "lo", "up"},
+		{"ip", "-n", netns, "link", "set", "eth0", "up"},
+		{"ip", "-n", netns, "addr", "add", netip.PrefixFrom(ip, 32).String(), "dev", "eth0"},
+		{"ip", "-n", netns, "route", "add", gw.String(), "dev", "eth0", "scope", "link"},
+		{"ip", "-n", netns, "route", "add", "default", "via", gw.String(), "dev", "eth0"},
+		{"ip", "-n", nd, "link", "set", peer, "up"},
+	}
+	if host == 2 {
+		// The first client brings the gateway address to the node.
+		args = append(args, []string{"ip", "-n", nd, "addr", "add", netip.PrefixFrom(gw, 32).String(), "dev", peer})
+	}
+	args = append(args, []string{"ip", "-n", nd, "route", "add", ip.String(), "dev", peer, "src", gw.String()})
+	if err := runAll(args...); err != nil {
+		t.Fatalf("wiring %s: %v", netns, err)
+	}
+	if err := tuneClient(netns); err != nil {
+		t.Fatal(err)
+	}
+	return netns, ip
+}
+
+// gateway is the node's address towards its clients.
+func (pn *proxyNode) gateway() netip.Addr {
+	return netip.AddrFrom4([4]byte{10, 245, byte(pn.idx), 1})
 }

@@ -21,6 +21,7 @@ var (
 	flagKP       = flag.Bool("wrkbench.kube-proxy", true, "run the kube-proxy cases (starts etcd, kube-apiserver, two kube-proxies)")
 	flagKPScale  = flag.Bool("wrkbench.kube-proxy-at-scale", true, "keep the kube-proxy cases in phases above 1 Service (creates the Services in the API server)")
 	flagNoPeer   = flag.Bool("wrkbench.no-peer-names", false, "run podnic with --socket-lb-peer-name=false (getpeername names the backend; no per-socket storage)")
+	flagNetHTTP  = flag.Bool("wrkbench.net-http", false, "serve with podnic-echo's net/http server instead of its minimal one")
 	flagOut      = flag.String("wrkbench.out", "../../bench-results", "directory for the markdown report")
 )
 
@@ -51,6 +52,7 @@ func configFromFlags(t *testing.T) Config {
 	}
 	cfg.KubeProxy, cfg.KubeProxyAtScale = *flagKP, *flagKPScale
 	cfg.NoPeerNames = *flagNoPeer
+	cfg.NetHTTP = *flagNetHTTP
 	return cfg
 }
 

@@ -19,8 +19,9 @@ import (
 func main() {
 	name := flag.String("name", hostname(), "name to answer with")
 	listen := flag.String("listen", ":8080", "TCP (HTTP) and UDP address to serve")
+	minimal := flag.Bool("minimal", false, "answer HTTP with one fixed response and no per-request work (the wrk suite's backend) instead of net/http's echo of both addresses")
 	flag.Parse()
-	if err := serve(*name, *listen); err != nil {
+	if err := serve(*name, *listen, *minimal); err != nil {
 		slog.Error("podnic-echo stopped", "err", err)
 		os.Exit(1)
 	}
@@ -34,7 +35,7 @@ func hostname() string {
 	return h
 }
 
-func serve(name, listen string) error {
+func serve(name, listen string, minimal bool) error {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 
@@ -51,6 +52,18 @@ func serve(name, listen string) error {
 		Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			fmt.Fprintf(w, "hello from %s (%s), you are %s\n", name, r.Context().Value(http.LocalAddrContextKey), r.RemoteAddr)
 		}),
+	}
+	if minimal {
+		l, err := net.Listen("tcp", listen)
+		if err != nil {
+			return fmt.Errorf("listening on tcp %s: %w", listen, err)
+		}
+		go func() {
+			<-ctx.Done()
+			_ = l.Close()
+		}()
+		slog.Info("serving", "name", name, "listen", listen, "http", "minimal")
+		return serveMinimal(l, name)
 	}
 	go func() {
 		<-ctx.Done()
