@@ -10,6 +10,7 @@ import (
 	"strings"
 
 	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/asm"
 	"github.com/cilium/ebpf/link"
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
@@ -381,20 +382,72 @@ func removeAttachment(a Attachment) error {
 // clsact filters in the netns at netnsPath, and removes the owner's pins.
 // It is idempotent. A netns or interface that is gone is not an error: the
 // filters went with it. An empty netnsPath means the netns is gone.
+//
+// Each TCX link detached here waits for an RCU grace period while holding
+// rtnl; DetachPodDeferred does not.
 func DetachPod(root, owner, netnsPath string) error {
 	if root == "" {
 		root = DefaultRoot
 	}
-	if err := validateOwner(owner); err != nil {
+	release, err := detachPod(root, owner, netnsPath, false)
+	if err != nil {
 		return err
 	}
+	return release()
+}
+
+// DetachPodDeferred is DetachPod for a caller that moves the pod's device
+// out next (CNI DEL) and wants neither step to wait for the other's RCU
+// grace periods. Detaching a TCX link waits for one under rtnl
+// (tcx_link_release: tcx_entry_sync is synchronize_rcu, 10-20 ms on a
+// small VM), and a device move then waits behind it for rtnl.
+//
+// So DetachPodDeferred detaches nothing itself: it replaces the program of
+// each of owner's TCX links with a pass-through one (a link update swaps
+// the program in place, no grace period), deletes the clsact filters as
+// DetachPod does, and returns release, which removes the pins once the
+// caller has moved the device. Unlinking the last pin of a link drops its
+// last reference from an RCU callback, so the kernel detaches the link
+// from a workqueue (bpf_link_put defers bpf_link_free): release returns at
+// once, and the programs are off the device a few grace periods later. No
+// file descriptor of the links stays open here: closing the last one would
+// detach synchronously. Until the kernel has detached them the links run
+// only the pass-through program, which hands every packet to the next
+// program on the hook (TCX_NEXT), so a device back in the host, or already
+// in the next pod, sees no podnic program of this pod.
+//
+// If release is never called, the pins stay, and DetachPod or a second
+// DetachPodDeferred finds them.
+func DetachPodDeferred(root, owner, netnsPath string) (release func() error, err error) {
+	if root == "" {
+		root = DefaultRoot
+	}
+	return detachPod(root, owner, netnsPath, true)
+}
+
+// detachPod does DetachPod up to the removal of the owner's pins, which the
+// returned release does. With deferTCX set, TCX links are parked (see
+// DetachPodDeferred) instead of detached.
+func detachPod(root, owner, netnsPath string, deferTCX bool) (func() error, error) {
+	if err := validateOwner(owner); err != nil {
+		return nil, err
+	}
 	dir := ownerDir(root, owner)
+	release := func() error {
+		if err := os.RemoveAll(dir); err != nil {
+			return fmt.Errorf("detaching %s: removing %s: %w", owner, dir, err)
+		}
+		return nil
+	}
 	ifdirs, err := os.ReadDir(dir)
 	if errors.Is(err, os.ErrNotExist) {
-		return unregisterNetns(root, owner)
+		if err := unregisterNetns(root, owner); err != nil {
+			return nil, err
+		}
+		return func() error { return nil }, nil
 	}
 	if err != nil {
-		return fmt.Errorf("detaching %s: reading %s: %w", owner, dir, err)
+		return nil, fmt.Errorf("detaching %s: reading %s: %w", owner, dir, err)
 	}
 
 	type legacyPin struct {
@@ -403,6 +456,12 @@ func DetachPod(root, owner, netnsPath string) error {
 	}
 	var legacy []legacyPin
 	var errs []error
+	var pass *ebpf.Program // loaded on first use
+	defer func() {
+		if pass != nil {
+			pass.Close()
+		}
+	}()
 	for _, ifdir := range ifdirs {
 		if !ifdir.IsDir() {
 			continue
@@ -417,7 +476,17 @@ func DetachPod(root, owner, netnsPath string) error {
 			h, kind, ok := parsePinName(p.Name())
 			switch {
 			case !ok:
-				// Not podnic's naming: the RemoveAll below drops it.
+				// Not podnic's naming: the RemoveAll in release drops it.
+			case kind == pinTCX && deferTCX:
+				if pass == nil {
+					if pass, err = loadPassThrough(); err != nil {
+						errs = append(errs, fmt.Errorf("detaching %s: %w", owner, err))
+						continue
+					}
+				}
+				if err := parkPinnedLink(path, pass); err != nil {
+					errs = append(errs, fmt.Errorf("detaching %s: %w", owner, err))
+				}
 			case kind == pinTCX:
 				if err := removePinnedLink(path); err != nil {
 					errs = append(errs, fmt.Errorf("detaching %s: %w", owner, err))
@@ -440,17 +509,69 @@ func DetachPod(root, owner, netnsPath string) error {
 		if err != nil {
 			// Keep the pins: a retry must still know about the filters.
 			errs = append(errs, fmt.Errorf("detaching %s: %w", owner, err))
-			return errors.Join(errs...)
+			return nil, errors.Join(errs...)
 		}
 	}
 	if err := unregisterNetns(root, owner); err != nil {
 		errs = append(errs, fmt.Errorf("detaching %s: %w", owner, err))
 	}
 	if len(errs) > 0 {
-		return errors.Join(errs...)
+		return nil, errors.Join(errs...)
 	}
-	if err := os.RemoveAll(dir); err != nil {
-		return fmt.Errorf("detaching %s: removing %s: %w", owner, dir, err)
+	return release, nil
+}
+
+// PassThroughProgram is the name of the program DetachPodDeferred leaves
+// on a TCX link until the kernel has detached it.
+const PassThroughProgram = "podnic_leaving"
+
+// loadPassThrough loads a tc program that returns TCX_NEXT: the packet
+// goes on to the next program on the hook, or, after the last, as if no
+// program were there.
+func loadPassThrough() (*ebpf.Program, error) {
+	p, err := ebpf.NewProgram(&ebpf.ProgramSpec{
+		Name: PassThroughProgram,
+		Type: ebpf.SchedCLS,
+		Instructions: asm.Instructions{
+			asm.Mov.Imm(asm.R0, tcxNext),
+			asm.Return(),
+		},
+		License: "Dual BSD/GPL",
+	})
+	if err != nil {
+		return nil, fmt.Errorf("loading pass-through program: %w", err)
+	}
+	return p, nil
+}
+
+// tcxNext is TCX_NEXT from linux/bpf.h.
+const tcxNext = -1
+
+// parkPinnedLink points the pinned TCX link at pin to the pass-through
+// program and closes it, leaving the pin as its only reference. A link
+// whose device is gone is left as it is: it runs nothing. Links of other
+// kinds are detached and unpinned at once.
+func parkPinnedLink(pin string, pass *ebpf.Program) error {
+	l, err := link.LoadPinnedLink(pin, nil)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("loading pinned link %s: %w", pin, err)
+	}
+	info, err := l.Info()
+	if err != nil {
+		l.Close()
+		return fmt.Errorf("reading link %s: %w", pin, err)
+	}
+	if info.TCX() == nil {
+		l.Close()
+		return removePinnedLink(pin)
+	}
+	err = l.Update(pass)
+	l.Close()
+	if err != nil && !errors.Is(err, unix.ENOLINK) {
+		return fmt.Errorf("parking link %s: %w", pin, err)
 	}
 	return nil
 }

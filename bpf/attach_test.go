@@ -406,6 +406,109 @@ func TestPinnedTCXLinkOutlivesNetnsUntilDetach(t *testing.T) {
 	}
 }
 
+// DetachPodDeferred leaves each TCX link in place running a pass-through
+// program, and its release unpins them: the kernel then detaches them on
+// its own, from a workqueue, with nothing of podnic's left.
+func TestDeferredDetachParksLinksThenTheKernelDetachesThem(t *testing.T) {
+	for _, mode := range []Mode{ModeTCX, ModeAuto, ModeLegacy} {
+		t.Run(string(mode), func(t *testing.T) {
+			d := loadTest(t)
+			_, p := simPod(t)
+			ids := linkIDs(t, attachPod(t, d, p, mode))
+			release, err := DetachPodDeferred(d.Root, simOwner, p.NetnsPath)
+			if err != nil {
+				t.Fatalf("detaching: %v", err)
+			}
+			// Parked: the same links, still pinned, run the pass-through
+			// program; the clsact filters are gone, their pins not yet.
+			for _, a := range listAttachments(t, d.Root) {
+				if a.Mode == ModeTCX && a.ProgramName != PassThroughProgram {
+					t.Errorf("before release: %s", a)
+				}
+			}
+			for _, ifname := range []string{"eth0", "lo"} {
+				for _, a := range queryInterface(t, p, ifname) {
+					if a.Mode != ModeTCX || a.ProgramName != PassThroughProgram {
+						t.Errorf("before release, %s runs %s", ifname, a)
+					}
+				}
+			}
+			for _, id := range ids {
+				if !linkExists(t, id) {
+					t.Errorf("link %d detached before release", id)
+				}
+			}
+			if err := release(); err != nil {
+				t.Fatalf("releasing: %v", err)
+			}
+			if as := listAttachments(t, d.Root); len(as) != 0 {
+				t.Errorf("attachments left after release: %q", attachSummary(as))
+			}
+			waitDetached(t, p, ids)
+			expectDetached(t, d, p)
+			release, err = DetachPodDeferred(d.Root, simOwner, p.NetnsPath)
+			if err != nil {
+				t.Fatalf("detaching again: %v", err)
+			}
+			if err := release(); err != nil {
+				t.Errorf("releasing again: %v", err)
+			}
+		})
+	}
+}
+
+func TestDeferredDetachAfterNetnsDeletionLeavesNothing(t *testing.T) {
+	d := loadTest(t)
+	_, p := simPod(t)
+	ids := linkIDs(t, attachPod(t, d, p, ModeTCX))
+	if err := p.DeleteNetns(); err != nil {
+		t.Fatal(err)
+	}
+	release, err := DetachPodDeferred(d.Root, simOwner, p.NetnsPath)
+	if err != nil {
+		t.Fatalf("detaching after netns deletion: %v", err)
+	}
+	if err := release(); err != nil {
+		t.Fatalf("releasing: %v", err)
+	}
+	expectDetached(t, d, nil)
+	waitDetached(t, nil, ids)
+}
+
+// waitDetached waits, bounded, until the kernel has freed the links and,
+// with p, detached every program from p's eth0 and lo. The link's id goes
+// first, the program a grace period later.
+func waitDetached(t *testing.T, p *simnode.Pod, ids []link.ID) {
+	t.Helper()
+	start := time.Now()
+	attached := func() []Attachment {
+		if p == nil {
+			return nil
+		}
+		return append(queryInterface(t, p, "eth0"), queryInterface(t, p, "lo")...)
+	}
+	for _, id := range ids {
+		for linkExists(t, id) {
+			if time.Since(start) > simTimeout {
+				t.Fatalf("link %d still exists %v after its last pin went", id, simTimeout)
+			}
+			time.Sleep(time.Millisecond)
+		}
+	}
+	for as := attached(); len(as) > 0; as = attached() {
+		for _, a := range as {
+			if a.ProgramName != PassThroughProgram {
+				t.Fatalf("%s runs after its pins went", a)
+			}
+		}
+		if time.Since(start) > simTimeout {
+			t.Fatalf("programs still attached %v after their pins went: %q", simTimeout, attachSummary(as))
+		}
+		time.Sleep(time.Millisecond)
+	}
+	t.Logf("the kernel detached %d links %v after their pins went", len(ids), time.Since(start).Round(time.Millisecond))
+}
+
 func TestDetachAfterNetnsDeletionLeavesNoPins(t *testing.T) {
 	for _, mode := range attachModes {
 		t.Run(string(mode), func(t *testing.T) {

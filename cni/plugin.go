@@ -136,7 +136,13 @@ func teardown(conf *Config, st *State, steps *stepTimer) error {
 			netns = "" // gone: pinned links are unpinned, filters died with it
 		}
 	}
-	if err := bpf.DetachPod(st.BPFRoot, owner(st.ContainerID, st.Ifname), netns); err != nil {
+	// The TCX links are parked (they run a pass-through program from
+	// here on) and unpinned only after the device has moved: the kernel
+	// then detaches them from a workqueue, each after a grace period under
+	// rtnl, and neither DEL nor the move waits for that (see
+	// bpf.DetachPodDeferred).
+	unpin, err := bpf.DetachPodDeferred(st.BPFRoot, owner(st.ContainerID, st.Ifname), netns)
+	if err != nil {
 		errs = append(errs, fmt.Errorf("detaching programs: %w", err))
 	}
 	steps.mark("detach")
@@ -145,6 +151,14 @@ func teardown(conf *Config, st *State, steps *stepTimer) error {
 			errs = append(errs, err)
 		}
 		steps.mark("device")
+	}
+	if unpin != nil {
+		if err := unpin(); err != nil {
+			errs = append(errs, fmt.Errorf("detaching programs: %w", err))
+		}
+		steps.mark("unpin")
+	}
+	if !st.Chained {
 		if err := releaseAddresses(conf, st); err != nil {
 			errs = append(errs, err)
 		}

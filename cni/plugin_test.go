@@ -107,6 +107,36 @@ func expectBackOnHost(t *testing.T, e eni) {
 	}
 }
 
+// expectNoProgramsOnHost waits until no program is attached to the ENI in
+// the host: DEL leaves the kernel to detach the pod's TCX links after it
+// returns (they run a pass-through program meanwhile), which takes a few
+// RCU grace periods.
+func expectNoProgramsOnHost(t *testing.T, e eni) {
+	t.Helper()
+	var as []bpf.Attachment
+	start := time.Now()
+	deadline := start.Add(5 * time.Second)
+	for {
+		var err error
+		if as, err = bpf.QueryInterface("", e.name); err != nil {
+			t.Fatalf("querying %s: %v", e.name, err)
+		}
+		if len(as) == 0 {
+			t.Logf("%s had no program left %v after DEL", e.name, time.Since(start).Round(time.Millisecond))
+			return
+		}
+		for _, a := range as {
+			if a.ProgramName != bpf.PassThroughProgram {
+				t.Fatalf("%s runs %s on the host after DEL", e.name, a)
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("programs still on %s 5s after DEL: %v", e.name, as)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
 func TestAddGivesThePodItsNICAndDelReturnsIt(t *testing.T) {
 	for _, v := range versions {
 		t.Run(v, func(t *testing.T) {
@@ -179,6 +209,69 @@ func TestAddGivesThePodItsNICAndDelReturnsIt(t *testing.T) {
 			}
 			if held := n.heldAddresses(); len(held) != 0 {
 				t.Errorf("addresses still held after DEL: %v", held)
+			}
+			expectNoProgramsOnHost(t, e)
+		})
+	}
+}
+
+// The kernel detaches a deleted pod's TCX links after DEL returns. An ADD
+// of the same device right after gets its own links, which run, and the
+// old ones go without taking the new ones along.
+func TestAddRightAfterDelOfTheSameDeviceRunsOnlyTheNewPodsPrograms(t *testing.T) {
+	for _, mode := range []string{"auto", "tcx"} {
+		t.Run(mode, func(t *testing.T) {
+			n := newNode(t)
+			e := n.addENI(1)
+			l := n.list(n.conf("1.1.0", map[string]any{"deviceMAC": e.mac.String(), "attachMode": mode}))
+			first, second := n.addPod("first"), n.addPod("second")
+			if _, err := n.add(l, first); err != nil {
+				t.Fatalf("first ADD: %v", err)
+			}
+			if err := n.del(l, first); err != nil {
+				t.Fatalf("first DEL: %v", err)
+			}
+			if _, err := n.add(l, second); err != nil {
+				t.Fatalf("second ADD right after DEL: %v", err)
+			}
+			want := []string{"egress:podnic_from_pod", "ingress:podnic_to_pod"}
+			// Until the kernel has detached them, the first pod's links
+			// run the pass-through program before the second pod's.
+			start := time.Now()
+			deadline := start.Add(5 * time.Second)
+			got := attachedPrograms(t, second, "eth0")
+			t.Logf("programs on the second pod's eth0 right after ADD: %v", got)
+			for ; !slices.Equal(got, want); got = attachedPrograms(t, second, "eth0") {
+				for _, g := range got {
+					if _, name, _ := strings.Cut(g, ":"); name != bpf.PassThroughProgram && !slices.Contains(want, g) {
+						t.Fatalf("programs on the second pod's eth0: %v", got)
+					}
+				}
+				if time.Now().After(deadline) {
+					t.Fatalf("programs on the second pod's eth0 5s after ADD: %v, want %v", got, want)
+				}
+				time.Sleep(5 * time.Millisecond)
+			}
+			t.Logf("only the second pod's programs on eth0 %v after ADD", time.Since(start).Round(time.Millisecond))
+			as := n.pins(t)
+			if len(as) != 3 {
+				t.Fatalf("pins after the second ADD: %+v", as)
+			}
+			for _, a := range as {
+				if a.Owner != as[0].Owner || a.ProgramName == bpf.PassThroughProgram {
+					t.Errorf("pin after the second ADD: %s", a)
+				}
+			}
+			if err := n.cni.CheckNetworkList(t.Context(), l, second.rt()); err != nil {
+				t.Errorf("CHECK of the second pod: %v", err)
+			}
+			if err := n.del(l, second); err != nil {
+				t.Fatalf("second DEL: %v", err)
+			}
+			expectBackOnHost(t, e)
+			expectNoProgramsOnHost(t, e)
+			if as := n.pins(t); len(as) != 0 {
+				t.Errorf("pins left after DEL: %+v", as)
 			}
 		})
 	}
