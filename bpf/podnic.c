@@ -331,14 +331,11 @@ int podnic_connect6(struct bpf_sock_addr *ctx)
 SEC("cgroup/getpeername4")
 int podnic_getpeer4(struct bpf_sock_addr *ctx)
 {
-	struct pn_lb_rev *rev;
-	struct pn_addr peer;
+	struct pn_lb_sock *s = pn_sock_peer(ctx);
 
-	pn_addr_v4(&peer, ctx->user_ip4);
-	rev = pn_sock_peer(ctx, &peer, (__be16)ctx->user_port);
-	if (rev && pn_addr_is_v4(&rev->svc_addr)) {
-		ctx->user_ip4 = rev->svc_addr.w[3];
-		ctx->user_port = rev->svc_port;
+	if (s && pn_addr_is_v4(&s->addr)) {
+		ctx->user_ip4 = s->addr.w[3];
+		ctx->user_port = s->port;
 	}
 	return 1;
 }
@@ -346,20 +343,14 @@ int podnic_getpeer4(struct bpf_sock_addr *ctx)
 SEC("cgroup/getpeername6")
 int podnic_getpeer6(struct bpf_sock_addr *ctx)
 {
-	struct pn_lb_rev *rev;
-	struct pn_addr peer;
+	struct pn_lb_sock *s = pn_sock_peer(ctx);
 
-	peer.w[0] = ctx->user_ip6[0];
-	peer.w[1] = ctx->user_ip6[1];
-	peer.w[2] = ctx->user_ip6[2];
-	peer.w[3] = ctx->user_ip6[3];
-	rev = pn_sock_peer(ctx, &peer, (__be16)ctx->user_port);
-	if (rev) {
-		ctx->user_ip6[0] = rev->svc_addr.w[0];
-		ctx->user_ip6[1] = rev->svc_addr.w[1];
-		ctx->user_ip6[2] = rev->svc_addr.w[2];
-		ctx->user_ip6[3] = rev->svc_addr.w[3];
-		ctx->user_port = rev->svc_port;
+	if (s) {
+		ctx->user_ip6[0] = s->addr.w[0];
+		ctx->user_ip6[1] = s->addr.w[1];
+		ctx->user_ip6[2] = s->addr.w[2];
+		ctx->user_ip6[3] = s->addr.w[3];
+		ctx->user_port = s->port;
 	}
 	return 1;
 }

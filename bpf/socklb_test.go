@@ -2,7 +2,6 @@ package bpf
 
 import (
 	"errors"
-	"net"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -10,8 +9,6 @@ import (
 	"syscall"
 	"testing"
 	"time"
-
-	"golang.org/x/sys/unix"
 
 	"github.com/podnic/podnic/test/simnode"
 )
@@ -306,104 +303,5 @@ func TestSocketLBWithoutPeerNames(t *testing.T) {
 	}
 	if got := delta(); got[0] != 1 {
 		t.Errorf("counted socket-lb %d, want 1", got[0])
-	}
-}
-
-// lbRev is podnic_lbrev_v1's value as the test writes it.
-type lbRev struct {
-	SvcAddr, BeAddr Addr
-	SvcPort, BePort [2]byte // network order
-	SvcID           uint32
-}
-
-func portBytes(p uint16) [2]byte { return [2]byte{byte(p >> 8), byte(p)} }
-
-// socketCookie and peerName read a connected socket's cookie and ask the
-// kernel for its peer (not Go's copy of it from connect time).
-func socketCookie(t *testing.T, c net.Conn) (cookie uint64, peer func() netip.AddrPort) {
-	t.Helper()
-	raw, err := c.(syscall.Conn).SyscallConn()
-	if err != nil {
-		t.Fatal(err)
-	}
-	var sysErr error
-	if err := raw.Control(func(fd uintptr) {
-		cookie, sysErr = unix.GetsockoptUint64(int(fd), unix.SOL_SOCKET, unix.SO_COOKIE)
-	}); err != nil || sysErr != nil {
-		t.Fatalf("reading SO_COOKIE: %v %v", err, sysErr)
-	}
-	return cookie, func() netip.AddrPort {
-		t.Helper()
-		var sa unix.Sockaddr
-		if err := raw.Control(func(fd uintptr) { sa, sysErr = unix.Getpeername(int(fd)) }); err != nil || sysErr != nil {
-			t.Fatalf("getpeername: %v %v", err, sysErr)
-		}
-		switch sa := sa.(type) {
-		case *unix.SockaddrInet4:
-			return netip.AddrPortFrom(netip.AddrFrom4(sa.Addr), uint16(sa.Port))
-		case *unix.SockaddrInet6:
-			return netip.AddrPortFrom(netip.AddrFrom16(sa.Addr), uint16(sa.Port))
-		}
-		t.Fatalf("getpeername: %T", sa)
-		return netip.AddrPort{}
-	}
-}
-
-// getpeername() names the Service from the socket's entry in the LRU map
-// podnic_lbrev_v1, keyed by socket cookie, and only while the socket's
-// peer is the backend the entry says it was balanced to: an entry that no
-// longer matches (a socket that connected elsewhere) changes nothing.
-func TestGetPeerNameFollowsTheSocketsEntry(t *testing.T) {
-	d := loadTest(t)
-	client, server := trafficPods(t, d)
-	attachPod(t, d, client, ModeAuto)
-	socketLB(t, d)
-	vip := netip.AddrPortFrom(simVIPv4, simServicePort)
-	backend := netip.AddrPortFrom(server.IPv4, simBackendPort)
-
-	balanced, err := client.Dial("tcp", vip, simTimeout)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer balanced.Close()
-	cookie, peer := socketCookie(t, balanced)
-	var got lbRev
-	if err := d.Maps.LBPeers.Lookup(cookie, &got); err != nil {
-		t.Fatalf("no entry for the balanced socket %d: %v", cookie, err)
-	}
-	want := lbRev{SvcAddr: AddrFrom(simVIPv4), BeAddr: AddrFrom(server.IPv4),
-		SvcPort: portBytes(simServicePort), BePort: portBytes(simBackendPort), SvcID: got.SvcID}
-	if got != want || got.SvcID == 0 {
-		t.Errorf("entry %+v, want %+v with a Service ID", got, want)
-	}
-	if p := peer(); p != vip {
-		t.Errorf("getpeername of the balanced socket: %s, want %s", p, vip)
-	}
-
-	direct, err := client.Dial("tcp", backend, simTimeout)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer direct.Close()
-	cookie, peer = socketCookie(t, direct)
-	if err := d.Maps.LBPeers.Lookup(cookie, &got); err == nil {
-		t.Errorf("a socket connected straight to the backend has an entry: %+v", got)
-	}
-	if p := peer(); p != backend {
-		t.Errorf("getpeername without an entry: %s, want %s", p, backend)
-	}
-	other := want
-	other.BeAddr = AddrFrom(client.IPv4)
-	if err := d.Maps.LBPeers.Put(cookie, other); err != nil {
-		t.Fatal(err)
-	}
-	if p := peer(); p != backend {
-		t.Errorf("getpeername with an entry for another backend: %s, want %s", p, backend)
-	}
-	if err := d.Maps.LBPeers.Put(cookie, want); err != nil {
-		t.Fatal(err)
-	}
-	if p := peer(); p != vip {
-		t.Errorf("getpeername with a matching entry: %s, want %s", p, vip)
 	}
 }

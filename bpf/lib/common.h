@@ -173,7 +173,6 @@ struct pn_event {
 #define PN_EVENTS_BYTES (256 * 1024)
 #define PN_CIDR_MAX	64
 #define PN_LB_NETNS_MAX 16384
-#define PN_LB_REV_MAX	65536
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);

@@ -16,8 +16,9 @@
  * socket is bound), Services without endpoints (the tc path answers with a
  * RST), VIPs of an address family the socket cannot reach. getpeername()
  * answers with the Service, as it would through kube-proxy, while
- * PN_CFG_PEER_NAME is set, from an LRU map by socket cookie
- * (podnic_lbrev_v1). */
+ * PN_CFG_PEER_NAME is set: remembering the Service in socket storage costs
+ * about 1 µs per connection (allocation, and the free when the socket
+ * goes), as much as everything else here together. */
 #pragma once
 
 #include "common.h"
@@ -39,29 +40,21 @@ struct {
 	__type(value, struct pn_lb_netns);
 } podnic_lbns_v1 SEC(".maps");
 
-/* What a balanced socket connected to, by socket cookie: the Service, and
- * the backend the socket went to instead. getpeername() names the Service
- * only while the socket's peer is still that backend. Cookies are never
- * reused, so entries of closed sockets are never found again; the LRU
- * drops them as new ones come (the oldest first, each CPU its own list).
- * An LRU entry costs one update per connect and nothing when the socket
- * goes, where socket storage cost an allocation and an RCU-deferred free
- * per socket. */
-struct pn_lb_rev {
-	struct pn_addr svc_addr;
-	struct pn_addr be_addr;
-	__be16 svc_port;
-	__be16 be_port;
+/* The Service a balanced socket connected to, kept with the socket and
+ * freed with it. */
+struct pn_lb_sock {
+	struct pn_addr addr;
+	__be16 port;
+	__u16 pad;
 	__u32 svc_id;
 };
 
 struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(map_flags, BPF_F_NO_COMMON_LRU);
-	__uint(max_entries, PN_LB_REV_MAX);
-	__type(key, __u64);
-	__type(value, struct pn_lb_rev);
-} podnic_lbrev_v1 SEC(".maps");
+	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
+	__type(value, struct pn_lb_sock);
+} podnic_lbsk_v1 SEC(".maps");
 
 static __always_inline void pn_count_sock(int reason)
 {
@@ -87,6 +80,7 @@ static __always_inline int pn_sock_lb(struct bpf_sock_addr *ctx, struct pn_addr 
 	struct pn_svc_key k = {};
 	struct pn_svc_val *svc;
 	struct pn_backend *be;
+	struct pn_lb_sock *s;
 	__u64 cookie;
 	__u32 id;
 
@@ -109,17 +103,12 @@ static __always_inline int pn_sock_lb(struct bpf_sock_addr *ctx, struct pn_addr 
 		goto unchanged;
 
 	if (pn_cfg_flag(PN_CFG_PEER_NAME)) {
-		struct pn_lb_rev rev = {
-			.svc_addr = *addr,
-			.be_addr = be->addr,
-			.svc_port = *port,
-			.be_port = be->port,
-			.svc_id = svc->id,
-		};
-
-		cookie = bpf_get_socket_cookie(ctx);
-		if (bpf_map_update_elem(&podnic_lbrev_v1, &cookie, &rev, BPF_ANY))
+		s = bpf_sk_storage_get(&podnic_lbsk_v1, ctx->sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
+		if (!s)
 			goto unchanged;
+		s->addr = *addr;
+		s->port = *port;
+		s->svc_id = svc->id;
 	}
 	*addr = be->addr;
 	*port = be->port;
@@ -127,26 +116,16 @@ static __always_inline int pn_sock_lb(struct bpf_sock_addr *ctx, struct pn_addr 
 	return 1;
 
 unchanged:
-	/* An entry of an earlier try of this socket (a connect that failed,
-	 * then one that is not balanced) no longer matches the socket's peer
-	 * unless it goes straight to that same backend. */
+	/* A socket connecting again (after a failed attempt) forgets the
+	 * Service of its earlier try. */
+	bpf_sk_storage_delete(&podnic_lbsk_v1, ctx->sk);
 	return 0;
 }
 
-/* pn_sock_peer returns what a balanced socket connected to, if its peer
- * (addr, port: what getpeername() is about to return) is the backend it
- * was balanced to. */
-static __always_inline struct pn_lb_rev *pn_sock_peer(struct bpf_sock_addr *ctx,
-						      const struct pn_addr *addr, __be16 port)
+/* pn_sock_peer returns the Service a balanced socket connected to. */
+static __always_inline struct pn_lb_sock *pn_sock_peer(struct bpf_sock_addr *ctx)
 {
-	struct pn_lb_rev *rev;
-	__u64 cookie;
-
 	if (ctx->protocol != IPPROTO_TCP)
 		return NULL;
-	cookie = bpf_get_socket_cookie(ctx);
-	rev = bpf_map_lookup_elem(&podnic_lbrev_v1, &cookie);
-	if (!rev || rev->be_port != port || !pn_addr_eq(&rev->be_addr, addr))
-		return NULL;
-	return rev;
+	return bpf_sk_storage_get(&podnic_lbsk_v1, ctx->sk, 0, 0);
 }
