@@ -155,3 +155,38 @@ func BenchmarkNewFlow(b *testing.B) {
 		}
 	}
 }
+
+// BenchmarkPassThrough is what every packet of a pod-to-pod flow, or of a
+// connection balanced at the socket, pays: egress to an address outside
+// the Service CIDR (known, as podnic-agent sets it), and ingress on an
+// interface that never had a tc-translated flow.
+func BenchmarkPassThrough(b *testing.B) {
+	for _, fam := range families {
+		bits := 24
+		if fam.vip.Is6() {
+			bits = 112
+		}
+		client, backend := ap(fam.client, clientPort), ap(fam.backends[0], backendPort)
+		for _, dir := range []string{"egress", "ingress"} {
+			b.Run(fam.name+"/"+dir, func(b *testing.B) {
+				d := loadTest(b)
+				if err := d.Maps.SetServiceCIDRs([]netip.Prefix{netip.PrefixFrom(fam.vip, bits).Masked()}); err != nil {
+					b.Fatal(err)
+				}
+				prog, p, reason := d.Programs.FromPod, pkt{src: client, dst: backend, proto: TCP, flags: "A", payload: make([]byte, 64)}, DirFromPod
+				if dir == "ingress" {
+					prog, p, reason = d.Programs.ToPod, pkt{src: backend, dst: client, proto: TCP, flags: "A", payload: make([]byte, 64)}, DirToPod
+				}
+				in := p.bytes(b)
+				before := counted(b, d, reason, ReasonPass)
+				if _, out := run(b, prog, in); string(out) != string(in) {
+					b.Fatal("the packet was changed")
+				}
+				if got := counted(b, d, reason, ReasonPass); got != before+1 {
+					b.Fatalf("pass counted %d times, want 1", got-before)
+				}
+				measure(b, prog, in)
+			})
+		}
+	}
+}
