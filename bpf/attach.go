@@ -243,6 +243,75 @@ func (d *Datapath) AttachPod(netnsPath, ifname, owner string, mode Mode) ([]Atta
 	return out, nil
 }
 
+// AttachNICBeforeMove attaches podnic_from_pod (egress) and podnic_to_pod
+// (ingress) with pinned TCX links to the device at ifindex in the current
+// netns, recorded as owner's interface ifname, for a device about to move
+// into the pod as ifname. A TCX link stays on its device across netns
+// moves (a clsact qdisc does not: dev_shutdown destroys it), and
+// AttachPod after the move finds the links and keeps them, so this only
+// moves the attaching earlier: CNI ADD does it while the device is down in
+// the host, before the move.
+//
+// It reports false, attaching nothing, in ModeLegacy and, in ModeAuto, on
+// a kernel without TCX: AttachPod after the move then attaches. If the
+// second link fails, the first is removed again.
+func (d *Datapath) AttachNICBeforeMove(ifindex int, ifname, owner string, mode Mode) (bool, error) {
+	if err := validateOwner(owner); err != nil {
+		return false, err
+	}
+	if err := validateIfname(ifname); err != nil {
+		return false, err
+	}
+	if _, err := ParseMode(string(mode)); err != nil {
+		return false, err
+	}
+	if mode == ModeLegacy {
+		return false, nil
+	}
+	steps := []attachStep{
+		{ifname, Egress, d.Programs.FromPod},
+		{ifname, Ingress, d.Programs.ToPod},
+	}
+	var created []string
+	success := false
+	defer func() {
+		if success {
+			return
+		}
+		for i := len(created) - 1; i >= 0; i-- {
+			_ = removePinnedLink(created[i])
+		}
+		dir := filepath.Join(ownerDir(d.Root, owner), ifname)
+		_ = os.Remove(dir)
+		_ = os.Remove(filepath.Dir(dir))
+	}()
+	for _, s := range steps {
+		if s.prog == nil {
+			return false, fmt.Errorf("attaching to %s %s: %w", s.ifname, s.hook, ErrNotLoaded)
+		}
+		what := fmt.Sprintf("attaching to device %d %s before its move", ifindex, s.hook)
+		pin := pinPath(d.Root, owner, s.ifname, s.hook, pinTCX)
+		if err := os.MkdirAll(filepath.Dir(pin), 0o700); err != nil {
+			return false, fmt.Errorf("%s: creating pin dir: %w", what, err)
+		}
+		isNew, err := attachTCX(s.prog, ifindex, s.hook, pin)
+		if isNew {
+			created = append(created, pin)
+		}
+		switch {
+		case err == nil:
+		case errors.Is(err, ebpf.ErrNotSupported) && mode == ModeAuto:
+			return false, nil // the rollback above removes what is there
+		case errors.Is(err, ebpf.ErrNotSupported):
+			return false, fmt.Errorf("%s: TCX not supported, needs Linux >= 6.6 (use mode %q or %q): %w", what, ModeAuto, ModeLegacy, err)
+		default:
+			return false, fmt.Errorf("%s: %w", what, err)
+		}
+	}
+	success = true
+	return true, nil
+}
+
 // attachOne attaches one program, inside the pod's netns. It reports
 // whether the attachment is new.
 func (d *Datapath) attachOne(s attachStep, owner string, mode Mode) (_ Attachment, _ bool, retErr error) {

@@ -406,6 +406,47 @@ func TestPinnedTCXLinkOutlivesNetnsUntilDetach(t *testing.T) {
 	}
 }
 
+// AttachNICBeforeMove makes the NIC's TCX links ahead of AttachPod, which
+// then keeps them; in legacy mode it leaves everything to AttachPod.
+func TestLinksAttachedBeforeTheMoveAreKeptByAttachPod(t *testing.T) {
+	for _, mode := range []Mode{ModeAuto, ModeTCX, ModeLegacy} {
+		t.Run(string(mode), func(t *testing.T) {
+			d := loadTest(t)
+			_, p := simPod(t)
+			var attached bool
+			err := p.Do(func() error {
+				l, err := netlink.LinkByName(p.Ifname)
+				if err != nil {
+					return err
+				}
+				attached, err = d.AttachNICBeforeMove(l.Attrs().Index, p.Ifname, simOwner, mode)
+				return err
+			})
+			if err != nil {
+				t.Fatalf("attaching before the move: %v", err)
+			}
+			before := listAttachments(t, d.Root)
+			if attached != (mode != ModeLegacy) || len(before) != map[bool]int{true: 2}[attached] {
+				t.Fatalf("attached %v, pins %q", attached, attachSummary(before))
+			}
+			ids := linkIDs(t, before)
+			as := attachPod(t, d, p, mode)
+			for _, id := range ids {
+				if !slices.Contains(linkIDs(t, as), id) {
+					t.Errorf("AttachPod replaced link %d made before the move: %q", id, attachSummary(as))
+				}
+			}
+			if n := len(queryInterface(t, p, p.Ifname)); n != 2 {
+				t.Errorf("%d programs on %s, want 2", n, p.Ifname)
+			}
+			if err := DetachPod(d.Root, simOwner, p.NetnsPath); err != nil {
+				t.Fatal(err)
+			}
+			expectDetached(t, d, p)
+		})
+	}
+}
+
 // DetachPodDeferred leaves each TCX link in place running a pass-through
 // program, and its release unpins them: the kernel then detaches them on
 // its own, from a workqueue, with nothing of podnic's left.

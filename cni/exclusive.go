@@ -85,8 +85,29 @@ func addExclusive(args *skel.CmdArgs, conf *Config, dp *bpf.Datapath, steps *ste
 	} else {
 		// Down until its addresses are on it: as ConfigureAddrs sets it
 		// up, the kernel announces the IPv4 ones.
-		saved, err := netdevice.MoveInDown(dev, args.Netns, args.IfName, conf.MTU)
-		if err != nil {
+		//
+		// The NIC's TCX links are attached while the device is down in
+		// the host, just before it moves (they move with it). That is
+		// no faster in itself: each link waits for an RCU grace period
+		// under rtnl wherever it is created. But the move's rcu_barrier
+		// then comes after them, by when an rcu_barrier of a netns
+		// being deleted (the previous pod's, typically) has finished,
+		// rather than waiting behind it while holding rtnl.
+		var attachErr, failErr error
+		saved, err := netdevice.MoveInDownAfter(dev, args.Netns, args.IfName, conf.MTU, func(ifindex int) error {
+			if _, attachErr = dp.AttachNICBeforeMove(ifindex, args.IfName, owner(args.ContainerID, args.IfName), conf.AttachMode); attachErr != nil {
+				return attachErr
+			}
+			steps.mark("attach_nic")
+			failErr = failpoint("attach_nic")
+			return failErr
+		})
+		switch {
+		case attachErr != nil:
+			return nil, cniError(ErrCodeDatapath, "attaching podnic's programs", attachErr)
+		case failErr != nil:
+			return nil, failErr
+		case err != nil:
 			return nil, cniError(ErrCodeDevice, "moving the device into the pod", err)
 		}
 		release() // the device left the host: no other ADD can take it

@@ -21,6 +21,7 @@ import (
 var versions = []string{"0.3.1", "0.4.0", "1.0.0", "1.1.0"}
 
 type ipLink struct {
+	Ifindex   int    `json:"ifindex"`
 	Ifname    string `json:"ifname"`
 	Address   string `json:"address"`
 	MTU       int    `json:"mtu"`
@@ -191,6 +192,13 @@ func TestAddGivesThePodItsNICAndDelReturnsIt(t *testing.T) {
 			}
 			if got := attachedPrograms(t, p, "lo"); !slices.Equal(got, []string{"egress:podnic_lo_out"}) {
 				t.Errorf("programs on lo: %v", got)
+			}
+			// The NIC's TCX links were made in the host, before the move,
+			// and moved with the device.
+			for _, a := range n.pins(t) {
+				if a.Ifname == "eth0" && (a.Mode != bpf.ModeTCX || a.Ifindex != in.Ifindex) {
+					t.Errorf("pin %s: mode %s ifindex %d, want tcx on the pod's eth0 (%d)", a, a.Mode, a.Ifindex, in.Ifindex)
+				}
 			}
 			if out := sh(t, "ip", "netns", "exec", p.name, "sysctl", "-n", "net.ipv4.conf.lo.accept_local"); strings.TrimSpace(out) != "1" {
 				t.Errorf("lo accept_local = %s, want 1", out)
@@ -399,7 +407,7 @@ func badConfigCases(t *testing.T, v string) {
 }
 
 func TestFailedAddAtEveryStepLeavesNothingBehind(t *testing.T) {
-	for _, step := range []string{"vf", "move", "ipam", "addrs", "sysctls", "attach", "state"} {
+	for _, step := range []string{"vf", "attach_nic", "move", "ipam", "addrs", "sysctls", "attach", "state"} {
 		t.Run(step, func(t *testing.T) {
 			n := newNode(t)
 			e := n.addENI(1)

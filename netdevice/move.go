@@ -88,7 +88,26 @@ func MoveInDown(dev *Device, podNetns, ifname string, mtu int) (*Saved, error) {
 	return moveInChecked(dev, podNetns, ifname, mtu, false)
 }
 
+// MoveInDownAfter is MoveInDown that calls prepare with the device's host
+// ifindex once the device is down in the host, right before it moves. If
+// prepare fails, the device is left as it was found and the error is
+// returned as it is. CNI ADD attaches the NIC's TCX links there: they stay
+// on the device as it moves, and the device is down meanwhile.
+func MoveInDownAfter(dev *Device, podNetns, ifname string, mtu int, prepare func(hostIfindex int) error) (*Saved, error) {
+	return moveInCheckedAfter(dev, podNetns, ifname, mtu, false, prepare)
+}
+
 func moveInChecked(dev *Device, podNetns, ifname string, mtu int, up bool) (*Saved, error) {
+	return moveInCheckedAfter(dev, podNetns, ifname, mtu, up, nil)
+}
+
+// errPrepare marks an error of MoveInDownAfter's prepare, returned as is.
+type errPrepare struct{ err error }
+
+func (e errPrepare) Error() string { return e.err.Error() }
+func (e errPrepare) Unwrap() error { return e.err }
+
+func moveInCheckedAfter(dev *Device, podNetns, ifname string, mtu int, up bool, prepare func(int) error) (*Saved, error) {
 	if dev == nil {
 		return nil, errors.New("moving device: no device")
 	}
@@ -101,7 +120,10 @@ func moveInChecked(dev *Device, podNetns, ifname string, mtu int, up bool) (*Sav
 	if mtu < 0 {
 		return nil, fmt.Errorf("moving %s: MTU %d is negative", dev.Name, mtu)
 	}
-	saved, err := moveIn(dev, podNetns, ifname, mtu, up)
+	saved, err := moveIn(dev, podNetns, ifname, mtu, up, prepare)
+	if pe := (errPrepare{}); errors.As(err, &pe) {
+		return nil, pe.err
+	}
 	if err != nil {
 		return nil, fmt.Errorf("moving %s into %s: %w", dev.Name, podNetns, err)
 	}
@@ -109,7 +131,7 @@ func moveInChecked(dev *Device, podNetns, ifname string, mtu int, up bool) (*Sav
 	return saved, nil
 }
 
-func moveIn(dev *Device, podNetns, ifname string, mtu int, up bool) (*Saved, error) {
+func moveIn(dev *Device, podNetns, ifname string, mtu int, up bool, prepare func(int) error) (*Saved, error) {
 	host, err := currentNetns()
 	if err != nil {
 		return nil, err
@@ -181,6 +203,11 @@ func moveIn(dev *Device, podNetns, ifname string, mtu int, up bool) (*Saved, err
 	if _, err := pod.nl.LinkByName(a.Name); !isLinkNotFound(err) {
 		if cur, err = tmp.get(); err != nil {
 			return nil, err
+		}
+	}
+	if prepare != nil {
+		if err := prepare(a.Index); err != nil {
+			return nil, errPrepare{err}
 		}
 	}
 	if err := host.nl.LinkSetNsFd(link, int(cur.ns)); err != nil {
@@ -456,14 +483,15 @@ func bringHomeDirect(host, at *netnsRef, link netlink.Link, name string, saved *
 		}
 		return errors.Join(err, at.nl.LinkSetUp(link))
 	}
+	if !saved.Up {
+		return nil
+	}
 	link, err := host.nl.LinkByName(saved.Name)
 	if err != nil {
 		return fmt.Errorf("looking up %s in the host: %w", saved.Name, err)
 	}
-	if saved.Up {
-		if err := host.nl.LinkSetUp(link); err != nil {
-			return fmt.Errorf("setting %s up: %w", saved.Name, err)
-		}
+	if err := host.nl.LinkSetUp(link); err != nil {
+		return fmt.Errorf("setting %s up: %w", saved.Name, err)
 	}
 	return nil
 }

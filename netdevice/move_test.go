@@ -418,3 +418,51 @@ func TestMoveGoesThroughATemporaryNetnsWhenTheHostNameIsTakenInThePod(t *testing
 		t.Errorf("%s is not back in the host", eni.Name)
 	}
 }
+
+// MoveInDownAfter hands prepare the device while it is down in the host,
+// before the move; a failing prepare leaves the device where it was, up.
+func TestMoveInDownAfterPreparesTheDeviceDownInTheHostBeforeItMoves(t *testing.T) {
+	needRoot(t)
+	eni := newENI(t, newNetns(t, "fabric"), true)
+	pod := newNetns(t, "pod")
+	dev, err := Find(Selector{MAC: eni.MAC})
+	if err != nil {
+		t.Fatal(err)
+	}
+	hostIndex := linkIn(t, "", eni.Name).Index
+
+	errPrepareFailed := errors.New("prepare failed")
+	_, err = MoveInDownAfter(dev, pod, "eth1", 0, func(ifindex int) error {
+		if ifindex != hostIndex {
+			t.Errorf("prepare got ifindex %d, want %d", ifindex, hostIndex)
+		}
+		if a := linkIn(t, "", eni.Name); a.Flags&net.FlagUp != 0 {
+			t.Errorf("%s is up in the host during prepare", eni.Name)
+		}
+		return errPrepareFailed
+	})
+	if !errors.Is(err, errPrepareFailed) || err.Error() != errPrepareFailed.Error() {
+		t.Fatalf("got %v, want prepare's error as it is", err)
+	}
+	if a := linkIn(t, "", eni.Name); a.Flags&net.FlagUp == 0 || a.Alias != "" {
+		t.Errorf("after a failed prepare: flags %v alias %q, want up, no alias", a.Flags, a.Alias)
+	}
+
+	prepared := false
+	saved, err := MoveInDownAfter(dev, pod, "eth1", 0, func(int) error {
+		prepared = true
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !prepared || !saved.Up {
+		t.Errorf("prepared %v, saved %+v", prepared, saved)
+	}
+	if a := linkIn(t, pod, "eth1"); a.Flags&net.FlagUp != 0 {
+		t.Errorf("eth1 is up in the pod after MoveInDownAfter")
+	}
+	if err := MoveOut(pod, "eth1", saved); err != nil {
+		t.Fatal(err)
+	}
+}
