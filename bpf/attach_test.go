@@ -498,6 +498,74 @@ func TestDeferredDetachParksLinksThenTheKernelDetachesThem(t *testing.T) {
 	}
 }
 
+// A pod attached to the interface while an earlier pod's links wait for
+// the kernel runs behind their pass-through program, and keeps its own
+// links when the kernel detaches the earlier ones.
+func TestNewLinksRunBehindParkedOnesAndOutliveThem(t *testing.T) {
+	d := loadTest(t)
+	_, p := simPod(t)
+	old := linkIDs(t, attachPod(t, d, p, ModeTCX))
+	release, err := DetachPodDeferred(d.Root, simOwner, p.NetnsPath)
+	if err != nil {
+		t.Fatalf("detaching: %v", err)
+	}
+	const next = "next-pod"
+	as, err := d.AttachPod(p.NetnsPath, p.Ifname, next, ModeTCX)
+	if err != nil {
+		t.Fatalf("attaching the next pod while the old links are parked: %v", err)
+	}
+	hookPrograms := func() map[Hook][]string {
+		out := map[Hook][]string{}
+		for _, a := range queryInterface(t, p, p.Ifname) {
+			out[a.Hook] = append(out[a.Hook], a.ProgramName)
+		}
+		return out
+	}
+	// TCX runs a hook's programs in this order; TCX_NEXT hands on.
+	got := hookPrograms()
+	if want := []string{PassThroughProgram, ProgToPod}; !slices.Equal(got[Ingress], want) {
+		t.Errorf("ingress runs %v, want %v", got[Ingress], want)
+	}
+	if want := []string{PassThroughProgram, ProgFromPod}; !slices.Equal(got[Egress], want) {
+		t.Errorf("egress runs %v, want %v", got[Egress], want)
+	}
+	if err := release(); err != nil {
+		t.Fatalf("releasing: %v", err)
+	}
+	waitDetached(t, nil, old)
+	deadline := time.Now().Add(simTimeout)
+	for got = hookPrograms(); !slices.Equal(got[Ingress], []string{ProgToPod}) || !slices.Equal(got[Egress], []string{ProgFromPod}); got = hookPrograms() {
+		if time.Now().After(deadline) {
+			t.Fatalf("%v after the old links' pins went, want only the next pod's programs", got)
+		}
+		time.Sleep(time.Millisecond)
+	}
+	for _, id := range linkIDs(t, as) {
+		if !linkExists(t, id) {
+			t.Errorf("the next pod's link %d went with the old ones", id)
+		}
+	}
+	if err := DetachPod(d.Root, next, p.NetnsPath); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// The pass-through program hands every packet on: TCX_NEXT.
+func TestPassThroughProgramReturnsTCXNext(t *testing.T) {
+	prog, err := loadPassThrough()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer prog.Close()
+	ret, _, err := prog.Test(make([]byte, 64))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if int32(ret) != tcxNext {
+		t.Errorf("returned %d, want TCX_NEXT (%d)", int32(ret), tcxNext)
+	}
+}
+
 func TestDeferredDetachAfterNetnsDeletionLeavesNothing(t *testing.T) {
 	d := loadTest(t)
 	_, p := simPod(t)
