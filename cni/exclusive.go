@@ -60,6 +60,10 @@ func addExclusive(args *skel.CmdArgs, conf *Config, dp *bpf.Datapath, steps *ste
 	// before it, so a rollback always sees the allocation.
 	alloc := startAllocation(args, conf)
 	defer alloc.settle()
+	// State writes overlap the steps that wait for the kernel. Deferred
+	// last, so it runs first: a rollback never races a write.
+	writer := &stateWriter{dir: conf.StateDir}
+	defer func() { _ = writer.wait() }()
 
 	if dev.VF != nil && conf.VF != nil {
 		saved, err := netdevice.ConfigureVF(dev, netdevice.VFConfig{MAC: conf.VF.MAC, VLAN: conf.VF.VLAN, SpoofChk: conf.VF.SpoofChk, Trust: conf.VF.Trust})
@@ -93,8 +97,15 @@ func addExclusive(args *skel.CmdArgs, conf *Config, dp *bpf.Datapath, steps *ste
 		// then comes after them, by when an rcu_barrier of a netns
 		// being deleted (the previous pod's, typically) has finished,
 		// rather than waiting behind it while holding rtnl.
+		//
+		// The state records the device before it moves, the write
+		// overlapping the attach: a DEL after a crash finds the device
+		// still in the host, which MoveOut accepts.
 		var attachErr, failErr error
-		saved, err := netdevice.MoveInDownAfter(dev, args.Netns, args.IfName, conf.MTU, func(ifindex int) error {
+		_, err := netdevice.MoveInDownAfter(dev, args.Netns, args.IfName, conf.MTU, func(ifindex int, saved *netdevice.Saved) error {
+			st.Device = marshalRaw(saved)
+			st.MAC = dev.MAC.String()
+			writer.start(*st)
 			if _, attachErr = dp.AttachNICBeforeMove(ifindex, args.IfName, owner(args.ContainerID, args.IfName), conf.AttachMode); attachErr != nil {
 				return attachErr
 			}
@@ -111,9 +122,7 @@ func addExclusive(args *skel.CmdArgs, conf *Config, dp *bpf.Datapath, steps *ste
 			return nil, cniError(ErrCodeDevice, "moving the device into the pod", err)
 		}
 		release() // the device left the host: no other ADD can take it
-		st.Device = marshalRaw(saved)
-		st.MAC = dev.MAC.String()
-		if err := st.save(conf.StateDir); err != nil {
+		if err := writer.wait(); err != nil {
 			return nil, types.NewError(types.ErrIOFailure, "saving state", err.Error())
 		}
 		result.Interfaces = []*types100.Interface{{Name: args.IfName, Mac: dev.MAC.String(), Mtu: podMTU(conf, dev), Sandbox: args.Netns, PciID: dev.PCIAddress}}
@@ -148,6 +157,12 @@ func addExclusive(args *skel.CmdArgs, conf *Config, dp *bpf.Datapath, steps *ste
 		return result, nil
 	}
 
+	// The final state, written while the pod is configured: addresses
+	// for CHECK, and the attachment about to be made (undoing either
+	// needs only the owner).
+	st.Attached = true
+	writer.start(*st)
+
 	if err := netdevice.ConfigureAddrs(args.Netns, args.IfName, prefixes(ips), netdeviceRoutes(result.Routes)); err != nil {
 		return nil, cniError(ErrCodeDevice, "configuring addresses and routes", err)
 	}
@@ -169,8 +184,7 @@ func addExclusive(args *skel.CmdArgs, conf *Config, dp *bpf.Datapath, steps *ste
 	if err := failpoint("attach"); err != nil {
 		return nil, err
 	}
-	st.Attached = true
-	if err := st.save(conf.StateDir); err != nil {
+	if err := writer.wait(); err != nil {
 		return nil, types.NewError(types.ErrIOFailure, "saving state", err.Error())
 	}
 	steps.mark("state")
@@ -635,4 +649,38 @@ func (s *stepTimer) log(container string) {
 		return
 	}
 	slog.Debug(s.verb+" steps", append([]any{"container", container, "total", time.Since(s.start).Round(10 * time.Microsecond)}, s.fields...)...)
+}
+
+// stateWriter saves states on a goroutine, one after the other, so that a
+// write (an fsync, 1-3 ms here) overlaps a step that waits for the kernel.
+// A save starts only when the one before it has finished: the last state
+// started is the one on disk.
+type stateWriter struct {
+	dir  string
+	done chan error // the latest save's; nil when none is under way
+}
+
+// start saves st, a copy, after any save under way.
+func (w *stateWriter) start(st State) {
+	prev, done := w.done, make(chan error, 1)
+	w.done = done
+	go func() {
+		if prev != nil {
+			if err := <-prev; err != nil {
+				done <- err
+				return
+			}
+		}
+		done <- st.save(w.dir)
+	}()
+}
+
+// wait waits for the saves under way and returns the first error.
+func (w *stateWriter) wait() error {
+	if w.done == nil {
+		return nil
+	}
+	err := <-w.done
+	w.done = nil
+	return err
 }

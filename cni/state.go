@@ -14,10 +14,12 @@ import (
 
 // State is what ADD leaves for DEL, CHECK and GC: enough to undo every
 // step even when the runtime no longer knows the netns or the device.
-// It is written atomically after each step of ADD whose undo needs it (VF
-// settings, the device's move) and once more at the end; undoing the
-// address allocation and the attachment needs only the owner (container
-// and interface), which the first write records.
+// It is written atomically before each step of ADD whose undo needs it
+// (VF settings, the device's move; every undo accepts a step that never
+// happened) and once more, with the addresses, while the pod is
+// configured; undoing the address allocation and the attachment needs
+// only the owner (container and interface), which the first write
+// records.
 type State struct {
 	Version     int       `json:"version"`
 	Network     string    `json:"network"`

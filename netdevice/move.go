@@ -89,11 +89,12 @@ func MoveInDown(dev *Device, podNetns, ifname string, mtu int) (*Saved, error) {
 }
 
 // MoveInDownAfter is MoveInDown that calls prepare with the device's host
-// ifindex once the device is down in the host, right before it moves. If
-// prepare fails, the device is left as it was found and the error is
-// returned as it is. CNI ADD attaches the NIC's TCX links there: they stay
-// on the device as it moves, and the device is down meanwhile.
-func MoveInDownAfter(dev *Device, podNetns, ifname string, mtu int, prepare func(hostIfindex int) error) (*Saved, error) {
+// ifindex and what MoveOut will need (as MoveInDown returns it) once the
+// device is down in the host, right before it moves. If prepare fails, the
+// device is left as it was found and the error is returned as it is. CNI
+// ADD attaches the NIC's TCX links there: they stay on the device as it
+// moves, and the device is down meanwhile.
+func MoveInDownAfter(dev *Device, podNetns, ifname string, mtu int, prepare func(hostIfindex int, saved *Saved) error) (*Saved, error) {
 	return moveInCheckedAfter(dev, podNetns, ifname, mtu, false, prepare)
 }
 
@@ -107,7 +108,7 @@ type errPrepare struct{ err error }
 func (e errPrepare) Error() string { return e.err.Error() }
 func (e errPrepare) Unwrap() error { return e.err }
 
-func moveInCheckedAfter(dev *Device, podNetns, ifname string, mtu int, up bool, prepare func(int) error) (*Saved, error) {
+func moveInCheckedAfter(dev *Device, podNetns, ifname string, mtu int, up bool, prepare func(int, *Saved) error) (*Saved, error) {
 	if dev == nil {
 		return nil, errors.New("moving device: no device")
 	}
@@ -131,7 +132,7 @@ func moveInCheckedAfter(dev *Device, podNetns, ifname string, mtu int, up bool, 
 	return saved, nil
 }
 
-func moveIn(dev *Device, podNetns, ifname string, mtu int, up bool, prepare func(int) error) (*Saved, error) {
+func moveIn(dev *Device, podNetns, ifname string, mtu int, up bool, prepare func(int, *Saved) error) (*Saved, error) {
 	host, err := currentNetns()
 	if err != nil {
 		return nil, err
@@ -206,7 +207,7 @@ func moveIn(dev *Device, podNetns, ifname string, mtu int, up bool, prepare func
 		}
 	}
 	if prepare != nil {
-		if err := prepare(a.Index); err != nil {
+		if err := prepare(a.Index, saved); err != nil {
 			return nil, errPrepare{err}
 		}
 	}

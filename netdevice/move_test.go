@@ -432,7 +432,10 @@ func TestMoveInDownAfterPreparesTheDeviceDownInTheHostBeforeItMoves(t *testing.T
 	hostIndex := linkIn(t, "", eni.Name).Index
 
 	errPrepareFailed := errors.New("prepare failed")
-	_, err = MoveInDownAfter(dev, pod, "eth1", 0, func(ifindex int) error {
+	_, err = MoveInDownAfter(dev, pod, "eth1", 0, func(ifindex int, saved *Saved) error {
+		if saved.Name != eni.Name || !bytes.Equal(saved.MAC, eni.MAC) || !saved.Up {
+			t.Errorf("prepare got %+v, want %s %s up", saved, eni.Name, eni.MAC)
+		}
 		if ifindex != hostIndex {
 			t.Errorf("prepare got ifindex %d, want %d", ifindex, hostIndex)
 		}
@@ -449,7 +452,7 @@ func TestMoveInDownAfterPreparesTheDeviceDownInTheHostBeforeItMoves(t *testing.T
 	}
 
 	prepared := false
-	saved, err := MoveInDownAfter(dev, pod, "eth1", 0, func(int) error {
+	saved, err := MoveInDownAfter(dev, pod, "eth1", 0, func(int, *Saved) error {
 		prepared = true
 		return nil
 	})
