@@ -164,8 +164,9 @@ func chainedCase(t *testing.T, v string) {
 		t.Errorf("pins left: %+v", as)
 	}
 	if _, ok := link(t, "", e.name); !ok {
-		t.Error("host-device did not return the ENI")
+		t.Fatal("host-device did not return the ENI")
 	}
+	expectNoProgramsOnHost(t, e)
 }
 
 func TestChainedWithoutPrevResultIsRefused(t *testing.T) {
