@@ -9,7 +9,8 @@
 //
 // # Lifecycle
 //
-// CNI ADD: Find → ConfigureVF for a VF → MoveInDown (keep the returned
+// CNI ADD: Find → ConfigureVF for a VF → MoveInDown, or MoveInDownAfter
+// to act on the device while it is down in the host (keep the returned
 // Saved, e.g. as JSON) → ConfigureAddrs (IPv4 addresses, link up, which
 // makes the kernel send the gratuitous ARPs, IPv6 addresses, routes) →
 // PodSysctls → AnnounceIPv6Addrs.
