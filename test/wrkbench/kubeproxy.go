@@ -176,6 +176,32 @@ var (
 	}}
 )
 
+// iptablesPosition returns where the rule of the Service with vip sits in
+// kube-proxy's KUBE-SERVICES chain in netns, 1-based, and how many rules
+// the chain has. iptables walks the chain rule by rule for every new
+// connection, so a Service's cost grows with its position, which
+// kube-proxy's own ordering decides.
+func iptablesPosition(netns string, vip netip.Addr) (pos, total int, err error) {
+	out, err := run("ip", "netns", "exec", netns, "iptables-legacy-save", "-t", "nat")
+	if err != nil {
+		return 0, 0, err
+	}
+	match := "-d " + vip.String() + "/32"
+	for _, l := range strings.Split(out, "\n") {
+		if !strings.HasPrefix(l, "-A KUBE-SERVICES ") {
+			continue
+		}
+		total++
+		if pos == 0 && strings.Contains(l, match) {
+			pos = total
+		}
+	}
+	if pos == 0 {
+		return 0, total, fmt.Errorf("no rule for %s in KUBE-SERVICES (%d rules)", vip, total)
+	}
+	return pos, total, nil
+}
+
 func countLines(out, prefix string) int {
 	n := 0
 	for _, l := range strings.Split(out, "\n") {

@@ -72,6 +72,9 @@ type Phase struct {
 	Cases    []Case
 	Samples  map[string][]Sample // by Case.String(), one per round
 	Setup    time.Duration       // filling and syncing before the rounds
+	// IPTPosition is where the bench Service's rule sits in kube-proxy
+	// iptables' KUBE-SERVICES chain of IPTRules rules (0: not run).
+	IPTPosition, IPTRules int
 }
 
 // Results are the whole suite's.
@@ -196,6 +199,16 @@ func Run(t *testing.T, cfg Config) *Results {
 			present = n
 		}
 		ph.Setup = time.Since(start)
+		for _, kp := range proxies {
+			if kp.mode.name != modeIPT.name || (n > 1 && !cfg.KubeProxyAtScale) {
+				continue
+			}
+			pos, total, err := iptablesPosition(kp.node.pod.Netns, benchVIP)
+			if err != nil {
+				t.Fatal(err)
+			}
+			ph.IPTPosition, ph.IPTRules = pos, total
+		}
 		for _, tg := range targets {
 			if tg.kubeProxy != nil && n > 1 && !cfg.KubeProxyAtScale {
 				continue
