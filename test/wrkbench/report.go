@@ -82,7 +82,7 @@ func (r *Results) WriteMarkdown(w io.Writer) {
 		if ph.Setup > 1e9 {
 			fmt.Fprintf(w, "\n(%d Services: filling and kube-proxy sync took %v)\n", ph.Services, ph.Setup.Round(1e9))
 		}
-		if ph.IPTPosition > 0 {
+		if ph.IPTPosition > 0 && ph.Services > 1 {
 			fmt.Fprintf(w, "\n(%d Services: kube-proxy iptables-legacy has the bench Service's rule at position %d of %d in KUBE-SERVICES; "+
 				"every new connection walks the chain up to it, so its cost depends on that position, which kube-proxy's ordering decides)\n",
 				ph.Services, ph.IPTPosition, ph.IPTRules)
