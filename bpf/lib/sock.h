@@ -17,8 +17,8 @@
  * RST), VIPs of an address family the socket cannot reach. getpeername()
  * answers with the Service, as it would through kube-proxy, while
  * PN_CFG_PEER_NAME is set: remembering the Service in socket storage costs
- * about 1 µs per connection (allocation, and the free when the socket
- * goes), as much as everything else here together. */
+ * about 2 µs per connection (allocation, and the free when the socket
+ * goes), more than everything else here together. */
 #pragma once
 
 #include "common.h"
