@@ -36,6 +36,8 @@ var tcxOnly = []string{
 	"TestPinnedTCXLinkOutlivesNetnsUntilDetach",
 	"TestForeignProgramsSurviveAttachAndDetach",
 	"TestRejectedConnectionsFailAtOnce",
+	"TestNewLinksRunBehindParkedOnesAndOutliveThem",
+	"TestDeferredDetachAfterNetnsDeletionLeavesNothing",
 }
 
 // racyInGuest are tests left out of the guest run for races with the
