@@ -123,6 +123,18 @@ func validateName(what, s string, max int) error {
 
 func validateOwner(owner string) error { return validateName("owner", owner, 128) }
 
+// validateAttach checks the arguments every attach takes.
+func validateAttach(owner, ifname string, mode Mode) error {
+	if err := validateOwner(owner); err != nil {
+		return err
+	}
+	if err := validateIfname(ifname); err != nil {
+		return err
+	}
+	_, err := ParseMode(string(mode))
+	return err
+}
+
 func validateIfname(ifname string) error {
 	if err := validateName("interface", ifname, unix.IFNAMSIZ-1); err != nil {
 		return err
@@ -171,13 +183,7 @@ type attachStep struct {
 // without a gap. If a step fails, the attachments this call created are
 // removed again; ones that existed before are left in place.
 func (d *Datapath) AttachPod(netnsPath, ifname, owner string, mode Mode) ([]Attachment, error) {
-	if err := validateOwner(owner); err != nil {
-		return nil, err
-	}
-	if err := validateIfname(ifname); err != nil {
-		return nil, err
-	}
-	if _, err := ParseMode(string(mode)); err != nil {
+	if err := validateAttach(owner, ifname, mode); err != nil {
 		return nil, err
 	}
 	if mode == "" {
@@ -256,13 +262,7 @@ func (d *Datapath) AttachPod(netnsPath, ifname, owner string, mode Mode) ([]Atta
 // a kernel without TCX: AttachPod after the move then attaches. If the
 // second link fails, the first is removed again.
 func (d *Datapath) AttachNICBeforeMove(ifindex int, ifname, owner string, mode Mode) (bool, error) {
-	if err := validateOwner(owner); err != nil {
-		return false, err
-	}
-	if err := validateIfname(ifname); err != nil {
-		return false, err
-	}
-	if _, err := ParseMode(string(mode)); err != nil {
+	if err := validateAttach(owner, ifname, mode); err != nil {
 		return false, err
 	}
 	if mode == ModeLegacy {
