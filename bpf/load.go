@@ -42,10 +42,11 @@ type Maps struct {
 	// ServiceCIDRs holds the cluster's Service CIDRs (LPM trie).
 	ServiceCIDRs *ebpf.Map
 	// LBNetns lists the network namespaces (by cookie) where TCP
-	// connect() is balanced at the socket; LBSockets is the per-socket
-	// storage remembering the Service a balanced socket connected to.
-	LBNetns   *ebpf.Map
-	LBSockets *ebpf.Map
+	// connect() is balanced at the socket; LBPeers remembers, by socket
+	// cookie, the Service and backend of a balanced socket for
+	// getpeername() (a direct-mapped table, lib/sock.h).
+	LBNetns *ebpf.Map
+	LBPeers *ebpf.Map
 	// Config holds the Service CIDRs of the egress fast path; Live, per
 	// protocol, when the last tc-translated flow can expire (lib/fast.h).
 	Config *ebpf.Map
@@ -107,6 +108,11 @@ func Load(root string) (*Datapath, error) {
 	if err := os.MkdirAll(mapsDir(root), 0o700); err != nil {
 		return nil, fmt.Errorf("creating map pin dir: %w", err)
 	}
+	for _, name := range retiredMaps {
+		if err := os.Remove(filepath.Join(mapsDir(root), name)); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return nil, fmt.Errorf("removing the retired map %s: %w", name, err)
+		}
+	}
 	var objs podnicObjects
 	err = spec.LoadAndAssign(&objs, &ebpf.CollectionOptions{
 		Maps: ebpf.MapOptions{PinPath: mapsDir(root)},
@@ -130,7 +136,7 @@ func Load(root string) (*Datapath, error) {
 			Events:       objs.PodnicEvV1,
 			ServiceCIDRs: objs.PodnicCidrV1,
 			LBNetns:      objs.PodnicLbnsV1,
-			LBSockets:    objs.PodnicLbskV1,
+			LBPeers:      objs.PodnicLbpeerV1,
 			Config:       objs.PodnicCfgV1,
 			Live:         objs.PodnicLiveV1,
 		},
@@ -159,6 +165,13 @@ func Load(root string) (*Datapath, error) {
 	return d, nil
 }
 
+// retiredMaps are maps earlier podnic builds pinned that this one no longer
+// uses. Load removes their pins; programs still attached from the earlier
+// build keep the maps alive until they are replaced.
+var retiredMaps = []string{
+	"podnic_lbsk_v1", // socket storage for getpeername(), now podnic_lbpeer_v1
+}
+
 // OpenPinned opens the pinned maps and programs under root without loading
 // anything: no verifier run, so it is cheap enough for every CNI ADD.
 func OpenPinned(root string) (*Datapath, error) {
@@ -167,18 +180,18 @@ func OpenPinned(root string) (*Datapath, error) {
 	}
 	d := &Datapath{Root: root}
 	maps := map[string]**ebpf.Map{
-		"podnic_svc_v1":  &d.Maps.Services,
-		"podnic_slot_v1": &d.Maps.Slots,
-		"podnic_be_v1":   &d.Maps.Backends,
-		"podnic_ct_v1":   &d.Maps.Conntrack,
-		"podnic_aff_v1":  &d.Maps.Affinity,
-		"podnic_cnt_v1":  &d.Maps.Counters,
-		"podnic_ev_v1":   &d.Maps.Events,
-		"podnic_cidr_v1": &d.Maps.ServiceCIDRs,
-		"podnic_lbns_v1": &d.Maps.LBNetns,
-		"podnic_lbsk_v1": &d.Maps.LBSockets,
-		"podnic_cfg_v1":  &d.Maps.Config,
-		"podnic_live_v1": &d.Maps.Live,
+		"podnic_svc_v1":    &d.Maps.Services,
+		"podnic_slot_v1":   &d.Maps.Slots,
+		"podnic_be_v1":     &d.Maps.Backends,
+		"podnic_ct_v1":     &d.Maps.Conntrack,
+		"podnic_aff_v1":    &d.Maps.Affinity,
+		"podnic_cnt_v1":    &d.Maps.Counters,
+		"podnic_ev_v1":     &d.Maps.Events,
+		"podnic_cidr_v1":   &d.Maps.ServiceCIDRs,
+		"podnic_lbns_v1":   &d.Maps.LBNetns,
+		"podnic_lbpeer_v1": &d.Maps.LBPeers,
+		"podnic_cfg_v1":    &d.Maps.Config,
+		"podnic_live_v1":   &d.Maps.Live,
 	}
 	for name, dst := range maps {
 		m, err := ebpf.LoadPinnedMap(filepath.Join(mapsDir(root), name), nil)
@@ -231,7 +244,7 @@ func (d *Datapath) programsByName() map[string]*ebpf.Program {
 func (d *Datapath) Close() {
 	for _, m := range []*ebpf.Map{d.Maps.Services, d.Maps.Slots, d.Maps.Backends,
 		d.Maps.Conntrack, d.Maps.Affinity, d.Maps.Counters, d.Maps.Events, d.Maps.ServiceCIDRs,
-		d.Maps.LBNetns, d.Maps.LBSockets, d.Maps.Config, d.Maps.Live} {
+		d.Maps.LBNetns, d.Maps.LBPeers, d.Maps.Config, d.Maps.Live} {
 		if m != nil {
 			_ = m.Close()
 		}

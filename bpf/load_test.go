@@ -119,6 +119,34 @@ func TestLoadRefusesIncompatiblePinnedMap(t *testing.T) {
 	_ = live.Close()
 }
 
+// A map an earlier build pinned and this one retired is unpinned by Load.
+func TestLoadRemovesRetiredMaps(t *testing.T) {
+	root := testRoot(t)
+	if err := os.MkdirAll(filepath.Join(root, "maps"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range retiredMaps {
+		m, err := ebpf.NewMap(&ebpf.MapSpec{Type: ebpf.Hash, KeySize: 8, ValueSize: 8, MaxEntries: 1})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := m.Pin(filepath.Join(root, "maps", name)); err != nil {
+			t.Fatal(err)
+		}
+		_ = m.Close()
+	}
+	d, err := Load(root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	d.Close()
+	for _, name := range retiredMaps {
+		if _, err := os.Stat(filepath.Join(root, "maps", name)); !errors.Is(err, os.ErrNotExist) {
+			t.Errorf("retired map %s still pinned (%v)", name, err)
+		}
+	}
+}
+
 func TestOpenPinnedWithoutLoadSaysNotLoaded(t *testing.T) {
 	root := testRoot(t)
 	_, err := OpenPinned(root)

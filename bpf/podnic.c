@@ -331,11 +331,14 @@ int podnic_connect6(struct bpf_sock_addr *ctx)
 SEC("cgroup/getpeername4")
 int podnic_getpeer4(struct bpf_sock_addr *ctx)
 {
-	struct pn_lb_sock *s = pn_sock_peer(ctx);
+	struct pn_addr peer, svc;
+	__be16 svc_port;
 
-	if (s && pn_addr_is_v4(&s->addr)) {
-		ctx->user_ip4 = s->addr.w[3];
-		ctx->user_port = s->port;
+	pn_addr_v4(&peer, ctx->user_ip4);
+	if (pn_sock_peer(ctx, &peer, (__be16)ctx->user_port, &svc, &svc_port) &&
+	    pn_addr_is_v4(&svc)) {
+		ctx->user_ip4 = svc.w[3];
+		ctx->user_port = svc_port;
 	}
 	return 1;
 }
@@ -343,14 +346,19 @@ int podnic_getpeer4(struct bpf_sock_addr *ctx)
 SEC("cgroup/getpeername6")
 int podnic_getpeer6(struct bpf_sock_addr *ctx)
 {
-	struct pn_lb_sock *s = pn_sock_peer(ctx);
+	struct pn_addr peer, svc;
+	__be16 svc_port;
 
-	if (s) {
-		ctx->user_ip6[0] = s->addr.w[0];
-		ctx->user_ip6[1] = s->addr.w[1];
-		ctx->user_ip6[2] = s->addr.w[2];
-		ctx->user_ip6[3] = s->addr.w[3];
-		ctx->user_port = s->port;
+	peer.w[0] = ctx->user_ip6[0];
+	peer.w[1] = ctx->user_ip6[1];
+	peer.w[2] = ctx->user_ip6[2];
+	peer.w[3] = ctx->user_ip6[3];
+	if (pn_sock_peer(ctx, &peer, (__be16)ctx->user_port, &svc, &svc_port)) {
+		ctx->user_ip6[0] = svc.w[0];
+		ctx->user_ip6[1] = svc.w[1];
+		ctx->user_ip6[2] = svc.w[2];
+		ctx->user_ip6[3] = svc.w[3];
+		ctx->user_port = svc_port;
 	}
 	return 1;
 }

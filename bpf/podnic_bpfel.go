@@ -141,15 +141,23 @@ type podnicPnLbNetns struct {
 	OwnerHash uint64
 }
 
-type podnicPnLbSock struct {
+type podnicPnLbPeer struct {
 	_    structs.HostLayout
-	Addr struct {
+	Lock struct {
+		_   structs.HostLayout
+		Val uint32
+	}
+	SvcPort uint16
+	BePort  uint16
+	Cookie  uint64
+	Svc     struct {
 		_ structs.HostLayout
 		W [4]uint32
 	}
-	Port  uint16
-	Pad   uint16
-	SvcId uint32
+	Be struct {
+		_ structs.HostLayout
+		W [4]uint32
+	}
 }
 
 type podnicPnLive struct {
@@ -222,7 +230,7 @@ const (
 	podnicMapPodnicCtV1       = "podnic_ct_v1"
 	podnicMapPodnicEvV1       = "podnic_ev_v1"
 	podnicMapPodnicLbnsV1     = "podnic_lbns_v1"
-	podnicMapPodnicLbskV1     = "podnic_lbsk_v1"
+	podnicMapPodnicLbpeerV1   = "podnic_lbpeer_v1"
 	podnicMapPodnicLiveV1     = "podnic_live_v1"
 	podnicMapPodnicSlotV1     = "podnic_slot_v1"
 	podnicMapPodnicSvcV1      = "podnic_svc_v1"
@@ -299,18 +307,18 @@ type podnicProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type podnicMapSpecs struct {
-	PodnicAffV1  *ebpf.MapSpec `ebpf:"podnic_aff_v1"`
-	PodnicBeV1   *ebpf.MapSpec `ebpf:"podnic_be_v1"`
-	PodnicCfgV1  *ebpf.MapSpec `ebpf:"podnic_cfg_v1"`
-	PodnicCidrV1 *ebpf.MapSpec `ebpf:"podnic_cidr_v1"`
-	PodnicCntV1  *ebpf.MapSpec `ebpf:"podnic_cnt_v1"`
-	PodnicCtV1   *ebpf.MapSpec `ebpf:"podnic_ct_v1"`
-	PodnicEvV1   *ebpf.MapSpec `ebpf:"podnic_ev_v1"`
-	PodnicLbnsV1 *ebpf.MapSpec `ebpf:"podnic_lbns_v1"`
-	PodnicLbskV1 *ebpf.MapSpec `ebpf:"podnic_lbsk_v1"`
-	PodnicLiveV1 *ebpf.MapSpec `ebpf:"podnic_live_v1"`
-	PodnicSlotV1 *ebpf.MapSpec `ebpf:"podnic_slot_v1"`
-	PodnicSvcV1  *ebpf.MapSpec `ebpf:"podnic_svc_v1"`
+	PodnicAffV1    *ebpf.MapSpec `ebpf:"podnic_aff_v1"`
+	PodnicBeV1     *ebpf.MapSpec `ebpf:"podnic_be_v1"`
+	PodnicCfgV1    *ebpf.MapSpec `ebpf:"podnic_cfg_v1"`
+	PodnicCidrV1   *ebpf.MapSpec `ebpf:"podnic_cidr_v1"`
+	PodnicCntV1    *ebpf.MapSpec `ebpf:"podnic_cnt_v1"`
+	PodnicCtV1     *ebpf.MapSpec `ebpf:"podnic_ct_v1"`
+	PodnicEvV1     *ebpf.MapSpec `ebpf:"podnic_ev_v1"`
+	PodnicLbnsV1   *ebpf.MapSpec `ebpf:"podnic_lbns_v1"`
+	PodnicLbpeerV1 *ebpf.MapSpec `ebpf:"podnic_lbpeer_v1"`
+	PodnicLiveV1   *ebpf.MapSpec `ebpf:"podnic_live_v1"`
+	PodnicSlotV1   *ebpf.MapSpec `ebpf:"podnic_slot_v1"`
+	PodnicSvcV1    *ebpf.MapSpec `ebpf:"podnic_svc_v1"`
 }
 
 // podnicVariableSpecs contains global variables before they are loaded into the kernel.
@@ -348,18 +356,18 @@ func (o *podnicObjects) Close() error {
 //
 // It can be passed to loadPodnicObjects or ebpf.CollectionSpec.LoadAndAssign.
 type podnicMaps struct {
-	PodnicAffV1  *ebpf.Map `ebpf:"podnic_aff_v1"`
-	PodnicBeV1   *ebpf.Map `ebpf:"podnic_be_v1"`
-	PodnicCfgV1  *ebpf.Map `ebpf:"podnic_cfg_v1"`
-	PodnicCidrV1 *ebpf.Map `ebpf:"podnic_cidr_v1"`
-	PodnicCntV1  *ebpf.Map `ebpf:"podnic_cnt_v1"`
-	PodnicCtV1   *ebpf.Map `ebpf:"podnic_ct_v1"`
-	PodnicEvV1   *ebpf.Map `ebpf:"podnic_ev_v1"`
-	PodnicLbnsV1 *ebpf.Map `ebpf:"podnic_lbns_v1"`
-	PodnicLbskV1 *ebpf.Map `ebpf:"podnic_lbsk_v1"`
-	PodnicLiveV1 *ebpf.Map `ebpf:"podnic_live_v1"`
-	PodnicSlotV1 *ebpf.Map `ebpf:"podnic_slot_v1"`
-	PodnicSvcV1  *ebpf.Map `ebpf:"podnic_svc_v1"`
+	PodnicAffV1    *ebpf.Map `ebpf:"podnic_aff_v1"`
+	PodnicBeV1     *ebpf.Map `ebpf:"podnic_be_v1"`
+	PodnicCfgV1    *ebpf.Map `ebpf:"podnic_cfg_v1"`
+	PodnicCidrV1   *ebpf.Map `ebpf:"podnic_cidr_v1"`
+	PodnicCntV1    *ebpf.Map `ebpf:"podnic_cnt_v1"`
+	PodnicCtV1     *ebpf.Map `ebpf:"podnic_ct_v1"`
+	PodnicEvV1     *ebpf.Map `ebpf:"podnic_ev_v1"`
+	PodnicLbnsV1   *ebpf.Map `ebpf:"podnic_lbns_v1"`
+	PodnicLbpeerV1 *ebpf.Map `ebpf:"podnic_lbpeer_v1"`
+	PodnicLiveV1   *ebpf.Map `ebpf:"podnic_live_v1"`
+	PodnicSlotV1   *ebpf.Map `ebpf:"podnic_slot_v1"`
+	PodnicSvcV1    *ebpf.Map `ebpf:"podnic_svc_v1"`
 }
 
 func (m *podnicMaps) Close() error {
@@ -372,7 +380,7 @@ func (m *podnicMaps) Close() error {
 		m.PodnicCtV1,
 		m.PodnicEvV1,
 		m.PodnicLbnsV1,
-		m.PodnicLbskV1,
+		m.PodnicLbpeerV1,
 		m.PodnicLiveV1,
 		m.PodnicSlotV1,
 		m.PodnicSvcV1,

@@ -17,18 +17,21 @@ import (
 // TCP connection, side by side in one run: a pod connects, over lo, to a
 // Service whose backend is the pod itself, asks getpeername() (as Go's
 // net.Dial does), and closes; the pod's server accepts (the kernel runs
-// the getpeername hook for accept() as well) and closes.
+// the getpeername hook for accept() as well) and closes. Three cases:
 //
-//   - pod-ip: straight to the pod's own address; the hooks run and leave
+//   - pod-ip: straight to the pod's own address; connect4 runs and leaves
 //     the socket alone (the floor).
 //   - service: balanced at the socket, getpeername() names the backend.
-//   - service+peer-names: balanced, getpeername() names the Service.
+//   - peer-names: balanced, getpeername() names the Service.
 //
-// Besides ns/op (wall time of the sequential loop) it reports cpu-ns/op,
-// the process's CPU time per connection (client and server are both in
-// this process). The difference between the last two rows is what
-// --socket-lb-peer-name costs. Connections are closed with a reset, so
-// no port waits in TIME_WAIT.
+// The cases take turns in chunks of connections (the programs are switched
+// between chunks, outside the measurement), so that drift over the run
+// falls on all three alike. Per case it reports the wall time and the
+// process's CPU time per connection (client and server are both in this
+// process; the kernel's work for them is charged to it), and the two
+// differences that matter: balancing (service - pod-ip) and peer names
+// (peer-names - service). Connections are closed with a reset, so no port
+// waits in TIME_WAIT.
 func BenchmarkSocketLBConnect(b *testing.B) {
 	d := loadTest(b)
 	n := simnode.New(b)
@@ -37,8 +40,9 @@ func BenchmarkSocketLBConnect(b *testing.B) {
 		b.Fatal(err)
 	}
 	self := netip.AddrPortFrom(pod.IPv4, simBackendPort)
+	vip := netip.AddrPortFrom(simSelfV4, simServicePort)
 	if err := d.Maps.UpsertService(ServiceEntry{
-		Frontend: Frontend{VIP: simSelfV4, Port: simServicePort, Proto: TCP},
+		Frontend: Frontend{VIP: vip.Addr(), Port: vip.Port(), Proto: TCP},
 		ID:       1,
 		Backends: []BackendEntry{{ID: 1, Addr: self}},
 	}); err != nil {
@@ -53,44 +57,57 @@ func BenchmarkSocketLBConnect(b *testing.B) {
 	stop := acceptAndClose(b, pod, simBackendPort)
 	defer stop()
 
-	for _, c := range []struct {
+	cases := []struct {
 		name      string
 		to        netip.AddrPort
 		peerNames bool
-		balanced  bool
+		peer      netip.AddrPort // what getpeername must say
+		wall, cpu time.Duration
 	}{
-		{"pod-ip", self, false, false},
-		{"service", netip.AddrPortFrom(simSelfV4, simServicePort), false, true},
-		{"service+peer-names", netip.AddrPortFrom(simSelfV4, simServicePort), true, true},
-	} {
-		b.Run(c.name, func(b *testing.B) {
+		{name: "pod-ip", to: self, peer: self},
+		{name: "service", to: vip, peer: self},
+		{name: "peer-names", to: vip, peerNames: true, peer: vip},
+	}
+	const chunk = 500
+	b.ResetTimer()
+	for done := 0; done < b.N; done += chunk {
+		count := min(chunk, b.N-done)
+		for i := range cases {
+			c := &cases[i]
+			b.StopTimer()
 			if err := d.AttachSocketLB(cg, c.peerNames); err != nil {
 				b.Fatal(err)
 			}
-			// One connection first: it must go where the case says.
-			peer, err := connectClose(pod, c.to, 1)
+			b.StartTimer()
+			cpu0 := processCPU()
+			t0 := time.Now()
+			peer, err := connectClose(pod, c.to, count)
+			c.wall += time.Since(t0)
+			c.cpu += processCPU() - cpu0
 			if err != nil {
 				b.Fatal(err)
 			}
-			want := self
-			if c.balanced && c.peerNames {
-				want = c.to
+			if peer != c.peer {
+				b.Fatalf("%s: getpeername says %s, want %s", c.name, peer, c.peer)
 			}
-			if peer != want {
-				b.Fatalf("getpeername says %s, want %s", peer, want)
-			}
-			var before, after unix.Rusage
-			_ = unix.Getrusage(unix.RUSAGE_SELF, &before)
-			b.ResetTimer()
-			if _, err := connectClose(pod, c.to, b.N); err != nil {
-				b.Fatal(err)
-			}
-			b.StopTimer()
-			_ = unix.Getrusage(unix.RUSAGE_SELF, &after)
-			cpu := time.Duration(after.Utime.Nano() + after.Stime.Nano() - before.Utime.Nano() - before.Stime.Nano())
-			b.ReportMetric(float64(cpu.Nanoseconds())/float64(b.N), "cpu-ns/op")
-		})
+		}
 	}
+	b.StopTimer()
+	per := func(d time.Duration) float64 { return float64(d.Nanoseconds()) / float64(b.N) }
+	for _, c := range cases {
+		b.ReportMetric(per(c.wall), c.name+"-ns/conn")
+		b.ReportMetric(per(c.cpu), c.name+"-cpu-ns/conn")
+	}
+	b.ReportMetric(per(cases[1].cpu-cases[0].cpu), "balancing-cost-cpu-ns/conn")
+	b.ReportMetric(per(cases[2].cpu-cases[1].cpu), "peer-names-cost-cpu-ns/conn")
+	b.ReportMetric(0, "ns/op") // three cases per op: see the cases' own figures
+}
+
+// processCPU is the CPU time this process has used, user and system.
+func processCPU() time.Duration {
+	var ru unix.Rusage
+	_ = unix.Getrusage(unix.RUSAGE_SELF, &ru)
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
 // connectClose connects to addr from the pod count times, reading the

@@ -2,6 +2,7 @@ package bpf
 
 import (
 	"errors"
+	"net"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -9,6 +10,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/podnic/podnic/test/simnode"
 )
@@ -303,5 +306,124 @@ func TestSocketLBWithoutPeerNames(t *testing.T) {
 	}
 	if got := delta(); got[0] != 1 {
 		t.Errorf("counted socket-lb %d, want 1", got[0])
+	}
+}
+
+// lbPeer is a podnic_lbpeer_v1 slot as the test reads and writes it (the
+// leading bpf_spin_lock is left to the kernel).
+type lbPeer struct {
+	Lock            uint32
+	SvcPort, BePort [2]byte // network order
+	Cookie          uint64
+	Svc, Be         Addr
+}
+
+func portBytes(p uint16) [2]byte { return [2]byte{byte(p >> 8), byte(p)} }
+
+// socketCookie reads a connected socket's cookie and returns a function
+// asking the kernel for its peer (not Go's copy of it from connect time).
+func socketCookie(t *testing.T, c net.Conn) (cookie uint64, peer func() netip.AddrPort) {
+	t.Helper()
+	raw, err := c.(syscall.Conn).SyscallConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var sysErr error
+	if err := raw.Control(func(fd uintptr) {
+		cookie, sysErr = unix.GetsockoptUint64(int(fd), unix.SOL_SOCKET, unix.SO_COOKIE)
+	}); err != nil || sysErr != nil {
+		t.Fatalf("reading SO_COOKIE: %v %v", err, sysErr)
+	}
+	return cookie, func() netip.AddrPort {
+		t.Helper()
+		var sa unix.Sockaddr
+		if err := raw.Control(func(fd uintptr) { sa, sysErr = unix.Getpeername(int(fd)) }); err != nil || sysErr != nil {
+			t.Fatalf("getpeername: %v %v", err, sysErr)
+		}
+		switch sa := sa.(type) {
+		case *unix.SockaddrInet4:
+			return netip.AddrPortFrom(netip.AddrFrom4(sa.Addr), uint16(sa.Port))
+		case *unix.SockaddrInet6:
+			return netip.AddrPortFrom(netip.AddrFrom16(sa.Addr).Unmap(), uint16(sa.Port))
+		}
+		t.Fatalf("getpeername: %T", sa)
+		return netip.AddrPort{}
+	}
+}
+
+// getpeername() names the Service from the socket's slot in
+// podnic_lbpeer_v1 only while the slot holds the socket's own cookie and
+// the socket's peer is the backend the slot names: a slot taken over by a
+// newer socket, or naming another backend, changes nothing.
+func TestGetPeerNameFollowsTheSocketsSlot(t *testing.T) {
+	d := loadTest(t)
+	client, server := trafficPods(t, d)
+	attachPod(t, d, client, ModeAuto)
+	socketLB(t, d)
+	vip := netip.AddrPortFrom(simVIPv4, simServicePort)
+	backend := netip.AddrPortFrom(server.IPv4, simBackendPort)
+	slots := uint64(d.Maps.LBPeers.MaxEntries())
+	peerSlot := func(cookie uint64) uint32 { return uint32(cookie % slots) }
+	slotOf := func(cookie uint64) lbPeer {
+		t.Helper()
+		var p lbPeer
+		if err := d.Maps.LBPeers.Lookup(peerSlot(cookie), &p); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	put := func(cookie uint64, p lbPeer) {
+		t.Helper()
+		if err := d.Maps.LBPeers.Put(peerSlot(cookie), p); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	balanced, err := client.Dial("tcp", vip, simTimeout)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer balanced.Close()
+	cookie, peer := socketCookie(t, balanced)
+	want := lbPeer{Cookie: cookie, Svc: AddrFrom(simVIPv4), Be: AddrFrom(server.IPv4),
+		SvcPort: portBytes(simServicePort), BePort: portBytes(simBackendPort)}
+	if got := slotOf(cookie); got != want {
+		t.Errorf("slot of the balanced socket %d: %+v, want %+v", cookie, got, want)
+	}
+	if p := peer(); p != vip {
+		t.Errorf("getpeername of the balanced socket: %s, want %s", p, vip)
+	}
+	// A newer socket whose cookie falls on the same slot takes it over.
+	newer := want
+	newer.Cookie = cookie + slots
+	put(cookie, newer)
+	if p := peer(); p != backend {
+		t.Errorf("getpeername after the slot was taken over: %s, want the backend %s", p, backend)
+	}
+
+	direct, err := client.Dial("tcp", backend, simTimeout)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer direct.Close()
+	cookie, peer = socketCookie(t, direct)
+	if got := slotOf(cookie); got.Cookie == cookie {
+		t.Errorf("a socket connected straight to the backend has a slot: %+v", got)
+	}
+	if p := peer(); p != backend {
+		t.Errorf("getpeername without a slot: %s, want %s", p, backend)
+	}
+	other := want
+	other.Cookie = cookie
+	other.Be = AddrFrom(client.IPv4)
+	put(cookie, other)
+	if p := peer(); p != backend {
+		t.Errorf("getpeername with a slot naming another backend: %s, want %s", p, backend)
+	}
+	mine := want
+	mine.Cookie = cookie
+	put(cookie, mine)
+	if p := peer(); p != vip {
+		t.Errorf("getpeername with a matching slot: %s, want %s", p, vip)
 	}
 }

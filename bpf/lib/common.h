@@ -165,14 +165,15 @@ struct pn_event {
 };
 
 /* Map sizes: docs/maps.md explains each and what fills it. */
-#define PN_SVC_MAX	262144
-#define PN_BACKEND_MAX	262144
-#define PN_SLOT_MAX	1048576
-#define PN_CT_MAX	262144
-#define PN_AFFINITY_MAX 65536
-#define PN_EVENTS_BYTES (256 * 1024)
-#define PN_CIDR_MAX	64
-#define PN_LB_NETNS_MAX 16384
+#define PN_SVC_MAX	 262144
+#define PN_BACKEND_MAX	 262144
+#define PN_SLOT_MAX	 1048576
+#define PN_CT_MAX	 262144
+#define PN_AFFINITY_MAX	 65536
+#define PN_EVENTS_BYTES	 (256 * 1024)
+#define PN_CIDR_MAX	 64
+#define PN_LB_NETNS_MAX	 16384
+#define PN_LB_PEER_SLOTS 262144 /* a power of two */
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);

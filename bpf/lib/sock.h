@@ -16,9 +16,7 @@
  * socket is bound), Services without endpoints (the tc path answers with a
  * RST), VIPs of an address family the socket cannot reach. getpeername()
  * answers with the Service, as it would through kube-proxy, while
- * PN_CFG_PEER_NAME is set: remembering the Service in socket storage costs
- * about 2 µs per connection (allocation, and the free when the socket
- * goes), more than everything else here together. */
+ * PN_CFG_PEER_NAME is set (podnic_lbpeer_v1, below). */
 #pragma once
 
 #include "common.h"
@@ -40,21 +38,38 @@ struct {
 	__type(value, struct pn_lb_netns);
 } podnic_lbns_v1 SEC(".maps");
 
-/* The Service a balanced socket connected to, kept with the socket and
- * freed with it. */
-struct pn_lb_sock {
-	struct pn_addr addr;
-	__be16 port;
-	__u16 pad;
-	__u32 svc_id;
+/* What a balanced socket connected to, for getpeername(): the Service, and
+ * the backend the socket went to instead. The table is direct-mapped by
+ * socket cookie: the slot of cookie c is c mod PN_LB_PEER_SLOTS, and holds
+ * c itself to tell its socket from others of the same slot. Cookies are
+ * handed out in increasing order, so a slot is written again only once
+ * PN_LB_PEER_SLOTS more sockets on the node have a cookie; a socket that
+ * old (and still asking) gets the backend as its peer name, never a wrong
+ * Service. The name is also only given while the socket's peer is still
+ * the backend it was balanced to.
+ *
+ * Nothing is allocated or freed per socket and nothing runs when a socket
+ * closes: a connect() writes 48 bytes, a getpeername() reads them. Socket
+ * storage, the obvious home for this, cost an accounted allocation per
+ * socket and an RCU-deferred free (about 1-2 us per connection), and a
+ * hash map by cookie cost a bucket miss per lookup and a program on every
+ * socket's close (docs/datapath.md). The lock keeps a reader from seeing
+ * half of a slot another CPU is rewriting. */
+struct pn_lb_peer {
+	struct bpf_spin_lock lock;
+	__be16 svc_port;
+	__be16 be_port;
+	__u64 cookie;
+	struct pn_addr svc;
+	struct pn_addr be;
 };
 
 struct {
-	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
-	__uint(map_flags, BPF_F_NO_PREALLOC);
-	__type(key, int);
-	__type(value, struct pn_lb_sock);
-} podnic_lbsk_v1 SEC(".maps");
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, PN_LB_PEER_SLOTS);
+	__type(key, __u32);
+	__type(value, struct pn_lb_peer);
+} podnic_lbpeer_v1 SEC(".maps");
 
 static __always_inline void pn_count_sock(int reason)
 {
@@ -80,7 +95,6 @@ static __always_inline int pn_sock_lb(struct bpf_sock_addr *ctx, struct pn_addr 
 	struct pn_svc_key k = {};
 	struct pn_svc_val *svc;
 	struct pn_backend *be;
-	struct pn_lb_sock *s;
 	__u64 cookie;
 	__u32 id;
 
@@ -103,12 +117,19 @@ static __always_inline int pn_sock_lb(struct bpf_sock_addr *ctx, struct pn_addr 
 		goto unchanged;
 
 	if (pn_cfg_flag(PN_CFG_PEER_NAME)) {
-		s = bpf_sk_storage_get(&podnic_lbsk_v1, ctx->sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
-		if (!s)
+		__u64 sk_cookie = bpf_get_socket_cookie(ctx);
+		__u32 slot = (__u32)sk_cookie & (PN_LB_PEER_SLOTS - 1);
+		struct pn_lb_peer *p = bpf_map_lookup_elem(&podnic_lbpeer_v1, &slot);
+
+		if (!p)
 			goto unchanged;
-		s->addr = *addr;
-		s->port = *port;
-		s->svc_id = svc->id;
+		bpf_spin_lock(&p->lock);
+		p->cookie = sk_cookie;
+		p->svc = *addr;
+		p->svc_port = *port;
+		p->be = be->addr;
+		p->be_port = be->port;
+		bpf_spin_unlock(&p->lock);
 	}
 	*addr = be->addr;
 	*port = be->port;
@@ -116,16 +137,53 @@ static __always_inline int pn_sock_lb(struct bpf_sock_addr *ctx, struct pn_addr 
 	return 1;
 
 unchanged:
-	/* A socket connecting again (after a failed attempt) forgets the
-	 * Service of its earlier try. */
-	bpf_sk_storage_delete(&podnic_lbsk_v1, ctx->sk);
+	/* A socket connecting again after a failed balanced connect() keeps
+	 * its slot, which names the Service only if the socket's peer is
+	 * that backend again. */
 	return 0;
 }
 
-/* pn_sock_peer returns the Service a balanced socket connected to. */
-static __always_inline struct pn_lb_sock *pn_sock_peer(struct bpf_sock_addr *ctx)
+/* The kernel's struct sock_common, which every struct sock (and so every
+ * struct tcp_sock) starts with: the one field podnic reads, placed by
+ * CO-RE from the running kernel's BTF (the "___podnic" flavour is dropped
+ * to match it). */
+struct sock_common___podnic {
+	struct {
+		__s64 counter;
+	} skc_cookie;
+} __attribute__((preserve_access_index));
+
+/* pn_sock_peer finds the Service a balanced socket connected to, given its
+ * peer (peer, port: what getpeername() is about to return), and writes it
+ * to svc and svc_port. It returns 1 when it did. */
+static __always_inline int pn_sock_peer(struct bpf_sock_addr *ctx, const struct pn_addr *peer,
+					__be16 port, struct pn_addr *svc, __be16 *svc_port)
 {
+	struct sock_common___podnic *tp;
+	struct pn_lb_peer *p;
+	__u64 sk_cookie;
+	__u32 slot;
+	int found = 0;
+
 	if (ctx->protocol != IPPROTO_TCP)
-		return NULL;
-	return bpf_sk_storage_get(&podnic_lbsk_v1, ctx->sk, 0, 0);
+		return 0;
+	/* A socket without a cookie was never balanced: read the cookie
+	 * without making one, so that accept(), which asks for every server
+	 * socket, costs neither a cookie nor a slot's cache line. */
+	tp = (struct sock_common___podnic *)bpf_skc_to_tcp_sock(ctx->sk);
+	if (!tp || tp->skc_cookie.counter == 0)
+		return 0;
+	sk_cookie = bpf_get_socket_cookie(ctx);
+	slot = (__u32)sk_cookie & (PN_LB_PEER_SLOTS - 1);
+	p = bpf_map_lookup_elem(&podnic_lbpeer_v1, &slot);
+	if (!p)
+		return 0;
+	bpf_spin_lock(&p->lock);
+	if (p->cookie == sk_cookie && p->be_port == port && pn_addr_eq(&p->be, peer)) {
+		*svc = p->svc;
+		*svc_port = p->svc_port;
+		found = 1;
+	}
+	bpf_spin_unlock(&p->lock);
+	return found;
 }

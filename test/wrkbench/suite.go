@@ -26,8 +26,8 @@ type Config struct {
 	KubeProxyAtScale bool
 	Workers          int // parallel API requests while filling
 	// NoPeerNames runs podnic as podnic-agent --socket-lb-peer-name=false:
-	// getpeername() of a balanced socket names the backend, and no
-	// per-socket storage is allocated.
+	// getpeername() of a balanced socket names the backend, and connect()
+	// writes no slot for it.
 	NoPeerNames bool
 	// NetHTTP serves with podnic-echo's net/http server instead of its
 	// minimal one.

@@ -20,7 +20,7 @@ var (
 	flagServices = flag.String("wrkbench.services", "", "comma-separated Service counts, one phase each (default: 1,10000; quick: 1)")
 	flagKP       = flag.Bool("wrkbench.kube-proxy", true, "run the kube-proxy cases (starts etcd, kube-apiserver, two kube-proxies)")
 	flagKPScale  = flag.Bool("wrkbench.kube-proxy-at-scale", true, "keep the kube-proxy cases in phases above 1 Service (creates the Services in the API server)")
-	flagNoPeer   = flag.Bool("wrkbench.no-peer-names", false, "run podnic with --socket-lb-peer-name=false (getpeername names the backend; no per-socket storage)")
+	flagNoPeer   = flag.Bool("wrkbench.no-peer-names", false, "run podnic with --socket-lb-peer-name=false (getpeername names the backend; no getpeername slot per connect)")
 	flagNetHTTP  = flag.Bool("wrkbench.net-http", false, "serve with podnic-echo's net/http server instead of its minimal one")
 	flagOut      = flag.String("wrkbench.out", "../../bench-results", "directory for the markdown report")
 )
