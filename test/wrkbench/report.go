@@ -193,10 +193,15 @@ func (r *Results) WriteMarkdown(w io.Writer) {
 		if ph.Setup > 1e9 {
 			fmt.Fprintf(w, "\n(%d Services: filling and kube-proxy sync took %v)\n", ph.Services, ph.Setup.Round(1e9))
 		}
-		if ph.IPTPosition > 0 && ph.Services > 1 {
-			fmt.Fprintf(w, "\n(%d Services: kube-proxy iptables-legacy has the bench Service's rule at position %d of %d in KUBE-SERVICES; "+
-				"every new connection walks the chain up to it, so its cost depends on that position, which kube-proxy's ordering decides)\n",
-				ph.Services, ph.IPTPosition, ph.IPTRules)
+		if len(ph.IPTPositions) > 0 && ph.Services > 1 {
+			pos := make([]string, len(ph.IPTPositions))
+			for i, p := range ph.IPTPositions {
+				pos[i] = fmt.Sprint(p)
+			}
+			fmt.Fprintf(w, "\n(%d Services: kube-proxy iptables-legacy had the bench Service's rule at position %s of about %d in KUBE-SERVICES, round by round. "+
+				"Every new connection walks the chain up to it, so its cost follows the position. kube-proxy writes the chain in a new random order at each sync; "+
+				"each round after the first adds a Service, so that the order is drawn again and the phase is not one draw)\n",
+				ph.Services, strings.Join(pos, ", "), ph.IPTRules)
 		}
 		for _, short := range []bool{false, true} {
 			kind := "keep-alive"

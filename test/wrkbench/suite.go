@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -39,9 +40,9 @@ func QuickConfig() Config {
 	return Config{Rounds: 2, Duration: 3 * time.Second, Conns: 32, Services: []int{1}, KubeProxy: true, KubeProxyAtScale: true, Workers: 16}
 }
 
-// FullConfig is what `make bench-wrk` runs: about 13 minutes.
+// FullConfig is what `make bench-wrk` runs: about 14 minutes.
 func FullConfig() Config {
-	return Config{Rounds: 5, Duration: 4 * time.Second, Conns: 32, Services: []int{1, 10000}, KubeProxy: true, KubeProxyAtScale: true, Workers: 16}
+	return Config{Rounds: 8, Duration: 3 * time.Second, Conns: 32, Services: []int{1, 10000}, KubeProxy: true, KubeProxyAtScale: true, Workers: 16}
 }
 
 // Target is where one client sends its requests.
@@ -72,9 +73,11 @@ type Phase struct {
 	Cases    []Case
 	Samples  map[string][]Sample // by Case.String(), one per round
 	Setup    time.Duration       // filling and syncing before the rounds
-	// IPTPosition is where the bench Service's rule sits in kube-proxy
-	// iptables' KUBE-SERVICES chain of IPTRules rules (0: not run).
-	IPTPosition, IPTRules int
+	// IPTPositions are where the bench Service's rule sat in kube-proxy
+	// iptables' KUBE-SERVICES chain, one per round, of IPTRules rules
+	// (none: not run).
+	IPTPositions []int
+	IPTRules     int
 }
 
 // Results are the whole suite's.
@@ -198,16 +201,51 @@ func Run(t *testing.T, cfg Config) *Results {
 			}
 			present = n
 		}
-		ph.Setup = time.Since(start)
-		for _, kp := range proxies {
-			if kp.mode.name != modeIPT.name || (n > 1 && !cfg.KubeProxyAtScale) {
-				continue
+		if n > 1 {
+			// Filling and syncing leave work behind; start quiet.
+			if _, err := settle(busyIdle, 30*time.Second); err != nil {
+				t.Logf("%d Services: %v", n, err)
 			}
-			pos, total, err := iptablesPosition(kp.node.pod.Netns, benchVIP)
+		}
+		ph.Setup = time.Since(start)
+		// kube-proxy iptables writes KUBE-SERVICES in Go map order, drawn
+		// anew at each sync, and a new connection walks the chain up to
+		// its Service's rule: one sync's order would make the whole phase
+		// one draw. With more than one Service, each round after the first
+		// adds a Service, so both kube-proxies sync and the order is drawn
+		// again; the report lists the positions.
+		var ipt *kubeProxy
+		for _, kp := range proxies {
+			if kp.mode.name == modeIPT.name && (n == 1 || cfg.KubeProxyAtScale) {
+				ipt = kp
+			}
+		}
+		redraw := func(r int) {
+			if ipt == nil {
+				return
+			}
+			if n > 1 && r > 0 {
+				if err := api.createService(fmt.Sprintf("redraw-%d-%d", n, r), redrawVIP(r)); err != nil {
+					t.Fatal(err)
+				}
+				for _, kp := range proxies {
+					if err := kp.waitSynced(n+r, 2*time.Minute); err != nil {
+						t.Fatal(err)
+					}
+				}
+				// The sync's tail (the API server, etcd, kube-proxy's
+				// cleanup) must not run during the round.
+				if d, err := settle(busyIdle, 30*time.Second); err != nil {
+					t.Logf("round %d: %v", r+1, err)
+				} else {
+					t.Logf("round %d: kube-proxy synced again; machine quiet after %v", r+1, d.Round(time.Second))
+				}
+			}
+			pos, total, err := iptablesPosition(ipt.node.pod.Netns, benchVIP)
 			if err != nil {
 				t.Fatal(err)
 			}
-			ph.IPTPosition, ph.IPTRules = pos, total
+			ph.IPTPositions, ph.IPTRules = append(ph.IPTPositions, pos), total
 		}
 		for _, tg := range targets {
 			if tg.kubeProxy != nil && n > 1 && !cfg.KubeProxyAtScale {
@@ -217,6 +255,7 @@ func Run(t *testing.T, cfg Config) *Results {
 		}
 		t.Logf("phase %d Services: %d cases × %d rounds × %v", n, len(ph.Cases), cfg.Rounds, cfg.Duration)
 		for r := 0; r < cfg.Rounds; r++ {
+			redraw(r)
 			// Rotate the order each round, so no case always follows
 			// the same one.
 			for i := range ph.Cases {
@@ -279,6 +318,66 @@ func k8sBinDir(t *testing.T) string {
 	}
 	lines := strings.Split(strings.TrimSpace(string(out)), "\n")
 	return lines[len(lines)-1]
+}
+
+// busyIdle is how much CPU time, over all CPUs, a second may use for the
+// machine to count as quiet: the API server, etcd and two kube-proxies
+// idle at a few percent; a sync takes a whole CPU.
+const busyIdle = 250 * time.Millisecond
+
+// settle waits until the machine used less than busy CPU time in one
+// second, at most max, and says how long it waited.
+func settle(busy, max time.Duration) (time.Duration, error) {
+	start := time.Now()
+	prev, err := machineBusy()
+	if err != nil {
+		return 0, err
+	}
+	for {
+		time.Sleep(time.Second)
+		cur, err := machineBusy()
+		if err != nil {
+			return 0, err
+		}
+		if cur-prev < busy {
+			return time.Since(start), nil
+		}
+		if time.Since(start) > max {
+			return time.Since(start), fmt.Errorf("the machine did not quiet down in %v (%v busy in the last second)", max, (cur - prev).Round(time.Millisecond))
+		}
+		prev = cur
+	}
+}
+
+// clockTick is USER_HZ, the unit of /proc/stat; it is 100 on every Linux
+// architecture podnic ships for.
+const clockTick = 100
+
+// machineBusy is the CPU time all CPUs spent not idle since boot, from
+// /proc/stat.
+func machineBusy() (time.Duration, error) {
+	b, err := os.ReadFile("/proc/stat")
+	if err != nil {
+		return 0, fmt.Errorf("reading /proc/stat: %w", err)
+	}
+	line, _, _ := strings.Cut(string(b), "\n")
+	f := strings.Fields(line)
+	if len(f) < 9 || f[0] != "cpu" {
+		return 0, fmt.Errorf("reading /proc/stat: unexpected first line %q", line)
+	}
+	var ticks int64
+	// user nice system idle iowait irq softirq steal: all but idle, iowait.
+	for i, v := range f[1:9] {
+		if i == 3 || i == 4 {
+			continue
+		}
+		x, err := strconv.ParseInt(v, 10, 64)
+		if err != nil {
+			return 0, fmt.Errorf("reading /proc/stat: %w", err)
+		}
+		ticks += x
+	}
+	return time.Duration(ticks) * time.Second / clockTick, nil
 }
 
 func loadavg() string {

@@ -264,12 +264,19 @@ func serviceEntry(id uint32, vip netip.Addr) bpf.ServiceEntry {
 }
 
 // fillVIP is the VIP of the i-th extra Service (0-based).
+// maxFillServices bounds the Services a phase may have (-wrkbench.services).
+const maxFillServices = 30000
+
 func fillVIP(i int) netip.Addr {
 	a := fillVIPStart.As4()
 	n := uint32(a[0])<<24 | uint32(a[1])<<16 | uint32(a[2])<<8 | uint32(a[3])
 	n += uint32(i)
 	return netip.AddrFrom4([4]byte{byte(n >> 24), byte(n >> 16), byte(n >> 8), byte(n)})
 }
+
+// redrawVIP is the VIP of the Service added before round r to make
+// kube-proxy sync again; it lies past every fill VIP.
+func redrawVIP(r int) netip.Addr { return fillVIP(maxFillServices + r) }
 
 // fillPodnic adds extra Services to podnic's maps, so that n are present.
 func (tb *testbed) fillPodnic(n int) error {

@@ -44,8 +44,8 @@ func configFromFlags(t *testing.T) Config {
 		cfg.Services = nil
 		for _, s := range strings.Split(*flagServices, ",") {
 			n, err := strconv.Atoi(strings.TrimSpace(s))
-			if err != nil || n < 1 || n > 30000 {
-				t.Fatalf("-wrkbench.services: %q is not a count from 1 to 30000", s)
+			if err != nil || n < 1 || n > maxFillServices {
+				t.Fatalf("-wrkbench.services: %q is not a count from 1 to %d", s, maxFillServices)
 			}
 			cfg.Services = append(cfg.Services, n)
 		}
