@@ -399,6 +399,36 @@ func TestDirectSYNForgetsAClosingFlowsReplyEntry(t *testing.T) {
 	}
 }
 
+// Once no tc-translated TCP flow can be alive any more, a SYN straight to
+// a backend leaves conntrack alone: the forget above costs a map update,
+// which a pod whose connections are all balanced at the socket should not
+// pay for a flow long gone.
+func TestDirectSYNLeavesConntrackAloneOnceNoFlowCanBeAlive(t *testing.T) {
+	fam := families[0]
+	d := loadTest(t)
+	service(t, d, Frontend{VIP: fam.vip, Port: servicePort, Proto: TCP}, 1, backendPort, fam.backends[0])
+	client, vip, backend := ap(fam.client, clientPort), ap(fam.vip, servicePort), ap(fam.backends[0], backendPort)
+	dnatTarget(t, d, pkt{src: client, dst: vip, proto: TCP, flags: "S"})
+	reply := CTKey{Src: AddrFrom(fam.backends[0]), Dst: AddrFrom(fam.client), Sport: PortFrom(backendPort), Dport: PortFrom(clientPort), Proto: TCP, Dir: CTReply}
+	var e CTEntry
+	if err := d.Maps.Conntrack.Lookup(&reply, &e); err != nil {
+		t.Fatalf("no reply entry for the translated flow: %v", err)
+	}
+	// Every slot says the last flow expired a moment after boot.
+	for slot := uint32(0); slot < d.Maps.Live.MaxEntries(); slot++ {
+		if err := d.Maps.Live.Put(slot, podnicPnLive{Until: [2]uint64{1, 1}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	direct := pkt{src: client, dst: backend, proto: TCP, flags: "S"}
+	if ret, got := run(t, d.Programs.FromPod, direct.bytes(t)); ret != actUnspec || !equalPacket(got, direct.bytes(t)) {
+		t.Fatalf("direct SYN changed (verdict %d)", ret)
+	}
+	if err := d.Maps.Conntrack.Lookup(&reply, &e); err != nil {
+		t.Errorf("the SYN touched conntrack although no translated flow can be alive: %v", err)
+	}
+}
+
 func TestExpiredFlowChoosesAnew(t *testing.T) {
 	forEach(t, func(t *testing.T, fam family, proto Proto) {
 		d := loadTest(t)

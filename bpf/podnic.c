@@ -82,13 +82,20 @@ static __always_inline void pn_live_flow(struct __sk_buff *skb, __u8 proto, __u6
  * its wire tuple with any earlier flow tc translated from the same client
  * port to that backend: that flow's reply entry, still alive while it
  * closes, would rewrite the new connection's replies to the old Service.
- * Forget it. Interfaces that never had a tc-translated TCP flow skip this. */
+ * Forget it. Only while a tc-translated TCP flow replying here can be
+ * alive: an interface that never had one skips the clock, and one whose
+ * last one expired (or that shares the slot with one that did) skips the
+ * conntrack map. */
 static __always_inline int pn_pass(struct __sk_buff *skb, const struct pn_pkt *p)
 {
+	__u64 until;
+
 	if (p->proto == IPPROTO_TCP && !p->fragment &&
-	    (p->tcp_flags & (PN_TCP_SYN | PN_TCP_ACK)) == PN_TCP_SYN &&
-	    pn_live_time(skb->ifindex, IPPROTO_TCP) != 0)
-		pn_ct_forget_reply(p);
+	    (p->tcp_flags & (PN_TCP_SYN | PN_TCP_ACK)) == PN_TCP_SYN) {
+		until = pn_live_time(skb->ifindex, IPPROTO_TCP);
+		if (until != 0 && bpf_ktime_get_ns() < until)
+			pn_ct_forget_reply(p);
+	}
 	return TC_ACT_UNSPEC;
 }
 
