@@ -136,7 +136,7 @@ func Load(root string) (*Datapath, error) {
 			Events:       objs.PodnicEvV1,
 			ServiceCIDRs: objs.PodnicCidrV1,
 			LBNetns:      objs.PodnicLbnsV1,
-			LBPeers:      objs.PodnicLbpeerV1,
+			LBPeers:      objs.PodnicLbpeerV2,
 			Config:       objs.PodnicCfgV1,
 			Live:         objs.PodnicLiveV1,
 		},
@@ -169,7 +169,8 @@ func Load(root string) (*Datapath, error) {
 // uses. Load removes their pins; programs still attached from the earlier
 // build keep the maps alive until they are replaced.
 var retiredMaps = []string{
-	"podnic_lbsk_v1", // socket storage for getpeername(), now podnic_lbpeer_v1
+	"podnic_lbsk_v1",   // socket storage for getpeername(), now podnic_lbpeer_v2
+	"podnic_lbpeer_v1", // getpeername() slots with a lock, now tagged (v2)
 }
 
 // OpenPinned opens the pinned maps and programs under root without loading
@@ -189,7 +190,7 @@ func OpenPinned(root string) (*Datapath, error) {
 		"podnic_ev_v1":     &d.Maps.Events,
 		"podnic_cidr_v1":   &d.Maps.ServiceCIDRs,
 		"podnic_lbns_v1":   &d.Maps.LBNetns,
-		"podnic_lbpeer_v1": &d.Maps.LBPeers,
+		"podnic_lbpeer_v2": &d.Maps.LBPeers,
 		"podnic_cfg_v1":    &d.Maps.Config,
 		"podnic_live_v1":   &d.Maps.Live,
 	}

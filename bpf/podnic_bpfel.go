@@ -142,15 +142,9 @@ type podnicPnLbNetns struct {
 }
 
 type podnicPnLbPeer struct {
-	_    structs.HostLayout
-	Lock struct {
-		_   structs.HostLayout
-		Val uint32
-	}
-	SvcPort uint16
-	BePort  uint16
-	Cookie  uint64
-	Svc     struct {
+	_      structs.HostLayout
+	Cookie uint64
+	Svc    struct {
 		_ structs.HostLayout
 		W [4]uint32
 	}
@@ -158,6 +152,9 @@ type podnicPnLbPeer struct {
 		_ structs.HostLayout
 		W [4]uint32
 	}
+	SvcPort uint16
+	BePort  uint16
+	Tag     uint32
 }
 
 type podnicPnLive struct {
@@ -230,7 +227,7 @@ const (
 	podnicMapPodnicCtV1       = "podnic_ct_v1"
 	podnicMapPodnicEvV1       = "podnic_ev_v1"
 	podnicMapPodnicLbnsV1     = "podnic_lbns_v1"
-	podnicMapPodnicLbpeerV1   = "podnic_lbpeer_v1"
+	podnicMapPodnicLbpeerV2   = "podnic_lbpeer_v2"
 	podnicMapPodnicLiveV1     = "podnic_live_v1"
 	podnicMapPodnicSlotV1     = "podnic_slot_v1"
 	podnicMapPodnicSvcV1      = "podnic_svc_v1"
@@ -315,7 +312,7 @@ type podnicMapSpecs struct {
 	PodnicCtV1     *ebpf.MapSpec `ebpf:"podnic_ct_v1"`
 	PodnicEvV1     *ebpf.MapSpec `ebpf:"podnic_ev_v1"`
 	PodnicLbnsV1   *ebpf.MapSpec `ebpf:"podnic_lbns_v1"`
-	PodnicLbpeerV1 *ebpf.MapSpec `ebpf:"podnic_lbpeer_v1"`
+	PodnicLbpeerV2 *ebpf.MapSpec `ebpf:"podnic_lbpeer_v2"`
 	PodnicLiveV1   *ebpf.MapSpec `ebpf:"podnic_live_v1"`
 	PodnicSlotV1   *ebpf.MapSpec `ebpf:"podnic_slot_v1"`
 	PodnicSvcV1    *ebpf.MapSpec `ebpf:"podnic_svc_v1"`
@@ -364,7 +361,7 @@ type podnicMaps struct {
 	PodnicCtV1     *ebpf.Map `ebpf:"podnic_ct_v1"`
 	PodnicEvV1     *ebpf.Map `ebpf:"podnic_ev_v1"`
 	PodnicLbnsV1   *ebpf.Map `ebpf:"podnic_lbns_v1"`
-	PodnicLbpeerV1 *ebpf.Map `ebpf:"podnic_lbpeer_v1"`
+	PodnicLbpeerV2 *ebpf.Map `ebpf:"podnic_lbpeer_v2"`
 	PodnicLiveV1   *ebpf.Map `ebpf:"podnic_live_v1"`
 	PodnicSlotV1   *ebpf.Map `ebpf:"podnic_slot_v1"`
 	PodnicSvcV1    *ebpf.Map `ebpf:"podnic_svc_v1"`
@@ -380,7 +377,7 @@ func (m *podnicMaps) Close() error {
 		m.PodnicCtV1,
 		m.PodnicEvV1,
 		m.PodnicLbnsV1,
-		m.PodnicLbpeerV1,
+		m.PodnicLbpeerV2,
 		m.PodnicLiveV1,
 		m.PodnicSlotV1,
 		m.PodnicSvcV1,

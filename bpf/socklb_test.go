@@ -1,6 +1,7 @@
 package bpf
 
 import (
+	"encoding/binary"
 	"errors"
 	"net"
 	"net/netip"
@@ -309,13 +310,40 @@ func TestSocketLBWithoutPeerNames(t *testing.T) {
 	}
 }
 
-// lbPeer is a podnic_lbpeer_v1 slot as the test reads and writes it (the
-// leading bpf_spin_lock is left to the kernel).
+// lbPeer is a podnic_lbpeer_v2 slot as the test reads and writes it.
 type lbPeer struct {
-	Lock            uint32
-	SvcPort, BePort [2]byte // network order
 	Cookie          uint64
 	Svc, Be         Addr
+	SvcPort, BePort [2]byte // network order
+	Tag             uint32
+}
+
+// peerTag is pn_peer_tag (lib/sock.h): the words are the fields as the
+// program loads them, little-endian.
+func peerTag(p lbPeer) uint32 {
+	mix := func(h, w uint32) uint32 {
+		h ^= w
+		h *= 0x9e3779b1
+		return h ^ h>>15
+	}
+	word := func(b []byte) uint32 { return binary.LittleEndian.Uint32(b) }
+	h := uint32(0x7064636b)
+	h = mix(h, uint32(p.Cookie))
+	h = mix(h, uint32(p.Cookie>>32))
+	for i := 0; i < 4; i++ {
+		h = mix(h, word(p.Svc[4*i:]))
+		h = mix(h, word(p.Be[4*i:]))
+	}
+	svcPort := uint32(binary.LittleEndian.Uint16(p.SvcPort[:]))
+	bePort := uint32(binary.LittleEndian.Uint16(p.BePort[:]))
+	h = mix(h, svcPort<<16|bePort)
+	return h | 1
+}
+
+// tagged returns p with its tag set, as connect() writes it.
+func tagged(p lbPeer) lbPeer {
+	p.Tag = peerTag(p)
+	return p
 }
 
 func portBytes(p uint16) [2]byte { return [2]byte{byte(p >> 8), byte(p)} }
@@ -352,9 +380,10 @@ func socketCookie(t *testing.T, c net.Conn) (cookie uint64, peer func() netip.Ad
 }
 
 // getpeername() names the Service from the socket's slot in
-// podnic_lbpeer_v1 only while the slot holds the socket's own cookie and
-// the socket's peer is the backend the slot names: a slot taken over by a
-// newer socket, or naming another backend, changes nothing.
+// podnic_lbpeer_v2 only while the slot holds the socket's own cookie, the
+// socket's peer is the backend the slot names, and the slot's tag matches
+// its fields: a slot taken over by a newer socket, naming another backend,
+// or caught half rewritten, changes nothing.
 func TestGetPeerNameFollowsTheSocketsSlot(t *testing.T) {
 	d := loadTest(t)
 	client, server := trafficPods(t, d)
@@ -385,8 +414,8 @@ func TestGetPeerNameFollowsTheSocketsSlot(t *testing.T) {
 	}
 	defer balanced.Close()
 	cookie, peer := socketCookie(t, balanced)
-	want := lbPeer{Cookie: cookie, Svc: AddrFrom(simVIPv4), Be: AddrFrom(server.IPv4),
-		SvcPort: portBytes(simServicePort), BePort: portBytes(simBackendPort)}
+	want := tagged(lbPeer{Cookie: cookie, Svc: AddrFrom(simVIPv4), Be: AddrFrom(server.IPv4),
+		SvcPort: portBytes(simServicePort), BePort: portBytes(simBackendPort)})
 	if got := slotOf(cookie); got != want {
 		t.Errorf("slot of the balanced socket %d: %+v, want %+v", cookie, got, want)
 	}
@@ -396,7 +425,7 @@ func TestGetPeerNameFollowsTheSocketsSlot(t *testing.T) {
 	// A newer socket whose cookie falls on the same slot takes it over.
 	newer := want
 	newer.Cookie = cookie + slots
-	put(cookie, newer)
+	put(cookie, tagged(newer))
 	if p := peer(); p != backend {
 		t.Errorf("getpeername after the slot was taken over: %s, want the backend %s", p, backend)
 	}
@@ -416,14 +445,21 @@ func TestGetPeerNameFollowsTheSocketsSlot(t *testing.T) {
 	other := want
 	other.Cookie = cookie
 	other.Be = AddrFrom(client.IPv4)
-	put(cookie, other)
+	put(cookie, tagged(other))
 	if p := peer(); p != backend {
 		t.Errorf("getpeername with a slot naming another backend: %s, want %s", p, backend)
 	}
 	mine := want
 	mine.Cookie = cookie
-	put(cookie, mine)
+	put(cookie, tagged(mine))
 	if p := peer(); p != vip {
 		t.Errorf("getpeername with a matching slot: %s, want %s", p, vip)
+	}
+	// Half rewritten by another CPU: the fields match, the tag does not.
+	torn := tagged(mine)
+	torn.Svc = AddrFrom(simSelfV4)
+	put(cookie, torn)
+	if p := peer(); p != backend {
+		t.Errorf("getpeername with a torn slot: %s, want the backend %s", p, backend)
 	}
 }

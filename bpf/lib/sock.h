@@ -16,7 +16,7 @@
  * socket is bound), Services without endpoints (the tc path answers with a
  * RST), VIPs of an address family the socket cannot reach. getpeername()
  * answers with the Service, as it would through kube-proxy, while
- * PN_CFG_PEER_NAME is set (podnic_lbpeer_v1, below). */
+ * PN_CFG_PEER_NAME is set (podnic_lbpeer_v2, below). */
 #pragma once
 
 #include "common.h"
@@ -53,15 +53,22 @@ struct {
  * storage, the obvious home for this, cost an accounted allocation per
  * socket and an RCU-deferred free (about 1-2 us per connection), and a
  * hash map by cookie cost a bucket miss per lookup and a program on every
- * socket's close (docs/datapath.md). The lock keeps a reader from seeing
- * half of a slot another CPU is rewriting. */
+ * socket's close (docs/datapath.md).
+ *
+ * Slots are written with plain stores, no lock: a lock's atomic waits for
+ * the slot's cache line, which is cold in a table this size (about 0.2 us
+ * per connection here), where a plain store leaves that to the store
+ * buffer. Instead each slot carries a tag, a hash of its other fields; a
+ * reader copies the slot and uses it only if the tag matches the copy, so
+ * a slot another CPU is rewriting at that moment (half old, half new) is
+ * taken for empty, on any memory ordering. */
 struct pn_lb_peer {
-	struct bpf_spin_lock lock;
-	__be16 svc_port;
-	__be16 be_port;
 	__u64 cookie;
 	struct pn_addr svc;
 	struct pn_addr be;
+	__be16 svc_port;
+	__be16 be_port;
+	__u32 tag;
 };
 
 struct {
@@ -69,7 +76,32 @@ struct {
 	__uint(max_entries, PN_LB_PEER_SLOTS);
 	__type(key, __u32);
 	__type(value, struct pn_lb_peer);
-} podnic_lbpeer_v1 SEC(".maps");
+} podnic_lbpeer_v2 SEC(".maps");
+
+static __always_inline __u32 pn_mix(__u32 h, __u32 w)
+{
+	h ^= w;
+	h *= 0x9e3779b1;
+	return h ^ (h >> 15);
+}
+
+/* pn_peer_tag hashes a slot's fields but the tag (its Go twin, peerTag,
+ * is in bpf/socklb_test.go). */
+static __always_inline __u32 pn_peer_tag(const struct pn_lb_peer *p)
+{
+	__u32 h = 0x7064636b; /* "pdck" */
+	int i;
+
+	h = pn_mix(h, (__u32)p->cookie);
+	h = pn_mix(h, (__u32)(p->cookie >> 32));
+#pragma unroll
+	for (i = 0; i < 4; i++) {
+		h = pn_mix(h, p->svc.w[i]);
+		h = pn_mix(h, p->be.w[i]);
+	}
+	h = pn_mix(h, (__u32)p->svc_port << 16 | p->be_port);
+	return h | 1; /* never 0, the tag of a slot never written */
+}
 
 static __always_inline void pn_count_sock(int reason)
 {
@@ -119,17 +151,19 @@ static __always_inline int pn_sock_lb(struct bpf_sock_addr *ctx, struct pn_addr 
 	if (pn_cfg_flag(PN_CFG_PEER_NAME)) {
 		__u64 sk_cookie = bpf_get_socket_cookie(ctx);
 		__u32 slot = (__u32)sk_cookie & (PN_LB_PEER_SLOTS - 1);
-		struct pn_lb_peer *p = bpf_map_lookup_elem(&podnic_lbpeer_v1, &slot);
+		struct pn_lb_peer *p = bpf_map_lookup_elem(&podnic_lbpeer_v2, &slot);
+		struct pn_lb_peer v = {
+			.cookie = sk_cookie,
+			.svc = *addr,
+			.be = be->addr,
+			.svc_port = *port,
+			.be_port = be->port,
+		};
 
 		if (!p)
 			goto unchanged;
-		bpf_spin_lock(&p->lock);
-		p->cookie = sk_cookie;
-		p->svc = *addr;
-		p->svc_port = *port;
-		p->be = be->addr;
-		p->be_port = be->port;
-		bpf_spin_unlock(&p->lock);
+		v.tag = pn_peer_tag(&v);
+		*p = v;
 	}
 	*addr = be->addr;
 	*port = be->port;
@@ -160,10 +194,9 @@ static __always_inline int pn_sock_peer(struct bpf_sock_addr *ctx, const struct 
 					__be16 port, struct pn_addr *svc, __be16 *svc_port)
 {
 	struct sock_common___podnic *tp;
-	struct pn_lb_peer *p;
+	struct pn_lb_peer *p, v;
 	__u64 sk_cookie;
 	__u32 slot;
-	int found = 0;
 
 	if (ctx->protocol != IPPROTO_TCP)
 		return 0;
@@ -175,15 +208,14 @@ static __always_inline int pn_sock_peer(struct bpf_sock_addr *ctx, const struct 
 		return 0;
 	sk_cookie = bpf_get_socket_cookie(ctx);
 	slot = (__u32)sk_cookie & (PN_LB_PEER_SLOTS - 1);
-	p = bpf_map_lookup_elem(&podnic_lbpeer_v1, &slot);
+	p = bpf_map_lookup_elem(&podnic_lbpeer_v2, &slot);
 	if (!p)
 		return 0;
-	bpf_spin_lock(&p->lock);
-	if (p->cookie == sk_cookie && p->be_port == port && pn_addr_eq(&p->be, peer)) {
-		*svc = p->svc;
-		*svc_port = p->svc_port;
-		found = 1;
-	}
-	bpf_spin_unlock(&p->lock);
-	return found;
+	v = *p;
+	if (v.cookie != sk_cookie || v.be_port != port || !pn_addr_eq(&v.be, peer) ||
+	    v.tag != pn_peer_tag(&v))
+		return 0;
+	*svc = v.svc;
+	*svc_port = v.svc_port;
+	return 1;
 }

@@ -55,8 +55,8 @@ var mustPass = []string{
 	"TestServiceTrafficIsTranslated/legacy",
 	"TestSelfAccessWorksOverLoopback/legacy",
 	"TestBulkTransferKeepsChecksumsRight/legacy",
-	// Socket balancing with getpeername(): CO-RE and a spin lock in a
-	// cgroup program, on the guest's older kernel.
+	// Socket balancing with getpeername(): CO-RE in a cgroup program,
+	// on the guest's older kernel.
 	"TestSocketLBConnectsStraightToTheBackend",
 	"TestGetPeerNameFollowsTheSocketsSlot",
 }
