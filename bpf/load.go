@@ -180,21 +180,7 @@ func OpenPinned(root string) (*Datapath, error) {
 		root = DefaultRoot
 	}
 	d := &Datapath{Root: root}
-	maps := map[string]**ebpf.Map{
-		"podnic_svc_v1":    &d.Maps.Services,
-		"podnic_slot_v1":   &d.Maps.Slots,
-		"podnic_be_v1":     &d.Maps.Backends,
-		"podnic_ct_v1":     &d.Maps.Conntrack,
-		"podnic_aff_v1":    &d.Maps.Affinity,
-		"podnic_cnt_v1":    &d.Maps.Counters,
-		"podnic_ev_v1":     &d.Maps.Events,
-		"podnic_cidr_v1":   &d.Maps.ServiceCIDRs,
-		"podnic_lbns_v1":   &d.Maps.LBNetns,
-		"podnic_lbpeer_v2": &d.Maps.LBPeers,
-		"podnic_cfg_v1":    &d.Maps.Config,
-		"podnic_live_v1":   &d.Maps.Live,
-	}
-	for name, dst := range maps {
+	for name, dst := range d.mapSlots() {
 		m, err := ebpf.LoadPinnedMap(filepath.Join(mapsDir(root), name), nil)
 		if err != nil {
 			d.Close()
@@ -220,6 +206,24 @@ func notLoaded(err error) error {
 	return err
 }
 
+// mapSlots names every map of the datapath with where it is kept.
+func (d *Datapath) mapSlots() map[string]**ebpf.Map {
+	return map[string]**ebpf.Map{
+		"podnic_svc_v1":    &d.Maps.Services,
+		"podnic_slot_v1":   &d.Maps.Slots,
+		"podnic_be_v1":     &d.Maps.Backends,
+		"podnic_ct_v1":     &d.Maps.Conntrack,
+		"podnic_aff_v1":    &d.Maps.Affinity,
+		"podnic_cnt_v1":    &d.Maps.Counters,
+		"podnic_ev_v1":     &d.Maps.Events,
+		"podnic_cidr_v1":   &d.Maps.ServiceCIDRs,
+		"podnic_lbns_v1":   &d.Maps.LBNetns,
+		"podnic_lbpeer_v2": &d.Maps.LBPeers,
+		"podnic_cfg_v1":    &d.Maps.Config,
+		"podnic_live_v1":   &d.Maps.Live,
+	}
+}
+
 // programSlots names every program of the datapath with where it is kept.
 func (d *Datapath) programSlots() map[string]**ebpf.Program {
 	return map[string]**ebpf.Program{
@@ -243,11 +247,9 @@ func (d *Datapath) programsByName() map[string]*ebpf.Program {
 
 // Close releases the file descriptors; pins stay.
 func (d *Datapath) Close() {
-	for _, m := range []*ebpf.Map{d.Maps.Services, d.Maps.Slots, d.Maps.Backends,
-		d.Maps.Conntrack, d.Maps.Affinity, d.Maps.Counters, d.Maps.Events, d.Maps.ServiceCIDRs,
-		d.Maps.LBNetns, d.Maps.LBPeers, d.Maps.Config, d.Maps.Live} {
-		if m != nil {
-			_ = m.Close()
+	for _, m := range d.mapSlots() {
+		if *m != nil {
+			_ = (*m).Close()
 		}
 	}
 	for _, p := range d.programsByName() {

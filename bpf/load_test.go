@@ -61,6 +61,20 @@ func TestLoadPinsProgramsAndMaps(t *testing.T) {
 	if info.Name != ProgFromPod {
 		t.Errorf("program name %q, want %q", info.Name, ProgFromPod)
 	}
+	// OpenPinned and Close know every map Load pins, and only those.
+	ents, err := os.ReadDir(filepath.Join(d.Root, "maps"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	slots := d.mapSlots()
+	for _, e := range ents {
+		if _, ok := slots[e.Name()]; !ok {
+			t.Errorf("pinned map %s is not in mapSlots", e.Name())
+		}
+	}
+	if len(ents) != len(slots) {
+		t.Errorf("%d maps pinned, mapSlots names %d", len(ents), len(slots))
+	}
 }
 
 func TestReloadKeepsLiveMapState(t *testing.T) {

@@ -30,13 +30,7 @@ func median(xs []float64) float64 {
 // paired applies f to this case's and another case's sample of the same
 // round and returns the median over rounds.
 func paired(a, b []Sample, f func(a, b Sample) float64) float64 {
-	var v []float64
-	for i := range a {
-		if i < len(b) {
-			v = append(v, f(a[i], b[i]))
-		}
-	}
-	return median(v)
+	return pairedSpread(a, b, f).med
 }
 
 // spread is the median, smallest and largest of f over the rounds where
