@@ -38,7 +38,8 @@
 // and name, the moves and every failure path on veth pairs standing in
 // for ENIs, addresses, routes, sysctls, and the announcements, which the
 // fabric's kernel must accept. There is no SR-IOV hardware there: the
-// sysfs lookups run against a fake sysfs tree (Sysfs.Root in
-// t.TempDir()), and the PF's VF settings (the pfLinks interface) against
-// a fake PF. A VF's netdev moves by the same code as any netdev.
+// sysfs lookups (sriovnet's and podnic's) run against a fake sysfs tree in
+// t.TempDir(), bind-mounted over /sys in a private mount namespace, and
+// the PF's VF settings (the pfLinks interface) against a fake PF. A VF's
+// netdev moves by the same code as any netdev.
 package netdevice

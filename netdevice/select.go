@@ -152,13 +152,7 @@ var dpdkDrivers = map[string]bool{"vfio-pci": true, "uio_pci_generic": true, "ig
 const aliasPrefix = "podnic:"
 
 // Find finds the device sel names in the current (host) netns, reading
-// sysfs under /sys. See Sysfs.Find.
-func Find(sel Selector) (*Device, error) {
-	return HostSysfs.Find(sel)
-}
-
-// Find finds the device sel names in the current netns, reading sysfs under
-// fs.Root for PCI addresses, drivers and VFs.
+// /sys (through sriovnet) for PCI addresses, drivers and VFs.
 //
 // An ENI or any netdev is found by MAC or name through netlink. A VF is
 // found by PCI address, or by PF name and VF index (the PF's virtfnN link),
@@ -169,18 +163,18 @@ func Find(sel Selector) (*Device, error) {
 //
 // A device that MoveIn claimed and that came back from a dead pod (its
 // alias starts with "podnic:") is ErrBusy until MoveOut restores it.
-func (fs Sysfs) Find(sel Selector) (*Device, error) {
+func Find(sel Selector) (*Device, error) {
 	if err := sel.Validate(); err != nil {
 		return nil, err
 	}
-	dev, err := fs.find(sel)
+	dev, err := find(sel)
 	if err != nil {
 		return nil, fmt.Errorf("finding device by %s: %w", sel, err)
 	}
 	return dev, nil
 }
 
-func (fs Sysfs) find(sel Selector) (*Device, error) {
+func find(sel Selector) (*Device, error) {
 	switch {
 	case sel.MAC != nil:
 		links, err := dumpRetry(netlink.LinkList)
@@ -197,7 +191,7 @@ func (fs Sysfs) find(sel Selector) (*Device, error) {
 		case 0:
 			return nil, ErrNotFound
 		case 1:
-			return fs.fromLink(found[0])
+			return fromLink(found[0])
 		default:
 			names := make([]string, len(found))
 			for i, l := range found {
@@ -213,21 +207,21 @@ func (fs Sysfs) find(sel Selector) (*Device, error) {
 			}
 			return nil, err
 		}
-		return fs.fromLink(l)
+		return fromLink(l)
 	case sel.PCIAddress != "":
-		return fs.fromPCI(sel.PCIAddress)
+		return fromPCI(sel.PCIAddress)
 	default:
-		pci, err := fs.vfPCIAddress(sel.PFName, sel.VFIndex)
+		pci, err := vfPCIAddress(sel.PFName, sel.VFIndex)
 		if err != nil {
 			return nil, err
 		}
-		return fs.fromPCI(pci)
+		return fromPCI(pci)
 	}
 }
 
 // fromLink builds a Device from a link found in the host netns and adds
 // what sysfs knows about its PCI device.
-func (fs Sysfs) fromLink(l netlink.Link) (*Device, error) {
+func fromLink(l netlink.Link) (*Device, error) {
 	a := l.Attrs()
 	if strings.HasPrefix(a.Alias, aliasPrefix) {
 		return nil, fmt.Errorf("%w: %s came back from a pod (alias %q) and waits for MoveOut", ErrBusy, a.Name, a.Alias)
@@ -238,7 +232,7 @@ func (fs Sysfs) fromLink(l netlink.Link) (*Device, error) {
 		MAC:   append(net.HardwareAddr(nil), a.HardwareAddr...),
 		MTU:   a.MTU,
 	}
-	pci, err := fs.pciAddressOfNetdev(a.Name)
+	pci, err := pciAddressOfNetdev(a.Name)
 	if err != nil {
 		return nil, err
 	}
@@ -246,10 +240,10 @@ func (fs Sysfs) fromLink(l netlink.Link) (*Device, error) {
 		return dev, nil // a virtual device: veth, macvlan, ...
 	}
 	dev.PCIAddress = pci
-	if dev.Driver, err = fs.driver(pci); err != nil {
+	if dev.Driver, err = driver(pci); err != nil {
 		return nil, err
 	}
-	if dev.VF, err = fs.vfInfo(pci); err != nil {
+	if dev.VF, err = vfInfo(pci); err != nil {
 		return nil, err
 	}
 	return dev, nil
@@ -257,8 +251,8 @@ func (fs Sysfs) fromLink(l netlink.Link) (*Device, error) {
 
 // fromPCI builds a Device from a PCI address: its driver, its VF identity
 // and, unless it is bound to a DPDK driver, its netdev in the host netns.
-func (fs Sysfs) fromPCI(pci string) (*Device, error) {
-	ok, err := fs.pciDeviceExists(pci)
+func fromPCI(pci string) (*Device, error) {
+	ok, err := exists(pciPath(pci))
 	if err != nil {
 		return nil, err
 	}
@@ -266,17 +260,17 @@ func (fs Sysfs) fromPCI(pci string) (*Device, error) {
 		return nil, ErrNotFound
 	}
 	dev := &Device{PCIAddress: pci}
-	if dev.Driver, err = fs.driver(pci); err != nil {
+	if dev.Driver, err = driver(pci); err != nil {
 		return nil, err
 	}
-	if dev.VF, err = fs.vfInfo(pci); err != nil {
+	if dev.VF, err = vfInfo(pci); err != nil {
 		return nil, err
 	}
 	if dpdkDrivers[dev.Driver] {
 		dev.DPDK = true
 		return dev, nil
 	}
-	names, err := fs.netdevsOfPCI(pci)
+	names, err := netdevsOfPCI(pci)
 	if err != nil {
 		return nil, err
 	}

@@ -11,32 +11,28 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+
+	"github.com/k8snetworkplumbingwg/sriovnet"
 )
 
-// Sysfs reads PCI and SR-IOV facts from a sysfs tree rooted at Root. The
-// lookups are the few that sriovnet makes (sriovnet itself is not used):
+// PCI and SR-IOV facts come from sysfs, read through sriovnet
+// (github.com/k8snetworkplumbingwg/sriovnet, the maintained continuation
+// of Mellanox/sriovnet) where it has a call for the lookup:
 //
-//	<root>/bus/pci/devices/<pci>/net/<ifname>   the PCI device's netdevs
-//	<root>/bus/pci/devices/<pci>/driver         -> .../drivers/<driver>
-//	<root>/bus/pci/devices/<pci>/physfn         -> the PF's PCI dir (VFs only)
-//	<root>/bus/pci/devices/<pci>/virtfn<N>      -> VF N's PCI dir (PFs only)
-//	<root>/class/net/<ifname>/device            -> the netdev's PCI dir
+//	sriovnet.GetNetDevicesFromPci    PCI device -> its netdevs in this netns
+//	sriovnet.GetPfPciFromVfPci       VF -> its PF's PCI address (physfn)
+//	sriovnet.GetVfIndexByPciAddress  VF -> its index on the PF (physfn/virtfnN)
 //
-// Only the base names of resolved symlinks and directory listings are
-// read, so a fake tree of directories and symlinks behaves like the real
-// one.
-// There is no SR-IOV hardware where podnic's tests run: the VF paths are
-// tested against such a fake tree in t.TempDir().
-type Sysfs struct {
-	Root string
-}
-
-// HostSysfs is the real sysfs, as Find uses it.
-var HostSysfs = Sysfs{Root: "/sys"}
-
-func (fs Sysfs) pciPath(pci string, elem ...string) string {
-	return filepath.Join(append([]string{fs.Root, "bus", "pci", "devices", pci}, elem...)...)
-}
+// and directly where it has no call (without netlink access to the PF) or
+// a wrong one: the bound driver's name (sriovnet only answers "is it
+// vfio-pci"), PF netdev + VF index -> the VF's PCI address
+// (<pf>/device/virtfnN), and netdev -> PCI device (see pciAddressOfNetdev).
+// Whether a link exists is checked here first, so that "not a VF" or "no
+// netdev" is an answer and not sriovnet's error string.
+//
+// There is no SR-IOV hardware where podnic's tests run: they mount a fake
+// sysfs tree over /sys in a private mount namespace and run these lookups
+// against it.
 
 // linkBase returns the base name of what the symlink at path resolves to,
 // or "" when there is no such link.
@@ -51,9 +47,10 @@ func linkBase(path string) (string, error) {
 	return filepath.Base(target), nil
 }
 
-func (fs Sysfs) pciDeviceExists(pci string) (bool, error) {
-	_, err := os.Stat(fs.pciPath(pci))
-	if errors.Is(err, os.ErrNotExist) {
+// exists reports whether path exists in sysfs (following links).
+func exists(path string) (bool, error) {
+	_, err := os.Stat(path)
+	if errors.Is(err, fs.ErrNotExist) {
 		return false, nil
 	}
 	if err != nil {
@@ -62,13 +59,23 @@ func (fs Sysfs) pciDeviceExists(pci string) (bool, error) {
 	return true, nil
 }
 
+func pciPath(pci string, elem ...string) string {
+	return filepath.Join(append([]string{sriovnet.PciSysDir, pci}, elem...)...)
+}
+
 // pciAddressOfNetdev returns the PCI address behind netdev name, or "" for
-// a virtual device. A virtio-net device's "device" link names the virtio
-// device (virtioN), whose parent is the PCI device.
-func (fs Sysfs) pciAddressOfNetdev(name string) (string, error) {
-	target, err := filepath.EvalSymlinks(filepath.Join(fs.Root, "class", "net", name, "device"))
+// a virtual device or one on another bus (vmbus). A virtio-net device's
+// "device" link names the virtio device (virtioN), whose parent is the PCI
+// device.
+//
+// Not sriovnet.GetPciFromNetDevice: it walks up the relative target of
+// /sys/class/net/<name> until it reaches "/", which a relative path never
+// does, so for a netdev that is not a PCI device (netvsc on VMBus) it loops
+// forever (sriovnet v1.3.0; TestFindReportsNoPCIDeviceForAVMBusNIC).
+func pciAddressOfNetdev(name string) (string, error) {
+	target, err := filepath.EvalSymlinks(filepath.Join(sriovnet.NetSysDir, name, "device"))
 	if err != nil {
-		if errors.Is(err, os.ErrNotExist) {
+		if errors.Is(err, fs.ErrNotExist) {
 			return "", nil // a virtual device: veth, macvlan, ...
 		}
 		return "", fmt.Errorf("reading sysfs: %w", err)
@@ -83,37 +90,35 @@ func (fs Sysfs) pciAddressOfNetdev(name string) (string, error) {
 }
 
 // driver returns the name of the driver bound to the PCI device, or "".
-func (fs Sysfs) driver(pci string) (string, error) {
-	return linkBase(fs.pciPath(pci, "driver"))
+func driver(pci string) (string, error) {
+	return linkBase(pciPath(pci, "driver"))
 }
 
 // netdevsOfPCI lists the PCI device's netdevs that are in the netns sysfs
 // was mounted from, sorted.
-func (fs Sysfs) netdevsOfPCI(pci string) ([]string, error) {
-	entries, err := os.ReadDir(fs.pciPath(pci, "net"))
-	if errors.Is(err, os.ErrNotExist) {
-		return nil, nil
+func netdevsOfPCI(pci string) ([]string, error) {
+	ok, err := exists(pciPath(pci, "net"))
+	if err != nil || !ok {
+		return nil, err
 	}
+	names, err := sriovnet.GetNetDevicesFromPci(pci)
 	if err != nil {
-		return nil, fmt.Errorf("reading sysfs: %w", err)
-	}
-	names := make([]string, 0, len(entries))
-	for _, e := range entries {
-		names = append(names, e.Name())
+		return nil, fmt.Errorf("listing the netdevs of %s: %w", pci, err)
 	}
 	sort.Strings(names)
 	return names, nil
 }
 
 // vfPCIAddress resolves PF netdev pf and VF index vf to the VF's PCI
-// address through <root>/class/net/<pf>/device/virtfn<vf>.
-func (fs Sysfs) vfPCIAddress(pf string, vf int) (string, error) {
-	pfDev := filepath.Join(fs.Root, "class", "net", pf, "device")
-	if _, err := os.Stat(pfDev); err != nil {
-		if errors.Is(err, os.ErrNotExist) {
-			return "", fmt.Errorf("PF %s: %w", pf, ErrNotFound)
-		}
-		return "", fmt.Errorf("reading sysfs: %w", err)
+// address through /sys/class/net/<pf>/device/virtfn<vf>.
+func vfPCIAddress(pf string, vf int) (string, error) {
+	pfDev := filepath.Join(sriovnet.NetSysDir, pf, "device")
+	ok, err := exists(pfDev)
+	if err != nil {
+		return "", err
+	}
+	if !ok {
+		return "", fmt.Errorf("PF %s: %w", pf, ErrNotFound)
 	}
 	pci, err := linkBase(filepath.Join(pfDev, "virtfn"+strconv.Itoa(vf)))
 	if err != nil {
@@ -127,30 +132,20 @@ func (fs Sysfs) vfPCIAddress(pf string, vf int) (string, error) {
 
 // vfInfo returns which PF the PCI device pci is a VF of, or nil when it is
 // not a VF.
-func (fs Sysfs) vfInfo(pci string) (*VFInfo, error) {
-	pfPCI, err := linkBase(fs.pciPath(pci, "physfn"))
-	if err != nil || pfPCI == "" {
+func vfInfo(pci string) (*VFInfo, error) {
+	ok, err := exists(pciPath(pci, "physfn"))
+	if err != nil || !ok {
 		return nil, err
 	}
-	links, err := filepath.Glob(fs.pciPath(pfPCI, "virtfn*"))
+	pfPCI, err := sriovnet.GetPfPciFromVfPci(pci)
 	if err != nil {
-		return nil, fmt.Errorf("reading sysfs: %w", err)
+		return nil, fmt.Errorf("finding the PF of VF %s: %w", pci, err)
 	}
-	index := -1
-	for _, l := range links {
-		n, err := strconv.Atoi(strings.TrimPrefix(filepath.Base(l), "virtfn"))
-		if err != nil {
-			continue
-		}
-		if b, err := linkBase(l); err == nil && b == pci {
-			index = n
-			break
-		}
+	index, err := sriovnet.GetVfIndexByPciAddress(pci)
+	if err != nil {
+		return nil, fmt.Errorf("VF %s: its PF %s does not list it among its virtfn links: %w", pci, pfPCI, err)
 	}
-	if index < 0 {
-		return nil, fmt.Errorf("VF %s: its PF %s does not list it among its virtfn links", pci, pfPCI)
-	}
-	pf, err := fs.pfNetdev(pfPCI)
+	pf, err := pfNetdev(pfPCI)
 	if err != nil {
 		return nil, err
 	}
@@ -163,13 +158,13 @@ var representorPortName = regexp.MustCompile(`^(c\d+)?pf\d+(vf|sf)\d+$`)
 
 // pfNetdev returns the PF's netdev name, skipping switchdev representors
 // that share its PCI device, or "" when the PF has no netdev in this netns.
-func (fs Sysfs) pfNetdev(pfPCI string) (string, error) {
-	names, err := fs.netdevsOfPCI(pfPCI)
+func pfNetdev(pfPCI string) (string, error) {
+	names, err := netdevsOfPCI(pfPCI)
 	if err != nil {
 		return "", err
 	}
 	for _, n := range names {
-		port, err := os.ReadFile(fs.pciPath(pfPCI, "net", n, "phys_port_name"))
+		port, err := os.ReadFile(pciPath(pfPCI, "net", n, "phys_port_name"))
 		if err == nil && representorPortName.Match(bytes.TrimSpace(port)) {
 			continue
 		}

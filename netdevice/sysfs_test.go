@@ -3,18 +3,23 @@ package netdevice
 import (
 	"bytes"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"strings"
 	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // fakeSysfs is a sysfs tree in t.TempDir() laid out as the kernel lays out
 // an SR-IOV NIC: PCI device directories under devices/, the bus/pci and
 // class/net views as relative symlinks into them, driver, physfn and
 // virtfnN links. There is no SR-IOV hardware where the tests run; this
-// tree stands in for it.
+// tree stands in for it, mounted over /sys for the lookups (see find).
 type fakeSysfs struct {
 	t    *testing.T
 	root string
@@ -24,7 +29,47 @@ func newFakeSysfs(t *testing.T) *fakeSysfs {
 	return &fakeSysfs{t: t, root: t.TempDir()}
 }
 
-func (f *fakeSysfs) sysfs() Sysfs { return Sysfs{Root: f.root} }
+// find runs Find on a thread of its own whose private mount namespace has
+// the fake tree bind-mounted over /sys, so that sriovnet and podnic read it
+// as they read the kernel's. The thread stays locked and exits with its
+// mount namespace; no other thread sees the fake tree.
+func (f *fakeSysfs) find(sel Selector) (*Device, error) {
+	f.t.Helper()
+	needRoot(f.t) // unshare and mount
+	type result struct {
+		dev      *Device
+		err      error
+		setupErr error
+	}
+	done := make(chan result, 1)
+	go func() {
+		runtime.LockOSThread() // never unlocked: the thread is discarded
+		if err := unix.Unshare(unix.CLONE_NEWNS); err != nil {
+			done <- result{setupErr: fmt.Errorf("unsharing the mount namespace: %w", err)}
+			return
+		}
+		if err := unix.Mount("", "/", "", unix.MS_REC|unix.MS_PRIVATE, ""); err != nil {
+			done <- result{setupErr: fmt.Errorf("making mounts private: %w", err)}
+			return
+		}
+		if err := unix.Mount(f.root, "/sys", "", unix.MS_BIND, ""); err != nil {
+			done <- result{setupErr: fmt.Errorf("mounting the fake sysfs: %w", err)}
+			return
+		}
+		dev, err := Find(sel)
+		done <- result{dev: dev, err: err}
+	}()
+	var r result
+	select {
+	case r = <-done:
+	case <-time.After(10 * time.Second):
+		f.t.Fatalf("Find(%s) has not returned after 10 s", sel) // its thread is left behind
+	}
+	if r.setupErr != nil {
+		f.t.Fatal(r.setupErr)
+	}
+	return r.dev, r.err
+}
 
 func (f *fakeSysfs) pciDir(pci string) string {
 	return filepath.Join(f.root, "devices", "pci0000:3a", "0000:3a:00.0", pci)
@@ -115,7 +160,7 @@ func newFakeNIC(t *testing.T, vf0Netdev string) *fakeSysfs {
 func TestFindResolvesAVFNetdevThroughSysfs(t *testing.T) {
 	needRoot(t) // the VF's netdev is a real veth end
 	eni := newENI(t, newNetns(t, "fabric"), false)
-	fs := newFakeNIC(t, eni.Name).sysfs()
+	f := newFakeNIC(t, eni.Name)
 
 	for _, sel := range []Selector{
 		{PCIAddress: vf0PCI},
@@ -123,7 +168,7 @@ func TestFindResolvesAVFNetdevThroughSysfs(t *testing.T) {
 		{MAC: eni.MAC},
 		{Name: eni.Name},
 	} {
-		dev, err := fs.Find(sel)
+		dev, err := f.find(sel)
 		if err != nil {
 			t.Fatalf("Find(%s): %v", sel, err)
 		}
@@ -137,9 +182,9 @@ func TestFindResolvesAVFNetdevThroughSysfs(t *testing.T) {
 }
 
 func TestFindReportsADPDKBoundVFWithoutNetdev(t *testing.T) {
-	fs := newFakeNIC(t, "unused0").sysfs()
+	f := newFakeNIC(t, "unused0")
 	for _, sel := range []Selector{{PCIAddress: vf1PCI}, {PFName: "ens1f0", VFIndex: 1, HasVFIndex: true}} {
-		dev, err := fs.Find(sel)
+		dev, err := f.find(sel)
 		if err != nil {
 			t.Fatalf("Find(%s): %v", sel, err)
 		}
@@ -154,15 +199,15 @@ func TestFindReportsADPDKBoundVFWithoutNetdev(t *testing.T) {
 }
 
 func TestFindReportsAVFWhoseNetdevIsElsewhereAsBusy(t *testing.T) {
-	fs := newFakeNIC(t, "unused0").sysfs()
-	_, err := fs.Find(Selector{PFName: "ens1f0", VFIndex: 2, HasVFIndex: true})
+	f := newFakeNIC(t, "unused0")
+	_, err := f.find(Selector{PFName: "ens1f0", VFIndex: 2, HasVFIndex: true})
 	if !errors.Is(err, ErrBusy) || !strings.Contains(err.Error(), "device busy") {
 		t.Errorf("got %v, want ErrBusy", err)
 	}
 }
 
 func TestFindExplainsWhatIsMissing(t *testing.T) {
-	fs := newFakeNIC(t, "unused0").sysfs()
+	f := newFakeNIC(t, "unused0")
 	for _, tc := range []struct {
 		sel      Selector
 		notFound bool
@@ -173,7 +218,7 @@ func TestFindExplainsWhatIsMissing(t *testing.T) {
 		{Selector{PCIAddress: "0000:3b:05.0"}, true, "finding device by PCI address 0000:3b:05.0: not found"},
 		{Selector{PCIAddress: vf3PCI}, false, "has no driver bound and no netdev"},
 	} {
-		_, err := fs.Find(tc.sel)
+		_, err := f.find(tc.sel)
 		if err == nil || errors.Is(err, ErrNotFound) != tc.notFound || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("Find(%s): got %v, want %q (ErrNotFound: %v)", tc.sel, err, tc.want, tc.notFound)
 		}
@@ -196,11 +241,34 @@ func TestFindNamesThePCIDeviceOfAVirtioNIC(t *testing.T) {
 	}
 	f.symlink(nd, filepath.Join(f.root, "class", "net", eni.Name))
 
-	dev, err := f.sysfs().Find(Selector{MAC: eni.MAC})
+	dev, err := f.find(Selector{MAC: eni.MAC})
 	if err != nil {
 		t.Fatal(err)
 	}
 	if dev.PCIAddress != pci || dev.Driver != "virtio-pci" || dev.VF != nil || dev.DPDK {
 		t.Errorf("got %+v, want PCI %s, driver virtio-pci, not a VF", dev, pci)
+	}
+}
+
+// A netvsc NIC (Azure) hangs below a VMBus device: it has a device link
+// but no PCI device, and Find reports none rather than an error.
+func TestFindReportsNoPCIDeviceForAVMBusNIC(t *testing.T) {
+	needRoot(t) // the netdev is a real veth end
+	eni := newENI(t, newNetns(t, "fabric"), false)
+	f := newFakeSysfs(t)
+	vmbus := filepath.Join(f.root, "devices", "LNXSYSTM:00", "VMBUS:00", "000d3a6e-4548-000d-3a6e-4548000d3a6e")
+	nd := filepath.Join(vmbus, "net", eni.Name)
+	f.mkdir(nd)
+	if err := os.Symlink("../../../000d3a6e-4548-000d-3a6e-4548000d3a6e", filepath.Join(nd, "device")); err != nil {
+		t.Fatal(err)
+	}
+	f.symlink(nd, filepath.Join(f.root, "class", "net", eni.Name))
+
+	dev, err := f.find(Selector{Name: eni.Name})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if dev.PCIAddress != "" || dev.Driver != "" || dev.VF != nil {
+		t.Errorf("got %+v, want no PCI device, driver or VF", dev)
 	}
 }

@@ -146,7 +146,7 @@ func TestMoveInRecordsAVFsSettingsAndMoveOutRestoresThem(t *testing.T) {
 	pod := newNetns(t, "pod")
 	pf := newFakePF()
 	useFakePF(t, pf)
-	dev, err := newFakeNIC(t, eni.Name).sysfs().Find(Selector{PFName: "ens1f0", VFIndex: 0, HasVFIndex: true})
+	dev, err := newFakeNIC(t, eni.Name).find(Selector{PFName: "ens1f0", VFIndex: 0, HasVFIndex: true})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -195,7 +195,7 @@ func TestConfigureVFBeforeMoveInStillEndsAsFound(t *testing.T) {
 	pod := newNetns(t, "pod")
 	pf := newFakePF()
 	useFakePF(t, pf)
-	dev, err := newFakeNIC(t, eni.Name).sysfs().Find(Selector{PCIAddress: vf0PCI})
+	dev, err := newFakeNIC(t, eni.Name).find(Selector{PCIAddress: vf0PCI})
 	if err != nil {
 		t.Fatal(err)
 	}
