@@ -85,6 +85,13 @@ func addExclusive(args *skel.CmdArgs, conf *Config, dp *bpf.Datapath, steps *ste
 	if dev.DPDK {
 		// A VF bound to a userspace driver has no netdev to move: the pod
 		// gets its addresses and the device through its device plugin.
+		// The result says so the CNI way: an interface with the VF's
+		// PCI address and no MAC.
+		if err := claimDPDK(conf, st, dev.PCIAddress); err != nil {
+			return nil, err
+		}
+		slog.Info("the VF is bound to a DPDK driver: it gets addresses but no netdev move, and no Service translation",
+			"container", args.ContainerID, "pci", dev.PCIAddress, "driver", dev.Driver)
 		result.Interfaces = []*types100.Interface{{Name: args.IfName, Sandbox: args.Netns, PciID: dev.PCIAddress}}
 	} else {
 		// Down until its addresses are on it: as ConfigureAddrs sets it
@@ -241,20 +248,53 @@ func findDevice(args *skel.CmdArgs, conf *Config) (*netdevice.Device, func(), er
 	return nil, nil, fmt.Errorf("device pool of %d: every device is in use: %w", len(sels), netdevice.ErrNotFound)
 }
 
+// claimDPDK records in st that the pod holds the DPDK-bound VF at pci,
+// under a node-wide lock, unless another attachment holds it already:
+// nothing else on the node marks such a VF as taken.
+func claimDPDK(conf *Config, st *State, pci string) error {
+	unlock, err := lockFile(conf.StateDir, "dpdk.lock")
+	if err != nil {
+		return types.NewError(types.ErrIOFailure, "locking the DPDK claims", err.Error())
+	}
+	defer unlock()
+	holder, err := dpdkHolder(conf.StateDir, pci, st.ContainerID, st.Ifname)
+	if err != nil {
+		return types.NewError(types.ErrIOFailure, "reading the DPDK claims", err.Error())
+	}
+	if holder != nil {
+		return cniError(ErrCodeDeviceBusy, "finding the pod's device",
+			fmt.Errorf("%w: VF %s (DPDK driver) is held by container %s, interface %s, network %s", netdevice.ErrBusy, pci, holder.ContainerID, holder.Ifname, holder.Network))
+	}
+	st.PCIAddress = pci
+	if err := st.save(conf.StateDir); err != nil {
+		return types.NewError(types.ErrIOFailure, "saving state", err.Error())
+	}
+	return nil
+}
+
 // lockPool takes the network's pool lock, a flock on a file in the state
 // dir, shared by every podnic process on the node.
 func lockPool(conf *Config) (func(), error) {
-	dir := filepath.Join(conf.StateDir, unsafeName.ReplaceAllString(conf.Network, "_"))
+	unlock, err := lockFile(filepath.Join(conf.StateDir, unsafeName.ReplaceAllString(conf.Network, "_")), "pool.lock")
+	if err != nil {
+		return nil, fmt.Errorf("locking device pool: %w", err)
+	}
+	return unlock, nil
+}
+
+// lockFile takes an exclusive flock on dir/name, creating both, and
+// returns the idempotent unlock.
+func lockFile(dir, name string) (func(), error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("creating state dir: %w", err)
 	}
-	f, err := os.OpenFile(filepath.Join(dir, "pool.lock"), os.O_CREATE|os.O_RDWR, 0o600)
+	f, err := os.OpenFile(filepath.Join(dir, name), os.O_CREATE|os.O_RDWR, 0o600)
 	if err != nil {
-		return nil, fmt.Errorf("opening pool lock: %w", err)
+		return nil, fmt.Errorf("opening lock file: %w", err)
 	}
 	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX); err != nil {
 		f.Close()
-		return nil, fmt.Errorf("locking device pool: %w", err)
+		return nil, fmt.Errorf("taking lock %s: %w", f.Name(), err)
 	}
 	var once sync.Once
 	return func() {
@@ -556,6 +596,19 @@ func releaseDevice(st *State, netns string) error {
 
 // checkDevice verifies the device is in the pod with its MAC, addresses
 // and a default route through it.
+// checkDPDK checks a pod that holds a VF bound to a DPDK driver: no netdev
+// and no programs, so the VF must still be there, still so bound.
+func checkDPDK(st *State) error {
+	dev, err := netdevice.Find(netdevice.Selector{PCIAddress: st.PCIAddress})
+	if err != nil {
+		return types.NewError(ErrCodeDevice, "device missing", err.Error())
+	}
+	if !dev.DPDK {
+		return types.NewError(ErrCodeDevice, "device changed", fmt.Sprintf("VF %s is bound to %q now, not to a DPDK driver", st.PCIAddress, dev.Driver))
+	}
+	return nil
+}
+
 func checkDevice(args *skel.CmdArgs, st *State) error {
 	var mac net.HardwareAddr
 	var have []netip.Prefix

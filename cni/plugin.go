@@ -187,6 +187,9 @@ func Check(args *skel.CmdArgs) error {
 	if st == nil {
 		return types.NewError(types.ErrUnknownContainer, "no podnic attachment", fmt.Sprintf("container %s interface %s was not added by podnic on network %s", args.ContainerID, args.IfName, conf.Network))
 	}
+	if st.PCIAddress != "" {
+		return checkDPDK(st)
+	}
 	if !st.Chained {
 		if err := checkDevice(args, st); err != nil {
 			return err

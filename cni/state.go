@@ -35,6 +35,10 @@ type State struct {
 	VF json.RawMessage `json:"vf,omitempty"`
 	// MAC is the pod NIC's address, for CHECK.
 	MAC string `json:"mac,omitempty"`
+	// PCIAddress is the VF handed to the pod bound to a DPDK driver: it
+	// has no netdev to move, so this claim is what keeps a second pod
+	// off it.
+	PCIAddress string `json:"pciAddress,omitempty"`
 
 	IPAMType  string   `json:"ipamType,omitempty"`
 	Addresses []string `json:"addresses,omitempty"` // CIDR notation
@@ -127,7 +131,38 @@ func removeState(dir, network, containerID, ifname string) error {
 
 // listStates returns every attachment state of a network, oldest first.
 func listStates(dir, network string) ([]*State, error) {
-	netDir := filepath.Join(dir, unsafeName.ReplaceAllString(network, "_"))
+	return readStates(filepath.Join(dir, unsafeName.ReplaceAllString(network, "_")))
+}
+
+// dpdkHolder returns the attachment, of any network in dir, that holds the
+// DPDK-bound VF at pci, other than (containerID, ifname); nil when none.
+func dpdkHolder(dir, pci, containerID, ifname string) (*State, error) {
+	nets, err := os.ReadDir(dir)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("listing states: %w", err)
+	}
+	for _, n := range nets {
+		if !n.IsDir() {
+			continue
+		}
+		states, err := readStates(filepath.Join(dir, n.Name()))
+		if err != nil {
+			return nil, err
+		}
+		for _, s := range states {
+			if s.PCIAddress == pci && (s.ContainerID != containerID || s.Ifname != ifname) {
+				return s, nil
+			}
+		}
+	}
+	return nil, nil
+}
+
+// readStates reads the states in one network's dir, oldest first.
+func readStates(netDir string) ([]*State, error) {
 	entries, err := os.ReadDir(netDir)
 	if errors.Is(err, os.ErrNotExist) {
 		return nil, nil

@@ -1,0 +1,145 @@
+package cni_test
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/containernetworking/cni/libcni"
+	types100 "github.com/containernetworking/cni/pkg/types/100"
+
+	"github.com/podnic/podnic/cni"
+)
+
+// dpdkVF is the VF of the fake sysfs tree below, bound to vfio-pci.
+const dpdkVF = "0000:3b:02.1"
+
+// withFakeSysfs returns a libcni config whose podnic is the real plugin run
+// by a wrapper in a private mount namespace with a fake sysfs tree over
+// /sys (the node's bpffs bound into it): PF 0000:3b:00.0 with VF 1 at
+// dpdkVF, bound to vfio-pci. There is no SR-IOV hardware here; the plugin
+// reads this tree through sriovnet as it would read a node's.
+func (n *node) withFakeSysfs() *libcni.CNIConfig {
+	t := n.t
+	root := filepath.Join(t.TempDir(), "sys")
+	const pf = "0000:3b:00.0"
+	dev := func(pci string) string { return filepath.Join(root, "devices", "pci0000:3a", pci) }
+	link := func(target, name string) {
+		if err := os.MkdirAll(filepath.Dir(name), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		rel, err := filepath.Rel(filepath.Dir(name), target)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Symlink(rel, name); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, d := range []string{dev(pf), dev(dpdkVF), filepath.Join(root, "bus", "pci", "drivers", "vfio-pci"), filepath.Join(root, "fs", "bpf")} {
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// cilium/ebpf reads the CPU count to open the pinned per-CPU maps.
+	for _, f := range []string{"possible", "online"} {
+		b, err := os.ReadFile("/sys/devices/system/cpu/" + f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		name := filepath.Join(root, "devices", "system", "cpu", f)
+		if err := os.MkdirAll(filepath.Dir(name), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(name, b, 0o444); err != nil {
+			t.Fatal(err)
+		}
+	}
+	link(dev(pf), filepath.Join(root, "bus", "pci", "devices", pf))
+	link(dev(dpdkVF), filepath.Join(root, "bus", "pci", "devices", dpdkVF))
+	link(filepath.Join(root, "bus", "pci", "drivers", "vfio-pci"), filepath.Join(dev(dpdkVF), "driver"))
+	link(dev(pf), filepath.Join(dev(dpdkVF), "physfn"))
+	link(dev(dpdkVF), filepath.Join(dev(pf), "virtfn1"))
+
+	wrapper := t.TempDir()
+	script := fmt.Sprintf("#!/bin/sh\nexec unshare --mount --propagation private /bin/sh -c "+
+		"'mount --rbind /sys/fs/bpf \"$1/fs/bpf\" && mount --rbind \"$1\" /sys && exec \"$2\"' sh %q %q\n",
+		root, filepath.Join(binDir, "podnic"))
+	if err := os.WriteFile(filepath.Join(wrapper, "podnic"), []byte(script), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	return libcni.NewCNIConfigWithCacheDir([]string{wrapper, binDir}, t.TempDir(), nil)
+}
+
+// A VF bound to a DPDK driver gets its addresses and no move; the result
+// names it by PCI address. A second pod cannot take it while the first
+// holds it, by pciAddress or by the device plugin's deviceID; DEL frees
+// it.
+func TestADPDKBoundVFGetsAddressesAndIsHeldUntilDel(t *testing.T) {
+	n := newNode(t)
+	c := n.withFakeSysfs()
+	ctx := context.Background()
+	for _, version := range []string{"0.4.0", "1.1.0"} {
+		t.Run(version, func(t *testing.T) {
+			byPCI := n.list(n.conf(version, map[string]any{"pciAddress": dpdkVF}))
+			byDeviceID := n.list(n.conf(version, map[string]any{"capabilities": map[string]bool{"deviceID": true}}))
+			v := strings.ReplaceAll(version, ".", "")
+			first, second := n.addPod("dpdk1-"+v), n.addPod("dpdk2-"+v)
+
+			r, err := c.AddNetworkList(ctx, byPCI, first.rt())
+			if err != nil {
+				t.Fatalf("ADD: %v", err)
+			}
+			res, err := types100.NewResultFromResult(r)
+			if err != nil {
+				t.Fatal(err)
+			}
+			wantPCI := dpdkVF
+			if version != "1.1.0" {
+				wantPCI = "" // pciID came with CNI 1.1.0
+			}
+			if len(res.Interfaces) != 1 || res.Interfaces[0].PciID != wantPCI || res.Interfaces[0].Mac != "" || res.Interfaces[0].Name != "eth0" {
+				t.Errorf("interfaces %+v, want eth0 with PCI ID %q and no MAC", res.Interfaces, wantPCI)
+			}
+			if len(res.IPs) != 2 || len(n.heldAddresses()) != 2 {
+				t.Errorf("IPs %v, held %v: want one per family", res.IPs, n.heldAddresses())
+			}
+			if err := c.CheckNetworkList(ctx, byPCI, first.rt()); err != nil {
+				t.Errorf("CHECK: %v", err)
+			}
+
+			rt := second.rt()
+			rt.CapabilityArgs = map[string]any{"deviceID": dpdkVF}
+			for name, l := range map[string]*libcni.NetworkConfigList{"pciAddress": byPCI, "deviceID": byDeviceID} {
+				_, err := c.AddNetworkList(ctx, l, rt)
+				if cniCode(err) != cni.ErrCodeDeviceBusy || !strings.Contains(err.Error(), "held by container "+first.id) {
+					t.Errorf("second ADD by %s: got %v, want code %d naming the holder", name, err, cni.ErrCodeDeviceBusy)
+				}
+			}
+			if held := n.heldAddresses(); len(held) != 2 {
+				t.Errorf("a refused ADD changed the addresses held: %v", held)
+			}
+
+			for range 2 {
+				if err := c.DelNetworkList(ctx, byPCI, first.rt()); err != nil {
+					t.Fatalf("DEL: %v", err)
+				}
+			}
+			if held := n.heldAddresses(); len(held) != 0 {
+				t.Errorf("addresses still held after DEL: %v", held)
+			}
+			if _, err := c.AddNetworkList(ctx, byDeviceID, rt); err != nil {
+				t.Fatalf("ADD by deviceID after DEL: %v", err)
+			}
+			if err := c.DelNetworkList(ctx, byDeviceID, rt); err != nil {
+				t.Fatalf("DEL: %v", err)
+			}
+			if held := n.heldAddresses(); len(held) != 0 {
+				t.Errorf("addresses still held after DEL: %v", held)
+			}
+		})
+	}
+}
