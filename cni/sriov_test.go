@@ -14,15 +14,22 @@ import (
 	"github.com/podnic/podnic/cni"
 )
 
-// dpdkVF is the VF of the fake sysfs tree below, bound to vfio-pci.
-const dpdkVF = "0000:3b:02.1"
+// The VFs of the fake sysfs tree below: VF 0 with a netdev (a real veth
+// end standing in for it), VF 1 bound to vfio-pci.
+const (
+	netdevVF = "0000:3b:02.0"
+	dpdkVF   = "0000:3b:02.1"
+)
 
 // withFakeSysfs returns a libcni config whose podnic is the real plugin run
 // by a wrapper in a private mount namespace with a fake sysfs tree over
-// /sys (the node's bpffs bound into it): PF 0000:3b:00.0 with VF 1 at
-// dpdkVF, bound to vfio-pci. There is no SR-IOV hardware here; the plugin
-// reads this tree through sriovnet as it would read a node's.
-func (n *node) withFakeSysfs() *libcni.CNIConfig {
+// /sys (the node's bpffs bound into it): PF 0000:3b:00.0, netdev ens1f0,
+// with VF 0 at netdevVF whose netdev is vf0 (iavf), and VF 1 at dpdkVF,
+// bound to vfio-pci. The PF's netdev is not listed under its PCI device,
+// so the plugin finds no PF to read VF settings through (there is none to
+// read them from). There is no SR-IOV hardware here; the plugin reads
+// this tree through sriovnet as it would read a node's.
+func (n *node) withFakeSysfs(vf0 string) *libcni.CNIConfig {
 	t := n.t
 	root := filepath.Join(t.TempDir(), "sys")
 	const pf = "0000:3b:00.0"
@@ -39,7 +46,8 @@ func (n *node) withFakeSysfs() *libcni.CNIConfig {
 			t.Fatal(err)
 		}
 	}
-	for _, d := range []string{dev(pf), dev(dpdkVF), filepath.Join(root, "bus", "pci", "drivers", "vfio-pci"), filepath.Join(root, "fs", "bpf")} {
+	for _, d := range []string{dev(pf), dev(netdevVF), dev(dpdkVF), filepath.Join(root, "bus", "pci", "drivers", "vfio-pci"),
+		filepath.Join(root, "bus", "pci", "drivers", "iavf"), filepath.Join(dev(netdevVF), "net", vf0), filepath.Join(root, "fs", "bpf")} {
 		if err := os.MkdirAll(d, 0o755); err != nil {
 			t.Fatal(err)
 		}
@@ -59,10 +67,16 @@ func (n *node) withFakeSysfs() *libcni.CNIConfig {
 		}
 	}
 	link(dev(pf), filepath.Join(root, "bus", "pci", "devices", pf))
-	link(dev(dpdkVF), filepath.Join(root, "bus", "pci", "devices", dpdkVF))
+	link(dev(pf), filepath.Join(root, "class", "net", "ens1f0", "device"))
+	for i, vf := range []string{netdevVF, dpdkVF} {
+		link(dev(vf), filepath.Join(root, "bus", "pci", "devices", vf))
+		link(dev(pf), filepath.Join(dev(vf), "physfn"))
+		link(dev(vf), filepath.Join(dev(pf), fmt.Sprintf("virtfn%d", i)))
+	}
+	link(filepath.Join(root, "bus", "pci", "drivers", "iavf"), filepath.Join(dev(netdevVF), "driver"))
+	link(dev(netdevVF), filepath.Join(dev(netdevVF), "net", vf0, "device"))
+	link(filepath.Join(dev(netdevVF), "net", vf0), filepath.Join(root, "class", "net", vf0))
 	link(filepath.Join(root, "bus", "pci", "drivers", "vfio-pci"), filepath.Join(dev(dpdkVF), "driver"))
-	link(dev(pf), filepath.Join(dev(dpdkVF), "physfn"))
-	link(dev(dpdkVF), filepath.Join(dev(pf), "virtfn1"))
 
 	wrapper := t.TempDir()
 	script := fmt.Sprintf("#!/bin/sh\nexec unshare --mount --propagation private /bin/sh -c "+
@@ -80,7 +94,7 @@ func (n *node) withFakeSysfs() *libcni.CNIConfig {
 // it.
 func TestADPDKBoundVFGetsAddressesAndIsHeldUntilDel(t *testing.T) {
 	n := newNode(t)
-	c := n.withFakeSysfs()
+	c := n.withFakeSysfs("unused0")
 	ctx := context.Background()
 	for _, version := range []string{"0.4.0", "1.1.0"} {
 		t.Run(version, func(t *testing.T) {
@@ -137,6 +151,49 @@ func TestADPDKBoundVFGetsAddressesAndIsHeldUntilDel(t *testing.T) {
 			if err := c.DelNetworkList(ctx, byDeviceID, rt); err != nil {
 				t.Fatalf("DEL: %v", err)
 			}
+			if held := n.heldAddresses(); len(held) != 0 {
+				t.Errorf("addresses still held after DEL: %v", held)
+			}
+		})
+	}
+}
+
+// A VF with a netdev, selected by PCI address or by PF and VF index, moves
+// into the pod and back as any NIC; while a pod holds it, another ADD of
+// the same VF is refused as busy.
+func TestAVFFoundThroughSysfsMovesIntoThePodAndBack(t *testing.T) {
+	n := newNode(t)
+	e := n.addENI(1) // VF 0's netdev
+	c := n.withFakeSysfs(e.name)
+	ctx := context.Background()
+	for name, sel := range map[string]map[string]any{
+		"pciAddress":     {"pciAddress": netdevVF},
+		"pfName+vfIndex": {"pfName": "ens1f0", "vfIndex": 0},
+	} {
+		t.Run(name, func(t *testing.T) {
+			l := n.list(n.conf("1.1.0", sel))
+			first, second := n.addPod("vf1-"+name[:3]), n.addPod("vf2-"+name[:3])
+			r, err := c.AddNetworkList(ctx, l, first.rt())
+			if err != nil {
+				t.Fatalf("ADD: %v", err)
+			}
+			res, err := types100.NewResultFromResult(r)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(res.Interfaces) != 1 || res.Interfaces[0].PciID != netdevVF || !strings.EqualFold(res.Interfaces[0].Mac, e.mac.String()) {
+				t.Errorf("interfaces %+v, want eth0 with PCI ID %s and MAC %s", res.Interfaces, netdevVF, e.mac)
+			}
+			if in, ok := link(t, first.name, "eth0"); !ok || !strings.EqualFold(in.Address, e.mac.String()) {
+				t.Errorf("eth0 in the pod: %+v", in)
+			}
+			if _, err := c.AddNetworkList(ctx, l, second.rt()); cniCode(err) != cni.ErrCodeDeviceBusy {
+				t.Errorf("second ADD of the VF: got %v, want code %d", err, cni.ErrCodeDeviceBusy)
+			}
+			if err := c.DelNetworkList(ctx, l, first.rt()); err != nil {
+				t.Fatalf("DEL: %v", err)
+			}
+			expectBackOnHost(t, e)
 			if held := n.heldAddresses(); len(held) != 0 {
 				t.Errorf("addresses still held after DEL: %v", held)
 			}
