@@ -241,13 +241,20 @@ func (p pod) rt() *libcni.RuntimeConf {
 
 func (n *node) add(l *libcni.NetworkConfigList, p pod) (*types100.Result, error) {
 	n.t.Helper()
-	r, err := n.cni.AddNetworkList(context.Background(), l, p.rt())
+	return addVia(n.t, n.cni, l, p.rt())
+}
+
+// addVia runs ADD through c and converts the result to the current
+// version's.
+func addVia(t testing.TB, c *libcni.CNIConfig, l *libcni.NetworkConfigList, rt *libcni.RuntimeConf) (*types100.Result, error) {
+	t.Helper()
+	r, err := c.AddNetworkList(context.Background(), l, rt)
 	if err != nil {
 		return nil, err
 	}
 	res, err := types100.NewResultFromResult(r)
 	if err != nil {
-		n.t.Fatalf("converting result: %v", err)
+		t.Fatalf("converting result: %v", err)
 	}
 	return res, nil
 }

@@ -9,7 +9,6 @@ import (
 	"testing"
 
 	"github.com/containernetworking/cni/libcni"
-	types100 "github.com/containernetworking/cni/pkg/types/100"
 
 	"github.com/podnic/podnic/cni"
 )
@@ -103,13 +102,9 @@ func TestADPDKBoundVFGetsAddressesAndIsHeldUntilDel(t *testing.T) {
 			v := strings.ReplaceAll(version, ".", "")
 			first, second := n.addPod("dpdk1-"+v), n.addPod("dpdk2-"+v)
 
-			r, err := c.AddNetworkList(ctx, byPCI, first.rt())
+			res, err := addVia(t, c, byPCI, first.rt())
 			if err != nil {
 				t.Fatalf("ADD: %v", err)
-			}
-			res, err := types100.NewResultFromResult(r)
-			if err != nil {
-				t.Fatal(err)
 			}
 			wantPCI := dpdkVF
 			if version != "1.1.0" {
@@ -173,13 +168,9 @@ func TestAVFFoundThroughSysfsMovesIntoThePodAndBack(t *testing.T) {
 		t.Run(name, func(t *testing.T) {
 			l := n.list(n.conf("1.1.0", sel))
 			first, second := n.addPod("vf1-"+name[:3]), n.addPod("vf2-"+name[:3])
-			r, err := c.AddNetworkList(ctx, l, first.rt())
+			res, err := addVia(t, c, l, first.rt())
 			if err != nil {
 				t.Fatalf("ADD: %v", err)
-			}
-			res, err := types100.NewResultFromResult(r)
-			if err != nil {
-				t.Fatal(err)
 			}
 			if len(res.Interfaces) != 1 || res.Interfaces[0].PciID != netdevVF || !strings.EqualFold(res.Interfaces[0].Mac, e.mac.String()) {
 				t.Errorf("interfaces %+v, want eth0 with PCI ID %s and MAC %s", res.Interfaces, netdevVF, e.mac)

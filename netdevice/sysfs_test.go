@@ -113,11 +113,17 @@ func (f *fakeSysfs) addPCI(pci, driver string, netdevs ...string) {
 
 func (f *fakeSysfs) addNetdev(pci, name string) {
 	f.t.Helper()
-	dir := f.pciDir(pci)
-	nd := filepath.Join(dir, "net", name)
+	f.addNetdevBelow(f.pciDir(pci), name)
+}
+
+// addNetdevBelow adds netdev name below the device directory parent (a PCI,
+// virtioN or VMBus device), with its device link as the kernel writes it
+// (../../../<parent>, not ../..) and its class/net entry.
+func (f *fakeSysfs) addNetdevBelow(parent, name string) {
+	f.t.Helper()
+	nd := filepath.Join(parent, "net", name)
 	f.mkdir(nd)
-	// As the kernel writes it: ../../../<pci>, not ../..
-	if err := os.Symlink(filepath.Join("..", "..", "..", pci), filepath.Join(nd, "device")); err != nil {
+	if err := os.Symlink(filepath.Join("..", "..", "..", filepath.Base(parent)), filepath.Join(nd, "device")); err != nil {
 		f.t.Fatal(err)
 	}
 	f.symlink(nd, filepath.Join(f.root, "class", "net", name))
@@ -233,13 +239,7 @@ func TestFindNamesThePCIDeviceOfAVirtioNIC(t *testing.T) {
 	f := newFakeSysfs(t)
 	const pci = "0000:00:05.0"
 	f.addPCI(pci, "virtio-pci")
-	virtio := filepath.Join(f.pciDir(pci), "virtio3")
-	nd := filepath.Join(virtio, "net", eni.Name)
-	f.mkdir(nd)
-	if err := os.Symlink("../../../virtio3", filepath.Join(nd, "device")); err != nil {
-		t.Fatal(err)
-	}
-	f.symlink(nd, filepath.Join(f.root, "class", "net", eni.Name))
+	f.addNetdevBelow(filepath.Join(f.pciDir(pci), "virtio3"), eni.Name)
 
 	dev, err := f.find(Selector{MAC: eni.MAC})
 	if err != nil {
@@ -256,13 +256,7 @@ func TestFindReportsNoPCIDeviceForAVMBusNIC(t *testing.T) {
 	needRoot(t) // the netdev is a real veth end
 	eni := newENI(t, newNetns(t, "fabric"), false)
 	f := newFakeSysfs(t)
-	vmbus := filepath.Join(f.root, "devices", "LNXSYSTM:00", "VMBUS:00", "000d3a6e-4548-000d-3a6e-4548000d3a6e")
-	nd := filepath.Join(vmbus, "net", eni.Name)
-	f.mkdir(nd)
-	if err := os.Symlink("../../../000d3a6e-4548-000d-3a6e-4548000d3a6e", filepath.Join(nd, "device")); err != nil {
-		t.Fatal(err)
-	}
-	f.symlink(nd, filepath.Join(f.root, "class", "net", eni.Name))
+	f.addNetdevBelow(filepath.Join(f.root, "devices", "LNXSYSTM:00", "VMBUS:00", "000d3a6e-4548-000d-3a6e-4548000d3a6e"), eni.Name)
 
 	dev, err := f.find(Selector{Name: eni.Name})
 	if err != nil {
