@@ -1,6 +1,7 @@
 package bpf
 
 import (
+	"errors"
 	"fmt"
 	"net/netip"
 	"testing"
@@ -240,6 +241,45 @@ func TestServiceWithoutBackendsIsRejected(t *testing.T) {
 			}
 			expectPacket(t, "ICMP port unreachable", got, unreachableFor(t, dgram, fam))
 		})
+	}
+}
+
+// internalTrafficPolicy Local with endpoints on other nodes only: kube-proxy
+// drops new flows (it rejects only when there are no endpoints at all).
+// The entry says so; ListServices reads it back; and an entry that claims
+// both backends and no local endpoints is refused.
+func TestServiceWithNoLocalEndpointsDropsNewFlows(t *testing.T) {
+	for _, fam := range families {
+		for _, proto := range []Proto{TCP, UDP} {
+			t.Run(fam.name+"/"+proto.String(), func(t *testing.T) {
+				d := loadTest(t)
+				f := Frontend{VIP: fam.vip, Port: servicePort, Proto: proto}
+				if err := d.Maps.UpsertService(ServiceEntry{Frontend: f, ID: 1, NoLocal: true}); err != nil {
+					t.Fatal(err)
+				}
+				p := pkt{src: ap(fam.client, clientPort), dst: ap(fam.vip, servicePort), proto: proto, payload: []byte("hello")}
+				if proto == TCP {
+					p.flags, p.seq = "S", 777
+				}
+				before := counted(t, d, DirFromPod, DropNoLocal)
+				if ret, got := run(t, d.Programs.FromPod, p.bytes(t)); ret != actShot {
+					t.Errorf("verdict %d (packet %x), want TC_ACT_SHOT", ret, got)
+				}
+				expectCounted(t, d, DirFromPod, DropNoLocal, before)
+
+				svcs, err := d.Maps.ListServices()
+				if err != nil {
+					t.Fatal(err)
+				}
+				if len(svcs) != 1 || !svcs[0].NoLocal {
+					t.Errorf("ListServices = %+v, want one entry with NoLocal", svcs)
+				}
+				bad := ServiceEntry{Frontend: f, ID: 1, NoLocal: true, Backends: []BackendEntry{{ID: 1, Addr: ap(fam.backends[0], backendPort)}}}
+				if err := d.Maps.UpsertService(bad); !errors.Is(err, ErrInvalidService) {
+					t.Errorf("NoLocal with backends: got %v, want ErrInvalidService", err)
+				}
+			})
+		}
 	}
 }
 

@@ -45,6 +45,10 @@ type ServiceEntry struct {
 	ID       uint32         // unique per frontend on the node, never 0
 	Affinity time.Duration  // session affinity ClientIP timeout; 0 is none
 	Backends []BackendEntry // the backends new flows may use, in slot order
+	// NoLocal, with no Backends, says that the Service has endpoints but
+	// none this node may use (internalTrafficPolicy Local): new flows are
+	// dropped, as kube-proxy drops them, instead of rejected.
+	NoLocal bool
 }
 
 // ErrInvalidService is returned for a ServiceEntry the datapath cannot hold.
@@ -64,6 +68,8 @@ func (s ServiceEntry) validate() error {
 		return fmt.Errorf("%w %s: %d backends, at most 65535", ErrInvalidService, s.Frontend, len(s.Backends))
 	case s.Affinity < 0 || s.Affinity > 24*time.Hour:
 		return fmt.Errorf("%w %s: affinity timeout %s out of range (0 to 24h)", ErrInvalidService, s.Frontend, s.Affinity)
+	case s.NoLocal && len(s.Backends) > 0:
+		return fmt.Errorf("%w %s: no local endpoints, yet %d backends", ErrInvalidService, s.Frontend, len(s.Backends))
 	}
 	for _, b := range s.Backends {
 		if b.ID == 0 || !b.Addr.IsValid() || b.Addr.Port() == 0 {
@@ -112,6 +118,9 @@ func (m *Maps) UpsertService(s ServiceEntry) error {
 	if s.Affinity > 0 {
 		v.Flags |= ServiceAffinity
 		v.AffinitySeconds = uint32((s.Affinity + time.Second - 1) / time.Second)
+	}
+	if s.NoLocal {
+		v.Flags |= ServiceDrop
 	}
 	if err := m.Services.Put(&key, &v); err != nil {
 		return fmt.Errorf("writing service %s: %w", s.Frontend, err)
@@ -219,6 +228,7 @@ type ServiceInfo struct {
 	Frontend
 	ID       uint32
 	Affinity time.Duration
+	NoLocal  bool // no backend this node may use: new flows are dropped
 	Backends []BackendInfo
 }
 
@@ -247,6 +257,7 @@ func (m *Maps) ListServices() ([]ServiceInfo, error) {
 		if v.Flags&ServiceAffinity != 0 {
 			s.Affinity = time.Duration(v.AffinitySeconds) * time.Second
 		}
+		s.NoLocal = v.Flags&ServiceDrop != 0
 		for i := 1; i <= int(v.Count); i++ {
 			var id uint32
 			if err := m.Slots.Lookup(&SlotKey{ServiceID: v.ID, Slot: uint32(i)}, &id); err != nil {

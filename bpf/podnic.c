@@ -175,8 +175,13 @@ static __always_inline int pn_from_pod(struct __sk_buff *skb, struct pn_pkt *p, 
 			return pn_reject(skb, p, reason);
 		return pn_pass(skb, p);
 	}
-	if (svc->count == 0)
+	if (svc->count == 0) {
+		if (svc->flags & PN_SVC_DROP) {
+			*reason = PN_DROP_NO_LOCAL;
+			return TC_ACT_SHOT;
+		}
 		return pn_reject(skb, p, reason);
+	}
 
 	ret = pn_select_backend(p, svc, now, &backend_id, &be);
 	if (ret < 0) {

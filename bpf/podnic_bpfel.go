@@ -182,6 +182,7 @@ const (
 	podnicPnReasonPN_DROP_CT_CREATE    podnicPnReason = -6
 	podnicPnReasonPN_DROP_NAT          podnicPnReason = -7
 	podnicPnReasonPN_DROP_REJECT       podnicPnReason = -8
+	podnicPnReasonPN_DROP_NO_LOCAL     podnicPnReason = -9
 )
 
 type podnicPnSlotKey struct {
@@ -194,6 +195,7 @@ type podnicPnSvcFlags uint32
 
 const (
 	podnicPnSvcFlagsPN_SVC_AFFINITY podnicPnSvcFlags = 1
+	podnicPnSvcFlagsPN_SVC_DROP     podnicPnSvcFlags = 2
 )
 
 type podnicPnSvcKey struct {

@@ -27,6 +27,7 @@ const (
 	DropCTCreate    = Reason(podnicPnReasonPN_DROP_CT_CREATE)
 	DropNAT         = Reason(podnicPnReasonPN_DROP_NAT)
 	DropReject      = Reason(podnicPnReasonPN_DROP_REJECT)
+	DropNoLocal     = Reason(podnicPnReasonPN_DROP_NO_LOCAL)
 )
 
 var reasonNames = map[Reason]string{
@@ -47,6 +48,7 @@ var reasonNames = map[Reason]string{
 	DropCTCreate:     "drop-conntrack-full",
 	DropNAT:          "drop-rewrite-failed",
 	DropReject:       "drop-reject-failed",
+	DropNoLocal:      "drop-no-local-endpoints",
 }
 
 // Reasons lists every verdict the datapath can give.

@@ -74,6 +74,7 @@ type ServiceKey struct {
 // Service flags.
 const (
 	ServiceAffinity = uint16(podnicPnSvcFlagsPN_SVC_AFFINITY)
+	ServiceDrop     = uint16(podnicPnSvcFlagsPN_SVC_DROP) // with count 0: drop, not reject
 )
 
 // ServiceValue is the value of the services map.

@@ -121,6 +121,9 @@ func programmed(f *fakeMaps) []string {
 		if v.Flags&bpf.ServiceAffinity != 0 {
 			line += fmt.Sprintf(" affinity %ds", v.AffinitySeconds)
 		}
+		if v.Flags&bpf.ServiceDrop != 0 {
+			line += "drop"
+		}
 		out = append(out, line)
 	}
 	slices.Sort(out)
@@ -296,6 +299,21 @@ func TestInternalTrafficPolicyLocalUsesOnlyThisNodesEndpoints(t *testing.T) {
 	a.OnService(s)
 	e1, e2 := up("192.0.2.1"), up("192.0.2.2")
 	e1.node, e2.node = "node-a", "node-b"
+	a.OnEndpointSlice(slice("web", "web-v4", false, 8080, e1, e2))
+	mustSync(t, a)
+	expectProgrammed(t, f, "10.96.0.10:80/TCP -> 192.0.2.1:8080")
+
+	// Only remote endpoints left: kube-proxy drops; with none at all it
+	// rejects.
+	a.OnEndpointSlice(slice("web", "web-v4", false, 8080, e2))
+	mustSync(t, a)
+	expectProgrammed(t, f, "10.96.0.10:80/TCP -> drop")
+	a.OnEndpointSlice(slice("web", "web-v4", false, 8080))
+	mustSync(t, a)
+	expectProgrammed(t, f, "10.96.0.10:80/TCP -> ")
+	a.OnEndpointSlice(slice("web", "web-v4", false, 8080, e2))
+	mustSync(t, a)
+	expectProgrammed(t, f, "10.96.0.10:80/TCP -> drop")
 	a.OnEndpointSlice(slice("web", "web-v4", false, 8080, e1, e2))
 	mustSync(t, a)
 	expectProgrammed(t, f, "10.96.0.10:80/TCP -> 192.0.2.1:8080")

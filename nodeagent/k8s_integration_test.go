@@ -3,6 +3,7 @@ package nodeagent_test
 import (
 	"bufio"
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net/netip"
@@ -12,6 +13,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -182,6 +184,9 @@ func programmed(t *testing.T, d *bpf.Datapath) map[string]string {
 		if s.Affinity > 0 {
 			v += fmt.Sprintf(" affinity %s", s.Affinity)
 		}
+		if s.NoLocal {
+			v += "drop"
+		}
 		out[s.String()] = v
 	}
 	return out
@@ -317,7 +322,18 @@ func TestAgentProgramsServicesFromTheAPIServer(t *testing.T) {
 		if got := answers(t, client, vip4, 5); got["server1"] != 5 {
 			t.Errorf("answers %v, want server1 only", got)
 		}
-		c.Apply(t, serviceYAML(""))
+		// Endpoints only on another node: dropped, as kube-proxy drops
+		// them (no refusal; the connection attempt times out).
+		c.Apply(t, slicesYAML(ep{pod: "server2", node: "node-b", ready: true, serving: true}))
+		expectMaps(t, d, "no local endpoints", both("drop", "drop"))
+		conn, err := client.Dial("tcp", netip.AddrPortFrom(vip4, 80), 500*time.Millisecond)
+		if err == nil {
+			conn.Close()
+			t.Error("connected to a Service without local endpoints")
+		} else if errors.Is(err, syscall.ECONNREFUSED) {
+			t.Errorf("dial: %v, want a timeout (dropped), not a refusal", err)
+		}
+		c.Apply(t, serviceYAML("")+slicesYAML(up("server1"), up("server2")))
 	})
 	t.Run("topology hints", func(t *testing.T) {
 		c.Apply(t, slicesYAML(

@@ -217,6 +217,9 @@ type desiredService struct {
 	PortName string
 	Affinity time.Duration
 	Backends []desiredBackend // sorted by address
+	// NoLocal: no backend this node may use, endpoints elsewhere
+	// (internalTrafficPolicy Local): the datapath drops, not rejects.
+	NoLocal bool
 }
 
 type desiredBackend struct {
@@ -273,7 +276,7 @@ func desiredFrontends(name ServiceName, svc *serviceInfo, sl map[string]*sliceIn
 	for _, vip := range svc.VIPs {
 		for _, port := range svc.Ports {
 			eps := endpointsFor(sl, port, vip.Is6(), node)
-			cluster, local, _, _ := CategorizeEndpoints(eps, svc.Policy, node)
+			cluster, local, _, hasAny := CategorizeEndpoints(eps, svc.Policy, node)
 			use := cluster
 			if svc.Policy.InternalLocal {
 				use = local
@@ -284,6 +287,9 @@ func desiredFrontends(name ServiceName, svc *serviceInfo, sl map[string]*sliceIn
 				PortName: port.Name,
 				Affinity: svc.Affinity,
 				Backends: make([]desiredBackend, 0, len(use)),
+				// kube-proxy: REJECT without endpoints anywhere, DROP
+				// when only the internal traffic policy leaves none.
+				NoLocal: len(use) == 0 && hasAny,
 			}
 			for _, ep := range use {
 				st := bpf.BackendActive

@@ -236,6 +236,9 @@ func (s *Syncer) apply(desired map[bpf.ServiceKey]*desiredService, keys []bpf.Se
 			v.Flags |= bpf.ServiceAffinity
 			v.AffinitySeconds = uint32((d.Affinity + time.Second - 1) / time.Second)
 		}
+		if d.NoLocal && len(slotIDs) == 0 {
+			v.Flags |= bpf.ServiceDrop
+		}
 		if s.services[k] == nil || a.Value != v {
 			if err := s.maps.WriteServiceEntry(k, v); err != nil {
 				return err

@@ -39,6 +39,7 @@ enum pn_reason {
 	PN_DROP_CT_CREATE = -6,	   /* conntrack entry could not be written */
 	PN_DROP_NAT = -7,	   /* header rewrite failed */
 	PN_DROP_REJECT = -8,	   /* building the reject reply failed */
+	PN_DROP_NO_LOCAL = -9,	   /* internalTrafficPolicy Local, no local endpoint */
 };
 
 /* Counter slots: direction * PN_REASON_SLOTS + index, where index is the
@@ -73,11 +74,15 @@ struct pn_svc_key {
 
 enum pn_svc_flags {
 	PN_SVC_AFFINITY = 1 << 0, /* session affinity ClientIP */
+	/* With count 0: endpoints exist, none this node may use
+	 * (internalTrafficPolicy Local): drop, as kube-proxy does, rather
+	 * than reject. */
+	PN_SVC_DROP = 1 << 1,
 };
 
 struct pn_svc_val {
 	__u32 id;    /* service id: slot key prefix, reverse NAT id */
-	__u16 count; /* number of slots 1..count; 0 means reject */
+	__u16 count; /* number of slots 1..count; 0 means reject (or drop) */
 	__u16 flags;
 	__u32 affinity_timeout; /* seconds */
 };

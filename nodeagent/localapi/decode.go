@@ -50,6 +50,7 @@ func (r *ServiceRow) UnmarshalJSON(b []byte) error {
 		Proto    string
 		ID       uint32
 		Affinity time.Duration
+		NoLocal  bool
 		Backends []struct {
 			ID    uint32
 			Addr  netip.AddrPort
@@ -68,7 +69,7 @@ func (r *ServiceRow) UnmarshalJSON(b []byte) error {
 	*r = ServiceRow{
 		ServiceInfo: bpf.ServiceInfo{
 			Frontend: bpf.Frontend{VIP: w.VIP, Port: w.Port, Proto: proto},
-			ID:       w.ID, Affinity: w.Affinity, Backends: make([]bpf.BackendInfo, 0, len(w.Backends)),
+			ID:       w.ID, Affinity: w.Affinity, NoLocal: w.NoLocal, Backends: make([]bpf.BackendInfo, 0, len(w.Backends)),
 		},
 		Type: w.Type, Service: w.Service,
 	}

@@ -334,7 +334,10 @@ func cmdServiceList(g globals, args []string) error {
 			for _, b := range s.Backends {
 				bs = append(bs, fmt.Sprintf("%s (%s)", b.Addr, b.State))
 			}
-			if len(bs) == 0 {
+			switch {
+			case len(bs) == 0 && s.NoLocal:
+				bs = []string{"none on this node: dropped (internalTrafficPolicy Local)"}
+			case len(bs) == 0:
 				bs = []string{"none: rejected"}
 			}
 			fmt.Fprintf(w, "%d\t%s\t%s\t%s\t%s\t%s\n", s.ID, s.String(), s.Type, svc, aff, strings.Join(bs, ", "))
