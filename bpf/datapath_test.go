@@ -626,6 +626,67 @@ func TestSessionAffinityExpiresAndSkipsTerminatingBackends(t *testing.T) {
 	})
 }
 
+// An affinity entry holds only while its backend is still in the slot it
+// recorded: a backend that left the Service stays in the backends map,
+// active, when another Service still has it, and must not take this
+// Service's flows. Among terminating endpoints (the Service's fallback when
+// none is ready) affinity holds, as kube-proxy's does.
+func TestSessionAffinityFollowsTheServicesSlots(t *testing.T) {
+	for _, fam := range families {
+		t.Run(fam.name+"/backend left the Service", func(t *testing.T) {
+			d := loadTest(t)
+			f := Frontend{VIP: fam.vip, Port: servicePort, Proto: TCP}
+			backends := []BackendEntry{{ID: 1, Addr: ap(fam.backends[0], backendPort)}, {ID: 2, Addr: ap(fam.backends[1], backendPort)}}
+			s := ServiceEntry{Frontend: f, ID: 7, Affinity: time.Hour, Backends: backends}
+			if err := d.Maps.UpsertService(s); err != nil {
+				t.Fatal(err)
+			}
+			flow := func(i int) netip.AddrPort {
+				return dnatTarget(t, d, pkt{src: ap(fam.client, uint16(clientPort+i)), dst: ap(fam.vip, servicePort), proto: TCP, flags: "S"})
+			}
+			first := flow(0)
+			ak := AffinityKey{Client: AddrFrom(fam.client), ServiceID: 7}
+			var av AffinityValue
+			if err := d.Maps.Affinity.Lookup(&ak, &av); err != nil || av.Slot == 0 || backends[av.BackendID-1].Addr != first {
+				t.Fatalf("affinity after the first flow (to %s): %+v (%v), want its backend and slot", first, av, err)
+			}
+			// The chosen backend leaves the Service; its entry stays, active.
+			other := backends[2-av.BackendID]
+			s.Backends = []BackendEntry{other}
+			if err := d.Maps.UpsertService(s); err != nil {
+				t.Fatal(err)
+			}
+			for i := 1; i <= 8; i++ {
+				if got := flow(i); got != other.Addr {
+					t.Fatalf("flow %d went to %s, which left the Service; want %s", i, got, other.Addr)
+				}
+			}
+		})
+		t.Run(fam.name+"/all terminating", func(t *testing.T) {
+			d := loadTest(t)
+			f := Frontend{VIP: fam.vip, Port: servicePort, Proto: TCP}
+			s := ServiceEntry{Frontend: f, ID: 7, Affinity: time.Hour, Backends: []BackendEntry{
+				{ID: 1, Addr: ap(fam.backends[0], backendPort), State: BackendTerminating},
+				{ID: 2, Addr: ap(fam.backends[1], backendPort), State: BackendTerminating},
+			}}
+			if err := d.Maps.UpsertService(s); err != nil {
+				t.Fatal(err)
+			}
+			// Without affinity, 32 flows over 2 backends all landing on one
+			// happens with probability 2^-31.
+			var first netip.AddrPort
+			for i := range 32 {
+				got := dnatTarget(t, d, pkt{src: ap(fam.client, uint16(clientPort+i)), dst: ap(fam.vip, servicePort), proto: TCP, flags: "S"})
+				if i == 0 {
+					first = got
+				} else if got != first {
+					t.Fatalf("flow %d went to %s, affinity said %s", i, got, first)
+				}
+			}
+		})
+	}
+}
+
 // icmpError builds an ICMP error from src about the quoted packet.
 func icmpError(t *testing.T, src, dst netip.Addr, v6Type, v6Code, v4Type, v4Code uint8, quoted []byte) []byte {
 	t.Helper()

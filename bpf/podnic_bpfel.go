@@ -25,7 +25,7 @@ type podnicPnAffinityKey struct {
 type podnicPnAffinityVal struct {
 	_         structs.HostLayout
 	BackendId uint32
-	Pad       uint32
+	Slot      uint32
 	LastUsed  uint64
 }
 

@@ -164,7 +164,7 @@ type AffinityKey struct {
 // AffinityValue is the value of the session affinity map.
 type AffinityValue struct {
 	BackendID uint32
-	_         uint32
+	Slot      uint32 // the Service's slot that held BackendID; 0: not recorded
 	LastUsed  uint64 // CLOCK_MONOTONIC nanoseconds
 }
 

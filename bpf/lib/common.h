@@ -146,7 +146,9 @@ struct pn_affinity_key {
 
 struct pn_affinity_val {
 	__u32 backend_id;
-	__u32 pad;
+	/* The Service's slot that held backend_id when the entry was written;
+	 * 0 in entries from before slots were recorded. */
+	__u32 slot;
 	__u64 last_used; /* CLOCK_MONOTONIC ns */
 };
 

@@ -39,7 +39,7 @@ static __always_inline int pn_in_service_cidr(const struct pn_pkt *p)
 /* pn_random_backend picks one of the Service's slots at random, as
  * kube-proxy's iptables mode does, and returns its backend. */
 static __always_inline struct pn_backend *pn_random_backend(const struct pn_svc_val *svc,
-							    __u32 *backend_id)
+							    __u32 *backend_id, __u32 *slot)
 {
 	struct pn_slot_key sk = {
 		.svc_id = svc->id,
@@ -50,7 +50,34 @@ static __always_inline struct pn_backend *pn_random_backend(const struct pn_svc_
 	if (!id)
 		return NULL;
 	*backend_id = *id;
+	*slot = sk.slot;
 	return bpf_map_lookup_elem(&podnic_be_v1, id);
+}
+
+/* pn_affinity_usable reports whether the backend an affinity entry names
+ * may still take the client's new flows: it is still in the slot the entry
+ * recorded, so still one of the Service's endpoints for this node (a
+ * backend is shared by every Service that has it: it may live on, active,
+ * for another Service after leaving this one). A terminating backend in
+ * the slots means the Service falls back to terminating endpoints, and
+ * the affinity holds among them, as kube-proxy's does. An entry written
+ * before slots were recorded (slot 0) holds while its backend is active. */
+static __always_inline int pn_affinity_usable(const struct pn_svc_val *svc,
+					      const struct pn_affinity_val *av,
+					      const struct pn_backend *be)
+{
+	struct pn_slot_key sk = {
+		.svc_id = svc->id,
+		.slot = av->slot,
+	};
+	__u32 *id;
+
+	if (av->slot == 0)
+		return be->state == PN_BACKEND_ACTIVE;
+	if (av->slot > svc->count)
+		return 0;
+	id = bpf_map_lookup_elem(&podnic_slot_v1, &sk);
+	return id && *id == av->backend_id;
 }
 
 /* pn_select_backend picks the backend of a new flow: the client's affinity
@@ -63,6 +90,7 @@ static __always_inline int pn_select_backend(const struct pn_pkt *p, const struc
 {
 	struct pn_affinity_key ak = {};
 	struct pn_backend *be;
+	__u32 slot = 0;
 
 	if (svc->flags & PN_SVC_AFFINITY) {
 		struct pn_affinity_val *av;
@@ -74,7 +102,7 @@ static __always_inline int pn_select_backend(const struct pn_pkt *p, const struc
 			__u32 aid = av->backend_id;
 
 			be = bpf_map_lookup_elem(&podnic_be_v1, &aid);
-			if (be && be->state == PN_BACKEND_ACTIVE) {
+			if (be && pn_affinity_usable(svc, av, be)) {
 				av->last_used = now;
 				*backend_id = aid;
 				*backend = be;
@@ -83,7 +111,7 @@ static __always_inline int pn_select_backend(const struct pn_pkt *p, const struc
 		}
 	}
 
-	be = pn_random_backend(svc, backend_id);
+	be = pn_random_backend(svc, backend_id, &slot);
 	if (!be)
 		return PN_DROP_NO_BACKEND;
 	*backend = be;
@@ -91,6 +119,7 @@ static __always_inline int pn_select_backend(const struct pn_pkt *p, const struc
 	if (svc->flags & PN_SVC_AFFINITY) {
 		struct pn_affinity_val av = {
 			.backend_id = *backend_id,
+			.slot = slot,
 			.last_used = now,
 		};
 

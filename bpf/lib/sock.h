@@ -128,7 +128,7 @@ static __always_inline int pn_sock_lb(struct bpf_sock_addr *ctx, struct pn_addr 
 	struct pn_svc_val *svc;
 	struct pn_backend *be;
 	__u64 cookie;
-	__u32 id;
+	__u32 id, slot;
 
 	if (ctx->protocol != IPPROTO_TCP)
 		return 0;
@@ -144,7 +144,7 @@ static __always_inline int pn_sock_lb(struct bpf_sock_addr *ctx, struct pn_addr 
 	if (!svc || svc->count == 0 || (svc->flags & PN_SVC_AFFINITY))
 		goto unchanged;
 
-	be = pn_random_backend(svc, &id);
+	be = pn_random_backend(svc, &id, &slot);
 	if (!be || (v4 && !pn_addr_is_v4(&be->addr)))
 		goto unchanged;
 
