@@ -959,3 +959,54 @@ func TestFastPathsPassOnlyWhatCannotBeServiceTraffic(t *testing.T) {
 		})
 	}
 }
+
+// An external VIP (a Service's externalIPs or LoadBalancer ingress IP) lies
+// outside the Service CIDRs. With the external flag on, a pod's flow to it
+// is translated and its reply translated back, as kube-proxy does for pod
+// traffic; another port, ICMP and other addresses outside the CIDRs pass
+// untouched. With the flag off, everything outside the CIDRs passes.
+func TestExternalVIPsOutsideTheServiceCIDRsAreTranslated(t *testing.T) {
+	for _, fam := range families {
+		t.Run(fam.name, func(t *testing.T) {
+			d := loadTest(t)
+			ext := fam.router // outside the CIDR below
+			service(t, d, Frontend{VIP: ext, Port: servicePort, Proto: TCP}, 1, backendPort, fam.backends[0])
+			cidr := netip.PrefixFrom(fam.vip, 24)
+			if fam.vip.Is6() {
+				cidr = netip.PrefixFrom(fam.vip, 64)
+			}
+			if err := d.Maps.SetServiceCIDRs([]netip.Prefix{cidr.Masked()}); err != nil {
+				t.Fatal(err)
+			}
+			client, vip, backend := ap(fam.client, clientPort), ap(ext, servicePort), ap(fam.backends[0], backendPort)
+			syn := pkt{src: client, dst: vip, proto: TCP, flags: "S"}
+			if ret, got := run(t, d.Programs.FromPod, syn.bytes(t)); ret != actUnspec || !equalPacket(got, syn.bytes(t)) {
+				t.Errorf("flag off: SYN to the external VIP changed (verdict %d)", ret)
+			}
+
+			if err := d.Maps.SetExternalVIPs(true); err != nil {
+				t.Fatal(err)
+			}
+			if on, err := d.Maps.ExternalVIPs(); err != nil || !on {
+				t.Fatalf("ExternalVIPs() = %v, %v after SetExternalVIPs(true)", on, err)
+			}
+			if got := dnatTarget(t, d, syn); got != backend {
+				t.Fatalf("SYN to the external VIP went to %s, want %s", got, backend)
+			}
+			reply := pkt{src: backend, dst: client, proto: TCP, flags: "SA"}
+			ret, got := run(t, d.Programs.ToPod, reply.bytes(t))
+			if want := reply.with(vip, client).bytes(t); ret != actUnspec || !equalPacket(got, want) {
+				t.Errorf("reply not translated back to the external VIP (verdict %d)", ret)
+			}
+			for name, b := range map[string][]byte{
+				"another port":            pkt{src: client, dst: ap(ext, servicePort+1), proto: TCP, flags: "S"}.bytes(t),
+				"UDP on the Service port": pkt{src: client, dst: vip, proto: UDP, payload: []byte("x")}.bytes(t),
+				"another address":         pkt{src: client, dst: ap(ext.Next(), servicePort), proto: TCP, flags: "S"}.bytes(t),
+			} {
+				if ret, got := run(t, d.Programs.FromPod, b); ret != actUnspec || !equalPacket(got, b) {
+					t.Errorf("%s of the external VIP changed (verdict %d)", name, ret)
+				}
+			}
+		})
+	}
+}

@@ -393,13 +393,31 @@ func (m *Maps) readConfig() (podnicPnCfg, error) {
 // setPeerName says whether socket-level balancing remembers each socket's
 // Service so that getpeername() answers with it.
 func (m *Maps) setPeerName(on bool) error {
+	return m.setConfigFlag(uint32(podnicPnCfgFlagsPN_CFG_PEER_NAME), on)
+}
+
+// SetExternalVIPs says whether some Service VIPs lie outside the Service
+// CIDRs (externalIPs, LoadBalancer ingress IPs): while on, a pod's packet
+// to any other address costs one more lookup on egress, so that one to
+// such a VIP is translated. Off, they pass untranslated.
+func (m *Maps) SetExternalVIPs(on bool) error {
+	return m.setConfigFlag(uint32(podnicPnCfgFlagsPN_CFG_EXTERNAL), on)
+}
+
+// ExternalVIPs reports whether SetExternalVIPs is on.
+func (m *Maps) ExternalVIPs() (bool, error) {
+	cfg, err := m.readConfig()
+	return cfg.Flags&uint32(podnicPnCfgFlagsPN_CFG_EXTERNAL) != 0, err
+}
+
+func (m *Maps) setConfigFlag(flag uint32, on bool) error {
 	cfg, err := m.readConfig()
 	if err != nil {
 		return err
 	}
-	cfg.Flags &^= uint32(podnicPnCfgFlagsPN_CFG_PEER_NAME)
+	cfg.Flags &^= flag
 	if on {
-		cfg.Flags |= uint32(podnicPnCfgFlagsPN_CFG_PEER_NAME)
+		cfg.Flags |= flag
 	}
 	if err := m.Config.Put(uint32(0), &cfg); err != nil {
 		return fmt.Errorf("writing datapath settings: %w", err)

@@ -108,7 +108,7 @@ static __always_inline int pn_from_pod(struct __sk_buff *skb, struct pn_pkt *p, 
 	__u32 backend_id;
 	__u64 now;
 	__u8 flags;
-	int ret;
+	int outside, ret;
 
 	switch (pn_parse(skb, p)) {
 	case PN_PARSE_OK:
@@ -134,11 +134,16 @@ static __always_inline int pn_from_pod(struct __sk_buff *skb, struct pn_pkt *p, 
 			return self ? pn_redirect_self(skb) : TC_ACT_UNSPEC;
 		}
 	}
-	/* Not for any Service: pod-to-pod traffic, socket-balanced flows. */
-	if (pn_outside_service_cidrs(&p->daddr))
+	/* Not for any Service: pod-to-pod traffic, socket-balanced flows.
+	 * Outside the Service CIDRs only an external VIP (externalIPs,
+	 * LoadBalancer ingress) is translated, as kube-proxy translates a
+	 * pod's traffic to one; anything else to such an address, another
+	 * port, ICMP, a fragment, goes on untouched. */
+	outside = pn_outside_service_cidrs(&p->daddr);
+	if (outside && !(pn_cfg_flag(PN_CFG_EXTERNAL) && pn_is_vip(p)))
 		return pn_pass(skb, p);
 	if (p->fragment || (p->proto != IPPROTO_TCP && p->proto != IPPROTO_UDP)) {
-		if (!pn_is_vip(p))
+		if (outside || !pn_is_vip(p))
 			return TC_ACT_UNSPEC;
 		*reason = p->fragment ? PN_DROP_FRAGMENT : PN_DROP_PROTO;
 		return TC_ACT_SHOT;
@@ -166,6 +171,8 @@ static __always_inline int pn_from_pod(struct __sk_buff *skb, struct pn_pkt *p, 
 
 	svc = pn_svc_lookup(p, p->dport, p->proto);
 	if (!svc) {
+		if (outside)
+			return pn_pass(skb, p);
 		if (pn_is_vip(p)) {
 			*reason = PN_DROP_UNKNOWN_PORT;
 			return TC_ACT_SHOT;

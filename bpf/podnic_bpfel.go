@@ -69,6 +69,7 @@ type podnicPnCfgFlags uint32
 
 const (
 	podnicPnCfgFlagsPN_CFG_PEER_NAME podnicPnCfgFlags = 1
+	podnicPnCfgFlagsPN_CFG_EXTERNAL  podnicPnCfgFlags = 2
 )
 
 type podnicPnCidrKey struct {

@@ -1,6 +1,7 @@
 package nodeagent
 
 import (
+	"fmt"
 	"log/slog"
 	"sync"
 	"time"
@@ -51,6 +52,8 @@ type Agent struct {
 	desired     map[bpf.ServiceKey]*desiredService
 	frontendsOf map[ServiceName][]bpf.ServiceKey
 	node        Topology
+	externals   int   // desired frontends with External set
+	externalOn  *bool // the datapath's external-VIP flag as last written; nil: unknown
 
 	statusMu sync.RWMutex
 	status   SyncStatus
@@ -243,6 +246,9 @@ func (a *Agent) sync() error {
 	for name := range dirty {
 		for _, k := range a.frontendsOf[name] {
 			if d := a.desired[k]; d != nil && d.Service == name {
+				if d.External {
+					a.externals--
+				}
 				delete(a.desired, k)
 			}
 			keys = append(keys, k)
@@ -260,6 +266,9 @@ func (a *Agent) sync() error {
 				continue
 			}
 			a.desired[d.Key] = d
+			if d.External {
+				a.externals++
+			}
 			fs = append(fs, d.Key)
 			keys = append(keys, d.Key)
 		}
@@ -268,6 +277,9 @@ func (a *Agent) sync() error {
 	a.desiredMu.Unlock()
 
 	writes, err := a.syncer.Apply(a.desired, keys, full)
+	if err == nil {
+		err = a.syncExternalFlag(full)
+	}
 	end := a.clock.Now()
 	st := SyncStatus{
 		Time: end, Duration: end.Sub(start), Full: full, Writes: writes,
@@ -297,6 +309,22 @@ func (a *Agent) sync() error {
 	return err
 }
 
+// syncExternalFlag turns the datapath's external-VIP lookup on while some
+// Service has an external VIP and off when none has, writing only on a
+// change (and on every full sync).
+func (a *Agent) syncExternalFlag(full bool) error {
+	want := a.externals > 0
+	if !full && a.externalOn != nil && *a.externalOn == want {
+		return nil
+	}
+	a.externalOn = nil
+	if err := a.syncer.maps.SetExternalVIPs(want); err != nil {
+		return fmt.Errorf("setting the external-VIP lookup: %w", err)
+	}
+	a.externalOn = &want
+	return nil
+}
+
 type trigger struct {
 	at   time.Time
 	ipv6 bool
@@ -318,13 +346,14 @@ func (a *Agent) Status() SyncStatus {
 	return a.status
 }
 
-// ServiceOf names the Service and port a frontend belongs to.
-func (a *Agent) ServiceOf(k bpf.ServiceKey) (service, port string, ok bool) {
+// ServiceOf names the Service and port a frontend belongs to, and says
+// whether its VIP is one of the Service's external addresses.
+func (a *Agent) ServiceOf(k bpf.ServiceKey) (service, port string, external, ok bool) {
 	a.desiredMu.RLock()
 	defer a.desiredMu.RUnlock()
 	d := a.desired[k]
 	if d == nil {
-		return "", "", false
+		return "", "", false, false
 	}
-	return d.Service.String(), d.PortName, true
+	return d.Service.String(), d.PortName, d.External, true
 }

@@ -319,6 +319,47 @@ func TestInternalTrafficPolicyLocalUsesOnlyThisNodesEndpoints(t *testing.T) {
 	expectProgrammed(t, f, "10.96.0.10:80/TCP -> 192.0.2.1:8080")
 }
 
+// A pod's traffic to a Service's externalIPs and LoadBalancer ingress IPs
+// goes straight to the Service's endpoints, as through kube-proxy, and
+// with the Cluster set whatever the traffic policies; an ingress IP with
+// ipMode Proxy is left to the load balancer. The datapath's external-VIP
+// lookup is on exactly while some Service has one.
+func TestExternalIPsAndLoadBalancerIPsServePods(t *testing.T) {
+	f := newFakeMaps()
+	a := testAgent(t, f)
+	a.SetReady()
+	local := v1.ServiceInternalTrafficPolicyLocal
+	proxy := v1.LoadBalancerIPModeProxy
+	s := service("web", []string{"10.96.0.10"})
+	s.Spec.Type = v1.ServiceTypeLoadBalancer
+	s.Spec.InternalTrafficPolicy = &local
+	s.Spec.ExternalTrafficPolicy = v1.ServiceExternalTrafficPolicyLocal
+	s.Spec.ExternalIPs = []string{"203.0.113.7", "10.96.0.10", "bogus"}
+	s.Status.LoadBalancer.Ingress = []v1.LoadBalancerIngress{{IP: "198.51.100.9"}, {IP: "198.51.100.10", IPMode: &proxy}, {Hostname: "lb.example"}}
+	a.OnService(s)
+	e1, e2 := up("192.0.2.1"), up("192.0.2.2")
+	e1.node, e2.node = "node-a", "node-b"
+	a.OnEndpointSlice(slice("web", "web-v4", false, 8080, e1, e2))
+	mustSync(t, a)
+	expectProgrammed(t, f,
+		"10.96.0.10:80/TCP -> 192.0.2.1:8080",
+		"198.51.100.9:80/TCP -> 192.0.2.1:8080 192.0.2.2:8080",
+		"203.0.113.7:80/TCP -> 192.0.2.1:8080 192.0.2.2:8080")
+	if !f.external {
+		t.Error("the external-VIP lookup is off with external VIPs programmed")
+	}
+
+	s = s.DeepCopy()
+	s.Spec.Type = v1.ServiceTypeClusterIP
+	s.Spec.ExternalIPs = nil
+	a.OnService(s)
+	mustSync(t, a)
+	expectProgrammed(t, f, "10.96.0.10:80/TCP -> 192.0.2.1:8080")
+	if f.external {
+		t.Error("the external-VIP lookup is still on with no external VIP left")
+	}
+}
+
 func TestTopologyHintsFollowTheNodesZone(t *testing.T) {
 	f := newFakeMaps()
 	a := testAgent(t, f)

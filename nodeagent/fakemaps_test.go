@@ -18,6 +18,7 @@ type fakeMaps struct {
 	violations []string
 	failAfter  int // fail the n-th write from now; 0: never
 	check      bool
+	external   bool // SetExternalVIPs
 }
 
 func newFakeMaps() *fakeMaps {
@@ -121,5 +122,12 @@ func (f *fakeMaps) RemoveServiceEntry(k bpf.ServiceKey) error {
 	}
 	delete(f.st.Services, k)
 	f.verify()
+	return nil
+}
+
+// SetExternalVIPs records the flag; it is a setting, not one of the
+// Service map writes the op log counts.
+func (f *fakeMaps) SetExternalVIPs(on bool) error {
+	f.external = on
 	return nil
 }

@@ -315,6 +315,33 @@ func TestAgentProgramsServicesFromTheAPIServer(t *testing.T) {
 		}
 		c.Apply(t, serviceYAML(""))
 	})
+	t.Run("external IPs", func(t *testing.T) {
+		ext := netip.MustParseAddr("203.0.113.10")
+		hasExt := func(want bool) func() error {
+			return func() error {
+				ss, err := d.Maps.ListServices()
+				if err != nil {
+					return err
+				}
+				has := slices.ContainsFunc(ss, func(s bpf.ServiceInfo) bool { return s.VIP == ext && s.Port == 80 && len(s.Backends) > 0 })
+				if has != want {
+					return fmt.Errorf("%s:80 in the maps: %v, want %v", ext, has, want)
+				}
+				return nil
+			}
+		}
+		c.Apply(t, serviceYAML("  externalIPs: [203.0.113.10]\n"))
+		eventually(t, "external IP programmed", hasExt(true))
+		n := 0
+		for _, k := range answers(t, client, ext, 5) {
+			n += k
+		}
+		if n != 5 {
+			t.Errorf("%d of 5 requests to the external IP answered", n)
+		}
+		c.Apply(t, serviceYAML(""))
+		eventually(t, "external IP removed", hasExt(false))
+	})
 	t.Run("internal traffic policy local", func(t *testing.T) {
 		c.Apply(t, serviceYAML("  internalTrafficPolicy: Local\n")+slicesYAML(
 			ep{pod: "server1", node: "node-a", ready: true, serving: true}, ep{pod: "server2", node: "node-b", ready: true, serving: true}))

@@ -35,16 +35,20 @@ type servicePort struct {
 
 // serviceInfo is what the agent keeps of a Service: validated once, typed.
 type serviceInfo struct {
-	Type     v1.ServiceType
-	VIPs     []netip.Addr // every ClusterIP, in spec.clusterIPs order
-	Ports    []servicePort
-	Affinity time.Duration // ClientIP timeout; 0 without affinity
-	Policy   TrafficPolicy
-	Rejected []string // ports the datapath cannot serve, with the reason
+	Type v1.ServiceType
+	VIPs []netip.Addr // every ClusterIP, in spec.clusterIPs order
+	// ExternalVIPs are spec.externalIPs and the LoadBalancer's ingress
+	// IPs (unless its ipMode is Proxy): kube-proxy sends a pod's traffic
+	// to them straight to the Service's endpoints, and so does podnic.
+	ExternalVIPs []netip.Addr
+	Ports        []servicePort
+	Affinity     time.Duration // ClientIP timeout; 0 without affinity
+	Policy       TrafficPolicy
+	Rejected     []string // ports the datapath cannot serve, with the reason
 }
 
 func (a *serviceInfo) equal(b *serviceInfo) bool {
-	return a.Type == b.Type && slices.Equal(a.VIPs, b.VIPs) && slices.Equal(a.Ports, b.Ports) &&
+	return a.Type == b.Type && slices.Equal(a.VIPs, b.VIPs) && slices.Equal(a.ExternalVIPs, b.ExternalVIPs) && slices.Equal(a.Ports, b.Ports) &&
 		a.Affinity == b.Affinity && a.Policy == b.Policy && slices.Equal(a.Rejected, b.Rejected)
 }
 
@@ -72,6 +76,7 @@ func parseService(svc *v1.Service) (*serviceInfo, string) {
 		}
 		info.VIPs = append(info.VIPs, a.Unmap())
 	}
+	info.ExternalVIPs = externalVIPs(svc, info.VIPs)
 	for _, p := range svc.Spec.Ports {
 		sp := servicePort{Name: p.Name, Port: uint16(p.Port)}
 		switch p.Protocol {
@@ -103,6 +108,34 @@ func parseService(svc *v1.Service) (*serviceInfo, string) {
 		External:      svc.Spec.Type == v1.ServiceTypeNodePort || svc.Spec.Type == v1.ServiceTypeLoadBalancer || len(svc.Spec.ExternalIPs) > 0,
 	}
 	return info, ""
+}
+
+// externalVIPs returns the Service's external addresses a pod may reach
+// it at, as kube-proxy serves them to pods: spec.externalIPs, and for a
+// LoadBalancer its status' ingress IPs, except those with ipMode Proxy
+// (the load balancer must see that traffic). Unparsable addresses and
+// ClusterIPs are skipped; the order is the spec's, without repeats.
+func externalVIPs(svc *v1.Service, clusterIPs []netip.Addr) []netip.Addr {
+	var out []netip.Addr
+	add := func(s string) {
+		a, err := netip.ParseAddr(s)
+		if err != nil || slices.Contains(clusterIPs, a.Unmap()) || slices.Contains(out, a.Unmap()) {
+			return
+		}
+		out = append(out, a.Unmap())
+	}
+	for _, s := range svc.Spec.ExternalIPs {
+		add(s)
+	}
+	if svc.Spec.Type == v1.ServiceTypeLoadBalancer {
+		for _, in := range svc.Status.LoadBalancer.Ingress {
+			if in.IP == "" || (in.IPMode != nil && *in.IPMode == v1.LoadBalancerIPModeProxy) {
+				continue
+			}
+			add(in.IP)
+		}
+	}
+	return out
 }
 
 // sliceInfo is what the agent keeps of an EndpointSlice.
@@ -220,6 +253,9 @@ type desiredService struct {
 	// NoLocal: no backend this node may use, endpoints elsewhere
 	// (internalTrafficPolicy Local): the datapath drops, not rejects.
 	NoLocal bool
+	// External: the VIP is an external address of the Service, outside
+	// the Service CIDRs.
+	External bool
 }
 
 type desiredBackend struct {
@@ -270,15 +306,19 @@ func endpointsFor(sl map[string]*sliceInfo, port servicePort, ipv6 bool, node To
 // desiredFrontends computes every frontend of a Service: each ClusterIP ×
 // each port, with the endpoints kube-proxy would use for traffic from a
 // pod on this node (Cluster scope): the Local set under
-// internalTrafficPolicy Local, the Cluster set otherwise.
+// internalTrafficPolicy Local, the Cluster set otherwise; and each external
+// VIP × each port, with the Cluster set, where kube-proxy sends a pod's
+// traffic to an external destination of the Service whatever its policies.
 func desiredFrontends(name ServiceName, svc *serviceInfo, sl map[string]*sliceInfo, node Topology) []*desiredService {
-	out := make([]*desiredService, 0, len(svc.VIPs)*len(svc.Ports))
-	for _, vip := range svc.VIPs {
+	out := make([]*desiredService, 0, (len(svc.VIPs)+len(svc.ExternalVIPs))*len(svc.Ports))
+	vips := append(slices.Clip(svc.VIPs), svc.ExternalVIPs...)
+	for i, vip := range vips {
+		external := i >= len(svc.VIPs)
 		for _, port := range svc.Ports {
 			eps := endpointsFor(sl, port, vip.Is6(), node)
 			cluster, local, _, hasAny := CategorizeEndpoints(eps, svc.Policy, node)
 			use := cluster
-			if svc.Policy.InternalLocal {
+			if svc.Policy.InternalLocal && !external {
 				use = local
 			}
 			d := &desiredService{
@@ -289,7 +329,8 @@ func desiredFrontends(name ServiceName, svc *serviceInfo, sl map[string]*sliceIn
 				Backends: make([]desiredBackend, 0, len(use)),
 				// kube-proxy: REJECT without endpoints anywhere, DROP
 				// when only the internal traffic policy leaves none.
-				NoLocal: len(use) == 0 && hasAny,
+				NoLocal:  len(use) == 0 && hasAny,
+				External: external,
 			}
 			for _, ep := range use {
 				st := bpf.BackendActive

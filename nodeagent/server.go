@@ -52,14 +52,19 @@ func (a *Agent) LocalAPI(info ServerInfo) http.Handler {
 		reply(w, st, nil)
 	})
 	mux.HandleFunc("GET "+localapi.PathServices, func(w http.ResponseWriter, _ *http.Request) {
-		rows, err := localapi.ServiceRows(d, func(k bpf.ServiceKey) string {
-			if svc, port, ok := a.ServiceOf(k); ok {
-				if port != "" {
-					return svc + ":" + port
-				}
-				return svc
+		rows, err := localapi.ServiceRows(d, func(k bpf.ServiceKey) (string, string) {
+			svc, port, external, ok := a.ServiceOf(k)
+			if !ok {
+				return "", ""
 			}
-			return ""
+			typ := ""
+			if external {
+				typ = "External"
+			}
+			if port != "" {
+				return svc + ":" + port, typ
+			}
+			return svc, typ
 		})
 		reply(w, rows, err)
 	})

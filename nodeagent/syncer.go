@@ -20,6 +20,9 @@ type ServiceMaps interface {
 	RemoveSlot(k bpf.SlotKey) error
 	WriteServiceEntry(k bpf.ServiceKey, v bpf.ServiceValue) error
 	RemoveServiceEntry(k bpf.ServiceKey) error
+	// SetExternalVIPs says whether some VIPs lie outside the Service
+	// CIDRs (externalIPs, LoadBalancer ingress IPs).
+	SetExternalVIPs(on bool) error
 }
 
 var _ ServiceMaps = (*bpf.Maps)(nil)

@@ -33,6 +33,10 @@ struct pn_cidr6 {
 
 enum pn_cfg_flags {
 	PN_CFG_PEER_NAME = 1 << 0, /* socket LB remembers the Service for getpeername() */
+	/* Some VIPs lie outside the Service CIDRs (a Service's externalIPs,
+	 * its LoadBalancer ingress IPs): a packet to another address is
+	 * looked up as a VIP before it passes. */
+	PN_CFG_EXTERNAL = 1 << 1,
 };
 
 struct pn_cfg {

@@ -93,7 +93,7 @@ type MapInfo struct {
 // agent knows besides.
 type ServiceRow struct {
 	bpf.ServiceInfo
-	Type    string `json:"type"`              // ClusterIP; later NodePort, ExternalIP, LoadBalancer
+	Type    string `json:"type"`              // ClusterIP, or External for an external VIP; later NodePort
 	Service string `json:"service,omitempty"` // namespace/name:port, from the agent
 }
 
@@ -176,14 +176,14 @@ func KubeProxyReplacement() []Feature {
 		{"TerminatingEndpoints", "enabled", "serving-terminating fallback"},
 		{"SCTP", "disabled", "ports rejected with a logged reason"},
 		{"NodePort", "disabled", "later issue (scope external)"},
-		{"ExternalIPs", "disabled", "later issue (scope external)"},
-		{"LoadBalancer", "disabled", "later issue (scope external)"},
+		{"ExternalIPs", "enabled", "a pod's traffic to spec.externalIPs, straight to the endpoints; traffic from outside: later issue"},
+		{"LoadBalancer", "enabled", "a pod's traffic to the ingress IPs (not ipMode Proxy), straight to the endpoints; traffic from outside: later issue"},
 	}
 }
 
 // ServiceRows reads every frontend from the maps; name, when not nil,
-// names the Service a frontend belongs to.
-func ServiceRows(d *bpf.Datapath, name func(bpf.ServiceKey) string) ([]ServiceRow, error) {
+// names the Service a frontend belongs to and its type ("" is ClusterIP).
+func ServiceRows(d *bpf.Datapath, name func(bpf.ServiceKey) (service, typ string)) ([]ServiceRow, error) {
 	services, err := d.Maps.ListServices()
 	if err != nil {
 		return nil, err
@@ -195,7 +195,10 @@ func ServiceRows(d *bpf.Datapath, name func(bpf.ServiceKey) string) ([]ServiceRo
 		}
 		r := ServiceRow{ServiceInfo: s, Type: "ClusterIP"}
 		if name != nil {
-			r.Service = name(s.Key())
+			var typ string
+			if r.Service, typ = name(s.Key()); typ != "" {
+				r.Type = typ
+			}
 		}
 		rows = append(rows, r)
 	}
