@@ -529,6 +529,23 @@ func TestTCPLifetimeFollowsState(t *testing.T) {
 	}
 }
 
+// expectSticky sends 32 new flows from the client, from source ports
+// first on, to the VIP's Service port, and fails unless all go to one
+// backend. Over 2 backends without affinity that happens with probability
+// 2^-31.
+func expectSticky(t *testing.T, d *Datapath, fam family, first int) {
+	t.Helper()
+	var to netip.AddrPort
+	for i := range 32 {
+		got := dnatTarget(t, d, pkt{src: ap(fam.client, uint16(first+i)), dst: ap(fam.vip, servicePort), proto: TCP, flags: "S"})
+		if i == 0 {
+			to = got
+		} else if got != to {
+			t.Fatalf("flow %d went to %s, affinity said %s", i, got, to)
+		}
+	}
+}
+
 func TestSessionAffinityKeepsClientOnOneBackend(t *testing.T) {
 	for _, fam := range families {
 		t.Run(fam.name, func(t *testing.T) {
@@ -541,15 +558,7 @@ func TestSessionAffinityKeepsClientOnOneBackend(t *testing.T) {
 			if err := d.Maps.UpsertService(s); err != nil {
 				t.Fatal(err)
 			}
-			var first netip.AddrPort
-			for i := range 32 {
-				got := dnatTarget(t, d, pkt{src: ap(fam.client, uint16(clientPort+i)), dst: ap(fam.vip, servicePort), proto: TCP, flags: "S"})
-				if i == 0 {
-					first = got
-				} else if got != first {
-					t.Fatalf("flow %d went to %s, affinity said %s", i, got, first)
-				}
-			}
+			expectSticky(t, d, fam, clientPort)
 			// Without affinity, 32 flows over 2 backends all landing on one
 			// happens with probability 2^-31.
 			s.Affinity = 0
@@ -672,17 +681,7 @@ func TestSessionAffinityFollowsTheServicesSlots(t *testing.T) {
 			if err := d.Maps.UpsertService(s); err != nil {
 				t.Fatal(err)
 			}
-			// Without affinity, 32 flows over 2 backends all landing on one
-			// happens with probability 2^-31.
-			var first netip.AddrPort
-			for i := range 32 {
-				got := dnatTarget(t, d, pkt{src: ap(fam.client, uint16(clientPort+i)), dst: ap(fam.vip, servicePort), proto: TCP, flags: "S"})
-				if i == 0 {
-					first = got
-				} else if got != first {
-					t.Fatalf("flow %d went to %s, affinity said %s", i, got, first)
-				}
-			}
+			expectSticky(t, d, fam, clientPort)
 		})
 	}
 }
