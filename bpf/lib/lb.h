@@ -81,7 +81,7 @@ static __always_inline int pn_affinity_usable(const struct pn_svc_val *svc,
 }
 
 /* pn_select_backend picks the backend of a new flow: the client's affinity
- * backend while it is fresh and active, otherwise a random slot, as
+ * backend while it is fresh and usable, otherwise a random slot, as
  * kube-proxy's iptables mode does. The affinity timeout counts from the
  * client's last new flow, as iptables' "recent" match does. */
 static __always_inline int pn_select_backend(const struct pn_pkt *p, const struct pn_svc_val *svc,
