@@ -202,6 +202,25 @@ func expectCounted(t testing.TB, d *Datapath, dir Dir, r Reason, before uint64) 
 	}
 }
 
+// expectNotCounted asserts that the verdict's counter did not move.
+func expectNotCounted(t testing.TB, d *Datapath, dir Dir, r Reason, before uint64) {
+	t.Helper()
+	if got := counted(t, d, dir, r); got != before {
+		t.Errorf("counter %s/%s = %d, want it left at %d", dir, r, got, before)
+	}
+}
+
+// forgetLiveFlows makes every interface slot of podnic_live_v1 say that no
+// tc-translated flow ever replied there.
+func forgetLiveFlows(t testing.TB, d *Datapath) {
+	t.Helper()
+	for slot := uint32(0); slot < d.Maps.Live.MaxEntries(); slot++ {
+		if err := d.Maps.Live.Put(slot, &podnicPnLive{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
 func ap(a netip.Addr, port uint16) netip.AddrPort { return netip.AddrPortFrom(a, port) }
 
 // service writes a Service with the given backends (ids 1.. in order).

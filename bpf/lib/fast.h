@@ -13,7 +13,13 @@
  * alive. podnic_live_v1 holds, per interface slot and protocol, a time after
  * which no such conntrack entry can be alive; the egress program pushes it
  * past every expiry it writes, at most about once a second, so the line
- * stays shared between CPUs. */
+ * stays shared between CPUs. While no flow of either protocol can be alive
+ * there, the ingress programs return before parsing the packet.
+ *
+ * What a pass costs in live traffic is mostly cache misses and the call
+ * itself, not instructions (6-9 ns over an empty program when hot under
+ * BPF_PROG_TEST_RUN): so the path touches as few cache lines as it can,
+ * and counts nothing. */
 #pragma once
 
 #include "common.h"
@@ -124,6 +130,21 @@ static __always_inline __u64 pn_live_time(__u32 ifindex, __u8 proto)
 	struct pn_live *l = bpf_map_lookup_elem(&podnic_live_v1, &slot);
 
 	return l ? l->until[pn_live_proto(proto) & 1] : ~0ULL;
+}
+
+/* pn_nothing_alive reports whether no tc-translated flow of any protocol
+ * whose replies arrive on ifindex can be alive: one cache line, and the
+ * clock only while some such flow was seen. */
+static __always_inline int pn_nothing_alive(__u32 ifindex)
+{
+	__u32 slot = ifindex % PN_LIVE_SLOTS;
+	struct pn_live *l = bpf_map_lookup_elem(&podnic_live_v1, &slot);
+	__u64 until;
+
+	if (!l)
+		return 0;
+	until = l->until[0] > l->until[1] ? l->until[0] : l->until[1];
+	return until == 0 || bpf_ktime_get_ns() >= until;
 }
 
 static __always_inline int pn_cfg_flag(__u32 flag)

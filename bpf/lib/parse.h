@@ -68,7 +68,10 @@ static __always_inline int pn_ensure(struct __sk_buff *skb, __u32 len)
 	return (void *)(long)skb->data + len <= (void *)(long)skb->data_end ? 0 : -1;
 }
 
-static __always_inline int pn_parse_l4(struct __sk_buff *skb, struct pn_pkt *p)
+/* pn_parse_l4 reads the ports at l4off, which the caller passes in a
+ * register: read back from p, a spilled offset loses its bounds and the
+ * verifier rejects the packet access. */
+static __always_inline int pn_parse_l4(struct __sk_buff *skb, struct pn_pkt *p, __u32 l4off)
 {
 	void *data, *end;
 
@@ -81,11 +84,11 @@ static __always_inline int pn_parse_l4(struct __sk_buff *skb, struct pn_pkt *p)
 	case IPPROTO_TCP: {
 		struct tcphdr *th;
 
-		if (pn_ensure(skb, p->l4off + sizeof(*th)) < 0)
+		if (pn_ensure(skb, l4off + sizeof(*th)) < 0)
 			return PN_PARSE_BAD;
 		data = (void *)(long)skb->data;
 		end = (void *)(long)skb->data_end;
-		th = data + p->l4off;
+		th = data + l4off;
 		if ((void *)(th + 1) > end)
 			return PN_PARSE_BAD;
 		p->sport = th->source;
@@ -96,11 +99,11 @@ static __always_inline int pn_parse_l4(struct __sk_buff *skb, struct pn_pkt *p)
 	case IPPROTO_UDP: {
 		struct udphdr *uh;
 
-		if (pn_ensure(skb, p->l4off + sizeof(*uh)) < 0)
+		if (pn_ensure(skb, l4off + sizeof(*uh)) < 0)
 			return PN_PARSE_BAD;
 		data = (void *)(long)skb->data;
 		end = (void *)(long)skb->data_end;
-		uh = data + p->l4off;
+		uh = data + l4off;
 		if ((void *)(uh + 1) > end)
 			return PN_PARSE_BAD;
 		p->sport = uh->source;
@@ -146,7 +149,7 @@ static __always_inline int pn_parse(struct __sk_buff *skb, struct pn_pkt *p)
 		pn_addr_v4(&p->saddr, ip->saddr);
 		pn_addr_v4(&p->daddr, ip->daddr);
 		p->l4off = sizeof(*eth) + ihl;
-		return pn_parse_l4(skb, p);
+		return pn_parse_l4(skb, p, sizeof(*eth) + ihl);
 	}
 	if (eth->h_proto == bpf_htons(ETH_P_IPV6)) {
 		struct ipv6hdr *ip6;
@@ -166,7 +169,7 @@ static __always_inline int pn_parse(struct __sk_buff *skb, struct pn_pkt *p)
 		__builtin_memcpy(&p->saddr, &ip6->saddr, 16);
 		__builtin_memcpy(&p->daddr, &ip6->daddr, 16);
 		p->l4off = sizeof(*eth) + sizeof(*ip6);
-		return pn_parse_l4(skb, p);
+		return pn_parse_l4(skb, p, sizeof(*eth) + sizeof(*ip6));
 	}
 	return PN_PARSE_SKIP;
 }

@@ -33,7 +33,7 @@ Commands:
   attachments               what is attached where
   service set|delete|list   Service frontends and their backends
   ct list                   conntrack entries
-  verdicts                  packets counted per verdict and attach point
+  verdicts                  packets counted per verdict and attach point (pass is not counted)
   events                    follow drop and reject events
 
 Run 'podnicctl COMMAND -h' for a command's flags.
