@@ -182,6 +182,13 @@ func newTestbed(t *testing.T, echo, dir string, peerNames, minimal bool) *testbe
 	}
 
 	root := fmt.Sprintf("/sys/fs/bpf/podnic-wrkbench-%d", os.Getpid())
+	// Registered before Load: a build the verifier refuses leaves the
+	// maps Load pinned before it loaded the programs.
+	t.Cleanup(func() {
+		if err := bpf.Unpin(root); err != nil {
+			t.Errorf("unpinning podnic: %v", err)
+		}
+	})
 	d, err := bpf.Load(root)
 	if err != nil {
 		t.Fatalf("loading podnic: %v", err)
@@ -194,9 +201,6 @@ func newTestbed(t *testing.T, echo, dir string, peerNames, minimal bool) *testbe
 			}
 		}
 		d.Close()
-		if err := bpf.Unpin(root); err != nil {
-			t.Errorf("unpinning podnic: %v", err)
-		}
 	})
 	if err := d.Maps.UpsertService(serviceEntry(benchSvcID, benchVIP)); err != nil {
 		t.Fatalf("adding the bench Service to podnic: %v", err)
