@@ -237,7 +237,7 @@ func (d *Datapath) AttachPod(netnsPath, ifname, owner string, mode Mode) ([]Atta
 		}
 		// TCP connect() in this netns is balanced at the socket where
 		// the node has the socket-level programs (AttachSocketLB).
-		if err := d.registerNetns(owner); err != nil {
+		if err := d.registerNetns(owner, ifname); err != nil {
 			return err
 		}
 		success = true

@@ -25,6 +25,7 @@ func TestMapLayoutsMatchObject(t *testing.T) {
 		{"podnic_aff_v1", AffinityKey{}, AffinityValue{}},
 		{"podnic_cnt_v1", uint32(0), Counter{}},
 		{"podnic_cidr_v1", CIDRKey{}, uint8(0)},
+		{"podnic_lbaddr_v1", uint64(0), lbAddrs{}},
 	} {
 		ms := spec.Maps[c.m]
 		if ms == nil {

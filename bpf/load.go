@@ -47,6 +47,10 @@ type Maps struct {
 	// getpeername() (a direct-mapped table, lib/sock.h).
 	LBNetns *ebpf.Map
 	LBPeers *ebpf.Map
+	// LBAddrs holds each registered netns's own addresses, the client
+	// address of session affinity at connect(). A CNI plugin newer than
+	// the loaded datapath may find it missing: affinity then stays on tc.
+	LBAddrs *ebpf.Map
 	// Config holds the Service CIDRs of the egress fast path; Live, per
 	// protocol, when the last tc-translated flow can expire (lib/fast.h).
 	Config *ebpf.Map
@@ -137,6 +141,7 @@ func Load(root string) (*Datapath, error) {
 			ServiceCIDRs: objs.PodnicCidrV1,
 			LBNetns:      objs.PodnicLbnsV1,
 			LBPeers:      objs.PodnicLbpeerV2,
+			LBAddrs:      objs.PodnicLbaddrV1,
 			Config:       objs.PodnicCfgV1,
 			Live:         objs.PodnicLiveV1,
 		},
@@ -182,6 +187,9 @@ func OpenPinned(root string) (*Datapath, error) {
 	d := &Datapath{Root: root}
 	for name, dst := range d.mapSlots() {
 		m, err := ebpf.LoadPinnedMap(filepath.Join(mapsDir(root), name), nil)
+		if errors.Is(err, os.ErrNotExist) && optionalMaps[name] {
+			continue
+		}
 		if err != nil {
 			d.Close()
 			return nil, notLoaded(fmt.Errorf("opening pinned map %s: %w", name, err))
@@ -206,6 +214,11 @@ func notLoaded(err error) error {
 	return err
 }
 
+// optionalMaps may be missing under a root pinned by an older build, which
+// OpenPinned then leaves nil: a CNI plugin updated before the agent still
+// attaches pods.
+var optionalMaps = map[string]bool{"podnic_lbaddr_v1": true}
+
 // mapSlots names every map of the datapath with where it is kept.
 func (d *Datapath) mapSlots() map[string]**ebpf.Map {
 	return map[string]**ebpf.Map{
@@ -219,6 +232,7 @@ func (d *Datapath) mapSlots() map[string]**ebpf.Map {
 		"podnic_cidr_v1":   &d.Maps.ServiceCIDRs,
 		"podnic_lbns_v1":   &d.Maps.LBNetns,
 		"podnic_lbpeer_v2": &d.Maps.LBPeers,
+		"podnic_lbaddr_v1": &d.Maps.LBAddrs,
 		"podnic_cfg_v1":    &d.Maps.Config,
 		"podnic_live_v1":   &d.Maps.Live,
 	}

@@ -197,7 +197,7 @@ static __always_inline int pn_from_pod(struct __sk_buff *skb, struct pn_pkt *p, 
 		return pn_reject(skb, p, reason);
 	}
 
-	ret = pn_select_backend(p, svc, now, &backend_id, &be);
+	ret = pn_select_backend(&p->saddr, svc, now, &backend_id, &be);
 	if (ret < 0) {
 		*reason = ret;
 		return TC_ACT_SHOT;

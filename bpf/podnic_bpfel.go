@@ -137,6 +137,18 @@ const (
 	podnicPnDirPN_DIR_MAX      podnicPnDir = 4
 )
 
+type podnicPnLbAddrs struct {
+	_  structs.HostLayout
+	V4 struct {
+		_ structs.HostLayout
+		W [4]uint32
+	}
+	V6 struct {
+		_ structs.HostLayout
+		W [4]uint32
+	}
+}
+
 type podnicPnLbNetns struct {
 	_         structs.HostLayout
 	OwnerHash uint64
@@ -229,6 +241,7 @@ const (
 	podnicMapPodnicCntV1      = "podnic_cnt_v1"
 	podnicMapPodnicCtV1       = "podnic_ct_v1"
 	podnicMapPodnicEvV1       = "podnic_ev_v1"
+	podnicMapPodnicLbaddrV1   = "podnic_lbaddr_v1"
 	podnicMapPodnicLbnsV1     = "podnic_lbns_v1"
 	podnicMapPodnicLbpeerV2   = "podnic_lbpeer_v2"
 	podnicMapPodnicLiveV1     = "podnic_live_v1"
@@ -314,6 +327,7 @@ type podnicMapSpecs struct {
 	PodnicCntV1    *ebpf.MapSpec `ebpf:"podnic_cnt_v1"`
 	PodnicCtV1     *ebpf.MapSpec `ebpf:"podnic_ct_v1"`
 	PodnicEvV1     *ebpf.MapSpec `ebpf:"podnic_ev_v1"`
+	PodnicLbaddrV1 *ebpf.MapSpec `ebpf:"podnic_lbaddr_v1"`
 	PodnicLbnsV1   *ebpf.MapSpec `ebpf:"podnic_lbns_v1"`
 	PodnicLbpeerV2 *ebpf.MapSpec `ebpf:"podnic_lbpeer_v2"`
 	PodnicLiveV1   *ebpf.MapSpec `ebpf:"podnic_live_v1"`
@@ -363,6 +377,7 @@ type podnicMaps struct {
 	PodnicCntV1    *ebpf.Map `ebpf:"podnic_cnt_v1"`
 	PodnicCtV1     *ebpf.Map `ebpf:"podnic_ct_v1"`
 	PodnicEvV1     *ebpf.Map `ebpf:"podnic_ev_v1"`
+	PodnicLbaddrV1 *ebpf.Map `ebpf:"podnic_lbaddr_v1"`
 	PodnicLbnsV1   *ebpf.Map `ebpf:"podnic_lbns_v1"`
 	PodnicLbpeerV2 *ebpf.Map `ebpf:"podnic_lbpeer_v2"`
 	PodnicLiveV1   *ebpf.Map `ebpf:"podnic_live_v1"`
@@ -379,6 +394,7 @@ func (m *podnicMaps) Close() error {
 		m.PodnicCntV1,
 		m.PodnicCtV1,
 		m.PodnicEvV1,
+		m.PodnicLbaddrV1,
 		m.PodnicLbnsV1,
 		m.PodnicLbpeerV2,
 		m.PodnicLiveV1,

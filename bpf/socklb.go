@@ -12,6 +12,8 @@ import (
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
 	"golang.org/x/sys/unix"
+
+	"github.com/podnic/podnic/netdevice"
 )
 
 // Socket-level load balancing (lib/sock.h): programs on the node's cgroup
@@ -276,8 +278,9 @@ func currentNetnsCookie() (cookie uint64, ok bool, err error) {
 }
 
 // registerNetns lists the calling thread's netns for socket-level
-// balancing under owner. Call it inside the pod's netns.
-func (d *Datapath) registerNetns(owner string) error {
+// balancing under owner, with the addresses of ifname for session affinity
+// at connect(). Call it inside the pod's netns.
+func (d *Datapath) registerNetns(owner, ifname string) error {
 	if d.Maps.LBNetns == nil {
 		return fmt.Errorf("registering netns for socket load balancing: %w", ErrNotLoaded)
 	}
@@ -285,14 +288,46 @@ func (d *Datapath) registerNetns(owner string) error {
 	if err != nil || !ok {
 		return err
 	}
+	// The addresses first: a netns listed for balancing always has them
+	// where they can be had.
+	if d.Maps.LBAddrs != nil {
+		addrs, err := podAddrs(ifname)
+		if err != nil {
+			return err
+		}
+		if err := d.Maps.LBAddrs.Update(cookie, &addrs, ebpf.UpdateAny); err != nil {
+			return fmt.Errorf("registering the pod's addresses for socket load balancing: %w", err)
+		}
+	}
 	v := podnicPnLbNetns{OwnerHash: ownerHash(owner)}
 	if err := d.Maps.LBNetns.Update(cookie, &v, ebpf.UpdateAny); err != nil {
+		if d.Maps.LBAddrs != nil {
+			_ = d.Maps.LBAddrs.Delete(cookie)
+		}
 		if errors.Is(err, unix.E2BIG) {
 			return fmt.Errorf("registering netns for socket load balancing: table full (%d pod network namespaces): %w", d.Maps.LBNetns.MaxEntries(), err)
 		}
 		return fmt.Errorf("registering netns for socket load balancing: %w", err)
 	}
 	return nil
+}
+
+// podAddrs returns the pod's source addresses on ifname, as the datapath
+// stores them; a family without one stays zero, and session affinity for
+// it is then left to tc.
+func podAddrs(ifname string) (lbAddrs, error) {
+	var out lbAddrs
+	v4, v6, err := netdevice.SourceAddrs(ifname)
+	if err != nil {
+		return out, fmt.Errorf("registering the pod's addresses for socket load balancing: %w", err)
+	}
+	if v4.IsValid() {
+		out.V4 = AddrFrom(v4)
+	}
+	if v6.IsValid() {
+		out.V6 = AddrFrom(v6)
+	}
+	return out, nil
 }
 
 // OptOutSocketLB takes owner's pod out of socket-level balancing: its
@@ -334,6 +369,19 @@ func unregisterNetns(root, owner string) error {
 	for _, c := range stale {
 		if err := m.Delete(c); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
 			return fmt.Errorf("unregistering netns of %s: %w", owner, err)
+		}
+	}
+	addrs, err := ebpf.LoadPinnedMap(filepath.Join(mapsDir(root), "podnic_lbaddr_v1"), nil)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("unregistering the addresses of %s: %w", owner, err)
+	}
+	defer addrs.Close()
+	for _, c := range stale {
+		if err := addrs.Delete(c); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+			return fmt.Errorf("unregistering the addresses of %s: %w", owner, err)
 		}
 	}
 	return nil

@@ -36,6 +36,24 @@ func socketLB(t *testing.T, d *Datapath) {
 // to in tests.
 func testCgroup2(t *testing.T) string { return simnode.CgroupV2(t, CgroupV2Mount) }
 
+// lbAddrsOf returns the registered pods' addresses, one entry per netns.
+func lbAddrsOf(t *testing.T, d *Datapath) []lbAddrs {
+	t.Helper()
+	var (
+		k   uint64
+		v   lbAddrs
+		out []lbAddrs
+	)
+	it := d.Maps.LBAddrs.Iterate()
+	for it.Next(&k, &v) {
+		out = append(out, v)
+	}
+	if err := it.Err(); err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
 func lbNetnsCount(t *testing.T, d *Datapath) int {
 	t.Helper()
 	var (
@@ -104,8 +122,8 @@ func TestSocketLBConnectsStraightToTheBackend(t *testing.T) {
 }
 
 // What the socket-level programs leave alone still works through tc: UDP,
-// a Service with session affinity, a Service without endpoints (refused at
-// once), and every connect() of a pod that was never registered.
+// a Service without endpoints (refused at once), and every connect() of a
+// pod that was never registered.
 func TestSocketLBLeavesTheRestToTC(t *testing.T) {
 	d := loadTest(t)
 	client, server := trafficPods(t, d)
@@ -117,26 +135,6 @@ func TestSocketLBLeavesTheRestToTC(t *testing.T) {
 		delta := verdictDelta(t, d, verdict(DirSocket, ReasonSocketLB), verdict(DirFromPod, ReasonDNATNew))
 		if got, err := client.UDPEcho(vip4, "ping", simTimeout); err != nil || got != "server ping" {
 			t.Fatalf("answer %q, %v", got, err)
-		}
-		if got := delta(); got[0] != 0 || got[1] != 1 {
-			t.Errorf("counted socket-lb %d, tc dnat-new %d; want 0, 1", got[0], got[1])
-		}
-	})
-
-	t.Run("affinity", func(t *testing.T) {
-		affVIP := netip.MustParseAddr("10.96.0.50")
-		err := d.Maps.UpsertService(ServiceEntry{
-			Frontend: Frontend{VIP: affVIP, Port: simServicePort, Proto: TCP},
-			ID:       100,
-			Affinity: 60 * time.Second,
-			Backends: []BackendEntry{{ID: 100, Addr: netip.AddrPortFrom(server.IPv4, simBackendPort)}},
-		})
-		if err != nil {
-			t.Fatal(err)
-		}
-		delta := verdictDelta(t, d, verdict(DirSocket, ReasonSocketLB), verdict(DirFromPod, ReasonDNATNew))
-		if _, err := client.HTTPGet("http://"+netip.AddrPortFrom(affVIP, simServicePort).String()+"/", simTimeout); err != nil {
-			t.Fatal(err)
 		}
 		if got := delta(); got[0] != 0 || got[1] != 1 {
 			t.Errorf("counted socket-lb %d, tc dnat-new %d; want 0, 1", got[0], got[1])
@@ -176,6 +174,113 @@ func TestSocketLBLeavesTheRestToTC(t *testing.T) {
 	})
 }
 
+// Session affinity is kept at connect(): every connection of the pod goes
+// to one backend, keyed by the pod's own address as tc keys it; when that
+// backend leaves the Service the next connection goes to another. A pod
+// whose address is not known falls back to tc, which keeps affinity too.
+func TestSocketLBKeepsSessionAffinity(t *testing.T) {
+	d := loadTest(t)
+	client, server := trafficPods(t, d)
+	attachPod(t, d, client, ModeAuto)
+	socketLB(t, d)
+
+	for i, tc := range []struct {
+		name             string
+		vip, self, other netip.Addr
+	}{
+		{"v4", netip.MustParseAddr("10.96.0.50"), client.IPv4, server.IPv4},
+		{"v6", netip.MustParseAddr("fd00:96::50"), client.IPv6, server.IPv6},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			id := uint32(100 + 10*i)
+			entry := ServiceEntry{
+				Frontend: Frontend{VIP: tc.vip, Port: simServicePort, Proto: TCP},
+				ID:       id,
+				Affinity: time.Minute,
+				Backends: []BackendEntry{
+					{ID: id, Addr: netip.AddrPortFrom(tc.other, simBackendPort)},
+					{ID: id + 1, Addr: netip.AddrPortFrom(tc.self, simBackendPort)},
+				},
+			}
+			if err := d.Maps.UpsertService(entry); err != nil {
+				t.Fatal(err)
+			}
+			url := "http://" + netip.AddrPortFrom(tc.vip, simServicePort).String() + "/"
+			get := func() string {
+				t.Helper()
+				body, err := client.HTTPGet(url, simTimeout)
+				if err != nil {
+					t.Fatal(err)
+				}
+				name, _ := answeredBy(body)
+				return name
+			}
+
+			delta := verdictDelta(t, d, verdict(DirSocket, ReasonSocketLB), verdict(DirFromPod, ReasonDNATNew))
+			first := get()
+			for range 7 {
+				if got := get(); got != first {
+					t.Fatalf("answered by %s after %s: affinity not kept", got, first)
+				}
+			}
+			if got := delta(); got[0] != 8 || got[1] != 0 {
+				t.Errorf("counted socket-lb %d, tc dnat-new %d; want 8, 0", got[0], got[1])
+			}
+			var v AffinityValue
+			if err := d.Maps.Affinity.Lookup(AffinityKey{Client: AddrFrom(tc.self), ServiceID: id}, &v); err != nil {
+				t.Errorf("no affinity entry for the pod's address %s: %v", tc.self, err)
+			}
+
+			// The chosen backend leaves the Service: the next
+			// connection goes to the one left.
+			left := entry
+			left.Backends = nil
+			want := client.Name
+			for _, b := range entry.Backends {
+				if (b.Addr.Addr() == tc.self) == (first == client.Name) {
+					continue
+				}
+				left.Backends = append(left.Backends, b)
+				if b.Addr.Addr() == tc.other {
+					want = server.Name
+				}
+			}
+			if err := d.Maps.UpsertService(left); err != nil {
+				t.Fatal(err)
+			}
+			if got := get(); got != want {
+				t.Errorf("answered by %s after %s left the Service, want %s", got, first, want)
+			}
+			if err := d.Maps.UpsertService(entry); err != nil {
+				t.Fatal(err)
+			}
+
+			// Without the pod's addresses, tc balances and keeps it.
+			var cookie uint64
+			var addrs lbAddrs
+			it := d.Maps.LBAddrs.Iterate()
+			for it.Next(&cookie, &addrs) {
+				if err := d.Maps.LBAddrs.Delete(cookie); err != nil {
+					t.Fatal(err)
+				}
+			}
+			delta = verdictDelta(t, d, verdict(DirSocket, ReasonSocketLB),
+				verdict(DirFromPod, ReasonDNATNew), verdict(DirFromPod, ReasonSelf))
+			first = get()
+			for range 3 {
+				if got := get(); got != first {
+					t.Fatalf("through tc: answered by %s after %s", got, first)
+				}
+			}
+			// dnat-new counts new flows, self-access every packet.
+			if got := delta(); got[0] != 0 || got[1]+got[2] < 4 {
+				t.Errorf("without addresses: counted socket-lb %d, tc dnat-new %d and self-access %d; want 0 and at least 4 from tc", got[0], got[1], got[2])
+			}
+			attachPod(t, d, client, ModeAuto) // registers the addresses again
+		})
+	}
+}
+
 // DetachPod unregisters the pod's netns, also when the netns is gone; the
 // node-wide links come and go with AttachSocketLB / DetachSocketLB, and
 // attaching again is idempotent.
@@ -209,6 +314,19 @@ func TestSocketLBRegistrationFollowsThePod(t *testing.T) {
 	if got := lbNetnsCount(t, d); got != 2 {
 		t.Fatalf("%d netns registered, want 2", got)
 	}
+	addrs := lbAddrsOf(t, d)
+	if len(addrs) != 2 {
+		t.Fatalf("addresses of %d netns registered, want 2", len(addrs))
+	}
+	for _, p := range []*simnode.Pod{a, b} {
+		found := false
+		for _, x := range addrs {
+			found = found || (x.V4.IP() == p.IPv4 && x.V6.IP() == p.IPv6)
+		}
+		if !found {
+			t.Errorf("pod %s's addresses %s, %s not registered: %v", p.Name, p.IPv4, p.IPv6, addrs)
+		}
+	}
 
 	if err := DetachPod(d.Root, a.Netns, a.NetnsPath); err != nil {
 		t.Fatal(err)
@@ -224,6 +342,9 @@ func TestSocketLBRegistrationFollowsThePod(t *testing.T) {
 	}
 	if got := lbNetnsCount(t, d); got != 0 {
 		t.Errorf("%d netns registered after detaching b with its netns gone, want 0", got)
+	}
+	if got := lbAddrsOf(t, d); len(got) != 0 {
+		t.Errorf("addresses left registered after both pods left: %v", got)
 	}
 
 	if err := DetachSocketLB(d.Root); err != nil {

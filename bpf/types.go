@@ -20,6 +20,13 @@ func AddrFrom(a netip.Addr) Addr { return Addr(a.As16()) }
 // IP returns the address, unmapped when it is IPv4.
 func (a Addr) IP() netip.Addr { return netip.AddrFrom16(a).Unmap() }
 
+// lbAddrs is a pod's own addresses for session affinity at connect()
+// (struct pn_lb_addrs); a zero address: none of that family.
+type lbAddrs struct {
+	V4 Addr
+	V6 Addr
+}
+
 // Port is a port in network byte order.
 type Port [2]byte
 

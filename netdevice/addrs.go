@@ -164,3 +164,31 @@ func PodSysctls(podNetns string) error {
 	}
 	return nil
 }
+
+// SourceAddrs returns the first global IPv4 and IPv6 address of ifname in
+// the calling thread's netns: the ones an unbound socket's connect() comes
+// from. A family without one is the zero Addr. A tentative address (DAD
+// still running) counts; one that failed DAD or is deprecated does not.
+func SourceAddrs(ifname string) (v4, v6 netip.Addr, err error) {
+	link, err := netlink.LinkByName(ifname)
+	if err != nil {
+		return v4, v6, fmt.Errorf("reading the addresses of %s: %w", ifname, err)
+	}
+	list, err := netlink.AddrList(link, netlink.FAMILY_ALL)
+	if err != nil {
+		return v4, v6, fmt.Errorf("reading the addresses of %s: %w", ifname, err)
+	}
+	for _, a := range list {
+		ip, ok := netip.AddrFromSlice(a.IP)
+		if !ok || !ip.IsGlobalUnicast() || a.Flags&(unix.IFA_F_DADFAILED|unix.IFA_F_DEPRECATED) != 0 {
+			continue
+		}
+		switch ip = ip.Unmap(); {
+		case ip.Is4() && !v4.IsValid():
+			v4 = ip
+		case ip.Is6() && !v6.IsValid():
+			v6 = ip
+		}
+	}
+	return v4, v6, nil
+}

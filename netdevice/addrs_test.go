@@ -134,3 +134,38 @@ func TestPodSysctlsRaiseLoopbackAndAcceptLocalInThePodOnly(t *testing.T) {
 		t.Errorf("accept_local in the host changed from %q to %q", hostBefore, hostAfter)
 	}
 }
+
+// SourceAddrs gives the pod's first global address of each family, not a
+// link-local one, and none of a family the pod lacks.
+func TestSourceAddrsGivesTheFirstGlobalAddressOfEachFamily(t *testing.T) {
+	needRoot(t)
+	_, pod := podWithENI(t)
+	addrs := []netip.Prefix{netip.MustParsePrefix("192.0.2.10/32"), netip.MustParsePrefix("192.0.2.11/32"), netip.MustParsePrefix("2001:db8::10/128")}
+	if err := ConfigureAddrs(pod, "eth1", addrs, nil); err != nil {
+		t.Fatal(err)
+	}
+	var v4, v6 netip.Addr
+	err := InNetns(pod, func() error {
+		var err error
+		v4, v6, err = SourceAddrs("eth1")
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if v4 != addrs[0].Addr() || v6 != addrs[2].Addr() {
+		t.Errorf("SourceAddrs = %v, %v; want %v, %v", v4, v6, addrs[0].Addr(), addrs[2].Addr())
+	}
+
+	err = InNetns(pod, func() error {
+		var err error
+		v4, v6, err = SourceAddrs("lo")
+		return err
+	})
+	if err != nil || v4.IsValid() || v6.IsValid() {
+		t.Errorf("SourceAddrs(lo) = %v, %v, %v; want no global address and no error", v4, v6, err)
+	}
+	if err := InNetns(pod, func() error { _, _, err := SourceAddrs("missing0"); return err }); err == nil {
+		t.Error("SourceAddrs of a missing interface did not fail")
+	}
+}

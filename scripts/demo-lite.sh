@@ -28,7 +28,7 @@ GW=169.254.1.1
 VIP_WEB=10.96.0.10   # backend: the server pod
 VIP_SELF=10.96.0.11  # backend: the client pod itself (self access)
 VIP_NONE=10.96.0.12  # no backends: rejected at once
-VIP_AFF=10.96.0.13   # session affinity: translated per packet by tc
+VIP_AFF=10.96.0.13   # session affinity: kept at connect() too
 CGROUP=$RUN/cgroupv2 # a cgroup v2 mount of the demo's own
 CTL=("$BIN/podnicctl" --bpf-root "$ROOT")
 
@@ -87,7 +87,7 @@ up() {
 		down
 	fi
 	mkdir -p "$RUN"
-	go build -o "$BIN/" ./test/cmd/podnic-echo
+	go build -o "$BIN/" ./test/cmd/podnic-echo ./test/cmd/podnic-get
 
 	say "A simulated node: a fabric namespace and two pods that own their NIC"
 	ip netns add "$NS_FABRIC"
@@ -109,8 +109,9 @@ up() {
 	mount -t cgroup2 cgroup2 "$CGROUP"
 	show "${CTL[@]}" load --cgroup-root "$CGROUP" ${PODNIC_DEMO_LOAD_FLAGS:-}
 
-	say "Four Services: one with a backend, one whose backend is the client itself, one with none, one with session affinity"
+	say "Four Services: one with a backend (TCP and UDP), one whose backend is the client itself, one with none, one with session affinity"
 	show "${CTL[@]}" service set --id 1 --vip "$VIP_WEB" --port 80 --backend "$SERVER_IP:8080"
+	show "${CTL[@]}" service set --id 5 --vip "$VIP_WEB" --port 80 --proto udp --backend "$SERVER_IP:8080"
 	show "${CTL[@]}" service set --id 2 --vip "$VIP_SELF" --port 80 --backend "$CLIENT_IP:8080"
 	show "${CTL[@]}" service set --id 3 --vip "$VIP_NONE" --port 80
 	show "${CTL[@]}" service set --id 4 --vip "$VIP_AFF" --port 80 --affinity 1h --backend "$SERVER_IP:8080"
@@ -130,8 +131,10 @@ up() {
 	show ip netns exec "$NS_CLIENT" curl -sS --max-time 3 "http://$VIP_SELF/"
 	say "A Service without backends is rejected at once (TCP RST from the NIC's egress program)"
 	show ip netns exec "$NS_CLIENT" curl -sS --max-time 3 "http://$VIP_NONE/" || true
-	say "Session affinity is kept per client address by tc: the NIC's programs translate every packet"
+	say "Session affinity is kept per client address at connect() too: the pod's address keys it, as kube-proxy's does"
 	show ip netns exec "$NS_CLIENT" curl -sS --max-time 3 "http://$VIP_AFF/"
+	say "UDP is translated packet by packet by the NIC's programs, and its replies back to the ClusterIP"
+	show ip netns exec "$NS_CLIENT" "$BIN/podnic-get" -udp "$VIP_WEB:80"
 
 	say "Connections tc translated (socket-balanced ones need no tracking), and every verdict"
 	show "${CTL[@]}" ct list

@@ -80,13 +80,14 @@ static __always_inline int pn_affinity_usable(const struct pn_svc_val *svc,
 	return id && *id == av->backend_id;
 }
 
-/* pn_select_backend picks the backend of a new flow: the client's affinity
- * backend while it is fresh and usable, otherwise a random slot, as
- * kube-proxy's iptables mode does. The affinity timeout counts from the
- * client's last new flow, as iptables' "recent" match does. */
-static __always_inline int pn_select_backend(const struct pn_pkt *p, const struct pn_svc_val *svc,
-					     __u64 now, __u32 *backend_id,
-					     struct pn_backend **backend)
+/* pn_select_backend picks the backend of a new flow from client: the
+ * client's affinity backend while it is fresh and usable, otherwise a
+ * random slot, as kube-proxy's iptables mode does. The affinity timeout
+ * counts from the client's last new flow, as iptables' "recent" match
+ * does. The tc path and connect() share the affinity entries. */
+static __always_inline int pn_select_backend(const struct pn_addr *client,
+					     const struct pn_svc_val *svc, __u64 now,
+					     __u32 *backend_id, struct pn_backend **backend)
 {
 	struct pn_affinity_key ak = {};
 	struct pn_backend *be;
@@ -95,7 +96,7 @@ static __always_inline int pn_select_backend(const struct pn_pkt *p, const struc
 	if (svc->flags & PN_SVC_AFFINITY) {
 		struct pn_affinity_val *av;
 
-		ak.client = p->saddr;
+		ak.client = *client;
 		ak.svc_id = svc->id;
 		av = bpf_map_lookup_elem(&podnic_aff_v1, &ak);
 		if (av && now - av->last_used < (__u64)svc->affinity_timeout * PN_NS) {

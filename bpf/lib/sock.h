@@ -10,11 +10,13 @@
  *
  * The programs hang on the node's cgroup v2 root and so see every connect()
  * on the node; they act only in the network namespaces listed in
- * podnic_lbns_v1, which the CNI fills as it attaches a pod. Everything they
- * leave alone goes on to the tc programs: UDP, Services with session
- * affinity (the affinity key is the client address, not known before the
- * socket is bound), Services without endpoints (the tc path answers with a
- * RST), VIPs of an address family the socket cannot reach. getpeername()
+ * podnic_lbns_v1, which the CNI fills as it attaches a pod. Session
+ * affinity is kept at connect() too: its key, the client address, is the
+ * address the socket is bound to, or else the pod's own address of the
+ * VIP's family (podnic_lbaddr_v1, also filled by the CNI). Everything they
+ * leave alone goes on to the tc programs: UDP, Services without endpoints
+ * (the tc path answers with a RST), VIPs of an address family the socket
+ * cannot reach, affinity where the pod's address is not known. getpeername()
  * answers with the Service, as it would through kube-proxy, while
  * PN_CFG_PEER_NAME is set (podnic_lbpeer_v2, below). */
 #pragma once
@@ -37,6 +39,24 @@ struct {
 	__type(key, __u64);
 	__type(value, struct pn_lb_netns);
 } podnic_lbns_v1 SEC(".maps");
+
+#define PN_AF_INET 2 /* the BPF headers carry no socket.h */
+
+/* The pod's own addresses by netns cookie, for session affinity at
+ * connect(): where the socket is not bound, its source address is the
+ * pod's address of the destination's family. A zero address: none. */
+struct pn_lb_addrs {
+	struct pn_addr v4; /* v4-mapped */
+	struct pn_addr v6;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(max_entries, PN_LB_NETNS_MAX);
+	__type(key, __u64);
+	__type(value, struct pn_lb_addrs);
+} podnic_lbaddr_v1 SEC(".maps");
 
 /* What a balanced socket connected to, for getpeername(): the Service, and
  * the backend the socket went to instead. The table is direct-mapped by
@@ -117,6 +137,42 @@ static __always_inline int pn_addr_is_v4(const struct pn_addr *a)
 	return a->w[0] == 0 && a->w[1] == 0 && a->w[2] == bpf_htonl(0xffff);
 }
 
+static __always_inline int pn_addr_is_zero(const struct pn_addr *a)
+{
+	return (a->w[0] | a->w[1] | a->w[2] | a->w[3]) == 0;
+}
+
+/* pn_sock_client finds the client address of a connect() to vip from the
+ * netns with cookie netns: the address the socket is bound to, else the
+ * pod's own of vip's family. It returns 1 when it found one. */
+static __always_inline int pn_sock_client(struct bpf_sock_addr *ctx, __u64 netns,
+					  const struct pn_addr *vip, struct pn_addr *client)
+{
+	struct bpf_sock *sk = ctx->sk;
+	struct pn_lb_addrs *a;
+
+	if (!sk)
+		return 0;
+	if (sk->family == PN_AF_INET) {
+		if (sk->src_ip4) {
+			pn_addr_v4(client, sk->src_ip4);
+			return 1;
+		}
+	} else {
+		client->w[0] = sk->src_ip6[0];
+		client->w[1] = sk->src_ip6[1];
+		client->w[2] = sk->src_ip6[2];
+		client->w[3] = sk->src_ip6[3];
+		if (!pn_addr_is_zero(client))
+			return pn_addr_is_v4(client) == pn_addr_is_v4(vip);
+	}
+	a = bpf_map_lookup_elem(&podnic_lbaddr_v1, &netns);
+	if (!a)
+		return 0;
+	*client = pn_addr_is_v4(vip) ? a->v4 : a->v6;
+	return !pn_addr_is_zero(client);
+}
+
 /* pn_sock_lb chooses a backend for a TCP connect() to addr:port in a pod
  * podnic serves and rewrites addr and port to it. It returns 1 when it did,
  * 0 when the connect goes on unchanged. v4 says the socket can only reach
@@ -141,10 +197,18 @@ static __always_inline int pn_sock_lb(struct bpf_sock_addr *ctx, struct pn_addr 
 	k.proto = IPPROTO_TCP;
 	k.scope = PN_SCOPE_CLUSTER;
 	svc = bpf_map_lookup_elem(&podnic_svc_v1, &k);
-	if (!svc || svc->count == 0 || (svc->flags & PN_SVC_AFFINITY))
+	if (!svc || svc->count == 0)
 		goto unchanged;
 
-	be = pn_random_backend(svc, &id, &slot);
+	if (svc->flags & PN_SVC_AFFINITY) {
+		struct pn_addr client;
+
+		if (!pn_sock_client(ctx, cookie, addr, &client) ||
+		    pn_select_backend(&client, svc, bpf_ktime_get_ns(), &id, &be) < 0)
+			goto unchanged;
+	} else {
+		be = pn_random_backend(svc, &id, &slot);
+	}
 	if (!be || (v4 && !pn_addr_is_v4(&be->addr)))
 		goto unchanged;
 

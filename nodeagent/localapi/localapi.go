@@ -170,7 +170,7 @@ func KubeProxyReplacement() []Feature {
 	return []Feature{
 		{"ClusterIP", "enabled", "TCP, UDP; IPv4, IPv6; every ClusterIP of dual-stack Services"},
 		{"SocketLB", "enabled", "TCP connect() balanced at the socket where the agent attached it (--socket-lb)"},
-		{"SessionAffinity", "enabled", "ClientIP with timeout"},
+		{"SessionAffinity", "enabled", "ClientIP with timeout; TCP kept at connect(), UDP by tc"},
 		{"InternalTrafficPolicy", "enabled", "Local: only this node's endpoints"},
 		{"TopologyAwareRouting", "enabled", "hints: PreferSameNode, PreferSameZone"},
 		{"TerminatingEndpoints", "enabled", "serving-terminating fallback"},

@@ -211,12 +211,19 @@ func TestScenarios(t *testing.T) {
 	})
 
 	t.Run("SessionAffinityClientIPHolds", func(t *testing.T) {
-		for _, vip := range c.clusterIPs(t, "echo-affinity") {
+		// Kept at connect(), keyed by the pod's address of each family,
+		// which the CNI registered with the pod's netns.
+		balanced := c.verdict(t, "connect", "socket-lb")
+		vips := c.clusterIPs(t, "echo-affinity")
+		for _, vip := range vips {
 			answers, _ := c.ask(t, vip, false, 20)
 			t.Logf("%s: %v", target(vip, false), answers)
 			if len(answers) != 1 {
 				t.Errorf("%s: 20 requests went to %d backends, want 1: %v", target(vip, false), len(answers), answers)
 			}
+		}
+		if got := c.verdict(t, "connect", "socket-lb") - balanced; got < uint64(20*len(vips)) {
+			t.Errorf("%d connections to the affinity Service balanced at the socket, want %d", got, 20*len(vips))
 		}
 	})
 
