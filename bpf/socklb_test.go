@@ -584,3 +584,36 @@ func TestGetPeerNameFollowsTheSocketsSlot(t *testing.T) {
 		t.Errorf("getpeername with a torn slot: %s, want the backend %s", p, backend)
 	}
 }
+
+// A CNI plugin newer than the loaded datapath finds no podnic_lbaddr_v1:
+// it still attaches pods and lists them for socket-level balancing, and
+// session affinity for them stays with tc.
+func TestAttachWithoutTheAddressMapOfANewerBuild(t *testing.T) {
+	d := loadTest(t)
+	if err := os.Remove(filepath.Join(mapsDir(d.Root), "podnic_lbaddr_v1")); err != nil {
+		t.Fatal(err)
+	}
+	old, err := OpenPinned(d.Root)
+	if err != nil {
+		t.Fatalf("opening a datapath without podnic_lbaddr_v1: %v", err)
+	}
+	defer old.Close()
+	if old.Maps.LBAddrs != nil {
+		t.Fatal("podnic_lbaddr_v1 opened though its pin is gone")
+	}
+	n := simnode.New(t)
+	p := n.AddPod("a", simClientV4, simClientV6)
+	if _, err := old.AttachPod(p.NetnsPath, p.Ifname, p.Netns, ModeAuto); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = DetachPod(d.Root, p.Netns, p.NetnsPath) })
+	if got := lbNetnsCount(t, d); got != 1 {
+		t.Errorf("%d netns registered, want 1", got)
+	}
+	if got := lbAddrsOf(t, d); len(got) != 0 {
+		t.Errorf("addresses registered in the unpinned map: %v", got)
+	}
+	if err := DetachPod(d.Root, p.Netns, p.NetnsPath); err != nil {
+		t.Errorf("detaching without podnic_lbaddr_v1 pinned: %v", err)
+	}
+}
