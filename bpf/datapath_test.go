@@ -114,13 +114,15 @@ func TestKnownVIPOnUnknownPortIsDropped(t *testing.T) {
 	})
 }
 
-func TestFragmentsAndOtherProtocolsToAVIPAreDropped(t *testing.T) {
+// A later fragment whose first never passed (TestFragmentedDatagrams...)
+// and other protocols than TCP and UDP to a VIP are dropped.
+func TestOrphanFragmentsAndOtherProtocolsToAVIPAreDropped(t *testing.T) {
 	d := loadTest(t)
 	fam := families[0]
 	service(t, d, Frontend{VIP: fam.vip, Port: servicePort, Proto: UDP}, 1, backendPort, fam.backends[0])
-	frag := pkt{src: ap(fam.client, clientPort), dst: ap(fam.vip, servicePort), proto: UDP, payload: []byte("part"), fragmented: true}
+	frag := fragments(t, ap(fam.client, clientPort), ap(fam.vip, servicePort), make([]byte, 64), 7, 32)[1]
 	before := counted(t, d, DirFromPod, DropFragment)
-	if ret, _ := run(t, d.Programs.FromPod, frag.bytes(t)); ret != actShot {
+	if ret, _ := run(t, d.Programs.FromPod, frag); ret != actShot {
 		t.Errorf("fragment verdict %d, want TC_ACT_SHOT", ret)
 	}
 	expectCounted(t, d, DirFromPod, DropFragment, before)

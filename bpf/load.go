@@ -51,6 +51,9 @@ type Maps struct {
 	// address of session affinity at connect(). A CNI plugin newer than
 	// the loaded datapath may find it missing: affinity then stays on tc.
 	LBAddrs *ebpf.Map
+	// Frags holds, per datagram, the translation its first IP fragment
+	// got, for its later fragments (lib/frag.h).
+	Frags *ebpf.Map
 	// Config holds the Service CIDRs of the egress fast path; Live, per
 	// protocol, when the last tc-translated flow can expire (lib/fast.h).
 	Config *ebpf.Map
@@ -142,6 +145,7 @@ func Load(root string) (*Datapath, error) {
 			LBNetns:      objs.PodnicLbnsV1,
 			LBPeers:      objs.PodnicLbpeerV2,
 			LBAddrs:      objs.PodnicLbaddrV1,
+			Frags:        objs.PodnicFragV1,
 			Config:       objs.PodnicCfgV1,
 			Live:         objs.PodnicLiveV1,
 		},
@@ -217,7 +221,7 @@ func notLoaded(err error) error {
 // optionalMaps may be missing under a root pinned by an older build, which
 // OpenPinned then leaves nil: a CNI plugin updated before the agent still
 // attaches pods.
-var optionalMaps = map[string]bool{"podnic_lbaddr_v1": true}
+var optionalMaps = map[string]bool{"podnic_lbaddr_v1": true, "podnic_frag_v1": true}
 
 // mapSlots names every map of the datapath with where it is kept.
 func (d *Datapath) mapSlots() map[string]**ebpf.Map {
@@ -233,6 +237,7 @@ func (d *Datapath) mapSlots() map[string]**ebpf.Map {
 		"podnic_lbns_v1":   &d.Maps.LBNetns,
 		"podnic_lbpeer_v2": &d.Maps.LBPeers,
 		"podnic_lbaddr_v1": &d.Maps.LBAddrs,
+		"podnic_frag_v1":   &d.Maps.Frags,
 		"podnic_cfg_v1":    &d.Maps.Config,
 		"podnic_live_v1":   &d.Maps.Live,
 	}

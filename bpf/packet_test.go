@@ -67,14 +67,13 @@ var families = []family{
 
 // pkt describes a TCP or UDP packet to build.
 type pkt struct {
-	src, dst   netip.AddrPort
-	proto      Proto
-	flags      string // TCP flags: any of "SAFRP"
-	seq, ack   uint32
-	payload    []byte
-	srcMAC     net.HardwareAddr
-	dstMAC     net.HardwareAddr
-	fragmented bool // IPv4 "more fragments" set
+	src, dst netip.AddrPort
+	proto    Proto
+	flags    string // TCP flags: any of "SAFRP"
+	seq, ack uint32
+	payload  []byte
+	srcMAC   net.HardwareAddr
+	dstMAC   net.HardwareAddr
 }
 
 func ipLayer(src, dst netip.Addr, next layers.IPProtocol, df bool) gopacket.SerializableLayer {
@@ -138,9 +137,6 @@ func (p pkt) bytes(t testing.TB) []byte {
 		t.Fatalf("unsupported protocol %s", p.proto)
 	}
 	ip := ipLayer(p.src.Addr(), p.dst.Addr(), next, true)
-	if v4, ok := ip.(*layers.IPv4); ok && p.fragmented {
-		v4.Flags = layers.IPv4MoreFragments
-	}
 	l4.(interface {
 		SetNetworkLayerForChecksum(gopacket.NetworkLayer) error
 	}).SetNetworkLayerForChecksum(ip.(gopacket.NetworkLayer))

@@ -19,6 +19,7 @@
 #include "lib/parse.h"
 #include "lib/nat.h"
 #include "lib/ct.h"
+#include "lib/frag.h"
 #include "lib/fast.h"
 #include "lib/sock.h"
 #include "lib/lb.h"
@@ -149,7 +150,7 @@ static __always_inline int pn_from_pod(struct __sk_buff *skb, struct pn_pkt *p, 
 	outside = pn_outside_service_cidrs(&p->daddr);
 	if (outside && !(pn_cfg_flag(PN_CFG_EXTERNAL) && pn_is_vip(p)))
 		return pn_pass(skb, p);
-	if (p->fragment || (p->proto != IPPROTO_TCP && p->proto != IPPROTO_UDP)) {
+	if (p->proto != IPPROTO_TCP && p->proto != IPPROTO_UDP) {
 		if (outside || !pn_is_vip(p))
 			return TC_ACT_UNSPEC;
 		*reason = p->fragment ? PN_DROP_FRAGMENT : PN_DROP_PROTO;
@@ -157,12 +158,39 @@ static __always_inline int pn_from_pod(struct __sk_buff *skb, struct pn_pkt *p, 
 	}
 
 	now = bpf_ktime_get_ns();
+	if (p->frag_later) {
+		/* No ports: the first fragment's translation (lib/frag.h). */
+		struct pn_frag_val *fv = pn_frag_lookup(p, PN_FRAG_OUT, now);
+		struct pn_addr addr;
+		__u8 fflags;
+
+		if (!fv) {
+			if (outside || !pn_is_vip(p))
+				return TC_ACT_UNSPEC;
+			*reason = PN_DROP_FRAGMENT;
+			return TC_ACT_SHOT;
+		}
+		addr = fv->addr;
+		fflags = fv->flags;
+		if (pn_rewrite_l3(skb, p, 1, &p->daddr, &addr) < 0) {
+			*reason = PN_DROP_NAT;
+			return TC_ACT_SHOT;
+		}
+		if (fflags & PN_CT_SELF) {
+			*reason = PN_SELF;
+			return pn_redirect_self(skb);
+		}
+		*reason = PN_DNAT_CT;
+		return TC_ACT_UNSPEC;
+	}
+
 	pn_ct_key_of(&fk, p, PN_CT_FORWARD);
 	fe = bpf_map_lookup_elem(&podnic_ct_v1, &fk);
 	if (fe && pn_ct_forward_hit(&fk, fe, p->tcp_flags, now) && pn_ct_backend_alive(&fk, fe)) {
 		struct pn_addr addr = fe->addr;
 
 		pn_live_flow(skb, p->proto, fe->expires, fe->flags);
+		pn_frag_record(p, PN_FRAG_OUT, &addr, fe->flags, now);
 
 		if (pn_rewrite(skb, p, 1, &p->daddr, p->dport, &addr, fe->port) < 0) {
 			*reason = PN_DROP_NAT;
@@ -214,6 +242,8 @@ static __always_inline int pn_from_pod(struct __sk_buff *skb, struct pn_pkt *p, 
 	{
 		struct pn_addr addr = be->addr;
 
+		pn_frag_record(p, PN_FRAG_OUT, &addr, flags, now);
+
 		if (pn_rewrite(skb, p, 1, &p->daddr, p->dport, &addr, be->port) < 0) {
 			*reason = PN_DROP_NAT;
 			return TC_ACT_SHOT;
@@ -244,7 +274,7 @@ static __always_inline int pn_to_pod(struct __sk_buff *skb, struct pn_pkt *p, in
 	default:
 		return TC_ACT_UNSPEC;
 	}
-	if (p->fragment)
+	if (p->fragment && p->proto != IPPROTO_TCP && p->proto != IPPROTO_UDP)
 		return TC_ACT_UNSPEC;
 
 	if (p->proto == IPPROTO_ICMP || p->proto == IPPROTO_ICMPV6) {
@@ -270,6 +300,21 @@ static __always_inline int pn_to_pod(struct __sk_buff *skb, struct pn_pkt *p, in
 	if (now >= until)
 		return TC_ACT_UNSPEC;
 
+	if (p->frag_later) {
+		struct pn_frag_val *fv = pn_frag_lookup(p, PN_FRAG_IN, now);
+		struct pn_addr addr;
+
+		if (!fv)
+			return TC_ACT_UNSPEC;
+		addr = fv->addr;
+		if (pn_rewrite_l3(skb, p, 0, &p->saddr, &addr) < 0) {
+			*reason = PN_DROP_NAT;
+			return TC_ACT_SHOT;
+		}
+		*reason = PN_REVNAT;
+		return TC_ACT_UNSPEC;
+	}
+
 	pn_ct_key_of(&rk, p, PN_CT_REPLY);
 	re = bpf_map_lookup_elem(&podnic_ct_v1, &rk);
 	if (!re || !pn_ct_reply_hit(&rk, re, p->tcp_flags, now))
@@ -277,6 +322,8 @@ static __always_inline int pn_to_pod(struct __sk_buff *skb, struct pn_pkt *p, in
 	pn_live_until(skb->ifindex, p->proto, re->expires);
 	{
 		struct pn_addr addr = re->addr;
+
+		pn_frag_record(p, PN_FRAG_IN, &addr, 0, now);
 
 		if (pn_rewrite(skb, p, 0, &p->saddr, p->sport, &addr, re->port) < 0) {
 			*reason = PN_DROP_NAT;

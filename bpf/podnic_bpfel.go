@@ -137,6 +137,33 @@ const (
 	podnicPnDirPN_DIR_MAX      podnicPnDir = 4
 )
 
+type podnicPnFragKey struct {
+	_     structs.HostLayout
+	Saddr struct {
+		_ structs.HostLayout
+		W [4]uint32
+	}
+	Daddr struct {
+		_ structs.HostLayout
+		W [4]uint32
+	}
+	Id    uint32
+	Proto uint8
+	Dir   uint8
+	Pad   [2]uint8
+}
+
+type podnicPnFragVal struct {
+	_    structs.HostLayout
+	Addr struct {
+		_ structs.HostLayout
+		W [4]uint32
+	}
+	Expires uint64
+	Flags   uint8
+	Pad     [7]uint8
+}
+
 type podnicPnLbAddrs struct {
 	_  structs.HostLayout
 	V4 struct {
@@ -241,6 +268,7 @@ const (
 	podnicMapPodnicCntV1      = "podnic_cnt_v1"
 	podnicMapPodnicCtV1       = "podnic_ct_v1"
 	podnicMapPodnicEvV1       = "podnic_ev_v1"
+	podnicMapPodnicFragV1     = "podnic_frag_v1"
 	podnicMapPodnicLbaddrV1   = "podnic_lbaddr_v1"
 	podnicMapPodnicLbnsV1     = "podnic_lbns_v1"
 	podnicMapPodnicLbpeerV2   = "podnic_lbpeer_v2"
@@ -327,6 +355,7 @@ type podnicMapSpecs struct {
 	PodnicCntV1    *ebpf.MapSpec `ebpf:"podnic_cnt_v1"`
 	PodnicCtV1     *ebpf.MapSpec `ebpf:"podnic_ct_v1"`
 	PodnicEvV1     *ebpf.MapSpec `ebpf:"podnic_ev_v1"`
+	PodnicFragV1   *ebpf.MapSpec `ebpf:"podnic_frag_v1"`
 	PodnicLbaddrV1 *ebpf.MapSpec `ebpf:"podnic_lbaddr_v1"`
 	PodnicLbnsV1   *ebpf.MapSpec `ebpf:"podnic_lbns_v1"`
 	PodnicLbpeerV2 *ebpf.MapSpec `ebpf:"podnic_lbpeer_v2"`
@@ -377,6 +406,7 @@ type podnicMaps struct {
 	PodnicCntV1    *ebpf.Map `ebpf:"podnic_cnt_v1"`
 	PodnicCtV1     *ebpf.Map `ebpf:"podnic_ct_v1"`
 	PodnicEvV1     *ebpf.Map `ebpf:"podnic_ev_v1"`
+	PodnicFragV1   *ebpf.Map `ebpf:"podnic_frag_v1"`
 	PodnicLbaddrV1 *ebpf.Map `ebpf:"podnic_lbaddr_v1"`
 	PodnicLbnsV1   *ebpf.Map `ebpf:"podnic_lbns_v1"`
 	PodnicLbpeerV2 *ebpf.Map `ebpf:"podnic_lbpeer_v2"`
@@ -394,6 +424,7 @@ func (m *podnicMaps) Close() error {
 		m.PodnicCntV1,
 		m.PodnicCtV1,
 		m.PodnicEvV1,
+		m.PodnicFragV1,
 		m.PodnicLbaddrV1,
 		m.PodnicLbnsV1,
 		m.PodnicLbpeerV2,

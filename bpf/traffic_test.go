@@ -111,3 +111,41 @@ func TestBulkTransferKeepsChecksumsRight(t *testing.T) {
 		})
 	}
 }
+
+// UDP datagrams bigger than the MTU cross a ClusterIP, and self access,
+// in IP fragments both ways: the connected socket only takes the echo if
+// every fragment came back from the VIP. kube-proxy's conntrack
+// reassembles them; podnic translates each (lib/frag.h).
+func TestDatagramsOverTheMTUCrossAClusterIP(t *testing.T) {
+	d := loadTest(t)
+	client, server := trafficPods(t, d)
+	attachPod(t, d, client, ModeAuto)
+	msg := strings.Repeat("over the MTU ", 400) // 5,200 bytes: 4 fragments each way
+	for _, c := range []struct {
+		name string
+		vip  netip.Addr
+		want string
+	}{
+		{"v4", simVIPv4, server.Name},
+		{"v6", simVIPv6, server.Name},
+		{"v4/self", simSelfV4, client.Name},
+		{"v6/self", simSelfV6, client.Name},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			delta := verdictDelta(t, d, verdict(DirFromPod, ReasonDNATNew), verdict(DirFromPod, ReasonSelf), verdict(DirFromPod, DropFragment))
+			got, err := client.UDPEcho(netip.AddrPortFrom(c.vip, simServicePort), msg, simTimeout)
+			if err != nil {
+				t.Fatalf("%v (verdicts dnat-new, self-access, drop-fragment: %v)", err, delta())
+			}
+			if got != c.want+" "+msg {
+				t.Errorf("echo of %d bytes came back as %d bytes from %q", len(msg), len(got), strings.SplitN(got, " ", 2)[0])
+			}
+			// dnat-new counts a new flow, self-access every packet
+			// (here, every fragment).
+			got4 := delta()
+			if c.want == client.Name && (got4[0] != 0 || got4[1] < 4) || c.want != client.Name && got4[0] != 1 || got4[2] != 0 {
+				t.Errorf("counted dnat-new %d, self-access %d, drop-fragment %d", got4[0], got4[1], got4[2])
+			}
+		})
+	}
+}

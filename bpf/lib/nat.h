@@ -71,6 +71,25 @@ static __always_inline int pn_rewrite(struct __sk_buff *skb, const struct pn_pkt
 	return 0;
 }
 
+/* pn_rewrite_l3 changes the destination (dst != 0) or the source address
+ * of a later fragment, which has no L4 header: the datagram's checksum
+ * travels in the first fragment, rewritten with it. */
+static __always_inline int pn_rewrite_l3(struct __sk_buff *skb, const struct pn_pkt *p, int dst,
+					 const struct pn_addr *from, const struct pn_addr *to)
+{
+	struct pn_addr t = *to;
+
+	if (!p->v6) {
+		if (from->w[3] == t.w[3])
+			return 0;
+		if (bpf_l3_csum_replace(skb, p->l3off + 10, from->w[3], t.w[3], sizeof(t.w[3])) < 0)
+			return -1;
+		return bpf_skb_store_bytes(skb, p->l3off + (dst ? 16 : 12), &t.w[3], sizeof(t.w[3]),
+					   0);
+	}
+	return bpf_skb_store_bytes(skb, p->l3off + (dst ? 24 : 8), &t, sizeof(t), 0);
+}
+
 static __always_inline __u16 pn_csum_fold(__s64 sum)
 {
 	__u32 s = (__u32)sum;

@@ -45,9 +45,22 @@ struct pn_pkt {
 	__u8 proto;
 	__u8 v6;
 	__u8 tcp_flags;
-	__u8 fragment; /* any IPv4 fragment, first one included */
+	__u8 fragment;	 /* any IP fragment, first one included */
+	__u8 frag_later; /* a fragment after the first: no L4 header */
+	__u8 pad[3];
+	__be32 frag_id; /* IPv4's 16-bit or IPv6's 32-bit identification */
 	__u32 l3off;
 	__u32 l4off;
+};
+
+#define PN_IPPROTO_FRAGMENT 44
+
+/* The IPv6 fragment header. */
+struct pn_frag6 {
+	__u8 nexthdr;
+	__u8 reserved;
+	__be16 frag_off; /* offset in 8-byte units << 3, then 2 reserved bits and M */
+	__be32 id;
 };
 
 enum pn_parse_result {
@@ -75,9 +88,8 @@ static __always_inline int pn_parse_l4(struct __sk_buff *skb, struct pn_pkt *p, 
 {
 	void *data, *end;
 
-	if (p->fragment) {
-		/* Only the first fragment carries ports; callers drop
-		 * fragments to VIPs, so ports stay zero. */
+	if (p->frag_later) {
+		/* Only the first fragment carries ports (lib/frag.h). */
 		return PN_PARSE_OK;
 	}
 	switch (p->proto) {
@@ -146,6 +158,8 @@ static __always_inline int pn_parse(struct __sk_buff *skb, struct pn_pkt *p)
 		p->v6 = 0;
 		p->proto = ip->protocol;
 		p->fragment = (ip->frag_off & bpf_htons(IP_MF | IP_OFFSET)) != 0;
+		p->frag_later = (ip->frag_off & bpf_htons(IP_OFFSET)) != 0;
+		p->frag_id = ip->id;
 		pn_addr_v4(&p->saddr, ip->saddr);
 		pn_addr_v4(&p->daddr, ip->daddr);
 		p->l4off = sizeof(*eth) + ihl;
@@ -163,12 +177,29 @@ static __always_inline int pn_parse(struct __sk_buff *skb, struct pn_pkt *p)
 			return PN_PARSE_BAD;
 		p->v6 = 1;
 		p->proto = ip6->nexthdr;
-		/* Extension headers are not walked: a fragment header marks the
-		 * packet as a fragment, others leave it to the next program. */
-		p->fragment = ip6->nexthdr == 44 /* IPPROTO_FRAGMENT */;
 		__builtin_memcpy(&p->saddr, &ip6->saddr, 16);
 		__builtin_memcpy(&p->daddr, &ip6->daddr, 16);
 		p->l4off = sizeof(*eth) + sizeof(*ip6);
+		/* Extension headers are not walked, but for a fragment header
+		 * right after the fixed one, the way the stack fragments. */
+		if (ip6->nexthdr == PN_IPPROTO_FRAGMENT) {
+			const __u32 fo = sizeof(*eth) + sizeof(*ip6);
+			struct pn_frag6 *fh;
+
+			if (pn_ensure(skb, fo + sizeof(*fh)) < 0)
+				return PN_PARSE_BAD;
+			data = (void *)(long)skb->data;
+			end = (void *)(long)skb->data_end;
+			fh = data + fo;
+			if ((void *)(fh + 1) > end)
+				return PN_PARSE_BAD;
+			p->proto = fh->nexthdr;
+			p->fragment = 1;
+			p->frag_later = (fh->frag_off & bpf_htons(0xfff8)) != 0;
+			p->frag_id = fh->id;
+			p->l4off = fo + sizeof(*fh);
+			return pn_parse_l4(skb, p, fo + sizeof(*fh));
+		}
 		return pn_parse_l4(skb, p, sizeof(*eth) + sizeof(*ip6));
 	}
 	return PN_PARSE_SKIP;
