@@ -12,6 +12,7 @@ packages=(
 	clang-19 llvm-19 clang-format-19 libbpf-dev bpftool
 	iproute2 iptables nftables curl wrk
 	make gcc libc6-dev ca-certificates procps
+	linux-perf # the wrk suite's profile of where a connection's CPU goes
 )
 
 missing=()

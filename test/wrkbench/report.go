@@ -235,7 +235,32 @@ func (r *Results) WriteMarkdown(w io.Writer) {
 					errs, syn)
 			}
 		}
+		ph.writeProfile(w, r.Config.ProfileRuns)
 	}
+}
+
+// writeProfile writes the phase's perf attribution: where the CPU of a
+// short connection goes, direct against podnic TCX.
+func (ph *Phase) writeProfile(w io.Writer, runs int) {
+	if ph.Profiles == nil && ph.ProfileNote == "" {
+		return
+	}
+	fmt.Fprintf(w, "\n## %d Service(s), short connections: where the CPU goes (perf)\n\n", ph.Services)
+	if ph.Profiles == nil {
+		fmt.Fprintf(w, "Not profiled: %s.\n", ph.ProfileNote)
+		return
+	}
+	direct, podnic := ph.Profiles[TargetDirect].PerRequest(), ph.Profiles[TargetPodnicTCX].PerRequest()
+	fmt.Fprintf(w, "`perf record -a -F %d` over %d alternated runs of each client, µs of CPU per request by symbol group, all CPUs. "+
+		"Samples are shares of one run's CPU, so other load on the machine moves these far less than the ΔCPU above; "+
+		"the hooks are inlined into `__dev_queue_xmit` and `__netif_receive_skb_core`, so only their difference is the hooks'. "+
+		"podnic's own cost per connection is about the programs' row plus the two hook differences.\n\n", profileHz, max(runs, 1))
+	fmt.Fprintf(w, "| symbols | %s | %s | difference |\n|---|---:|---:|---:|\n", TargetDirect, TargetPodnicTCX)
+	for _, g := range ProfileGroups {
+		fmt.Fprintf(w, "| %s | %.2f | %.2f | %+.2f |\n", g, direct[g], podnic[g], podnic[g]-direct[g])
+	}
+	own := podnic[GroupPrograms] - direct[GroupPrograms] + podnic[GroupEgress] - direct[GroupEgress] + podnic[GroupIngress] - direct[GroupIngress]
+	fmt.Fprintf(w, "\npodnic's programs and hooks: %+.2f µs per short connection.\n", own)
 }
 
 func kernelRelease() string {

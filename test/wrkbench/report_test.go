@@ -71,3 +71,64 @@ func TestReportJudgesTheTargetsFromPairedRounds(t *testing.T) {
 		t.Log("\n" + out)
 	}
 }
+
+// A perf report is read into samples by symbol, grouped, and turned into
+// µs per request; idle time counts nowhere.
+func TestProfileAttributesSamplesPerRequest(t *testing.T) {
+	const report = `# Total Lost Samples: 0
+#
+# Samples: 86K of event 'cpu-clock:ppp'
+# Event count (approx.): 10753655400
+#
+# Overhead       Samples  Symbol
+# ........  ............  .......................................
+#
+     4.85%          4170  [k] pv_native_safe_halt
+     1.14%           980  [k] veth_xmit
+     1.12%           964  [k] __dev_queue_xmit
+     0.75%           648  [k] __netif_receive_skb_core.constprop.0
+     0.26%           227  [k] bpf_prog_7d8c70549960c242_podnic_from_pod
+     0.19%           163  [k] bpf_prog_51ee40d0dd620c8c_podnic_to_pod
+     0.10%            85  [k] bpf_prog_fd2334d14ad558e0_podnic_connect4
+     0.02%            20  [.] runtime.mallocgc
+`
+	samples, err := parsePerfReport(report)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if samples["__netif_receive_skb_core.constprop.0"] != 648 || samples["runtime.mallocgc"] != 20 || len(samples) != 8 {
+		t.Fatalf("parsed %v", samples)
+	}
+	var p Profile
+	p.add(profileHz, samples)
+	got := p.PerRequest()
+	per := 1e6 / profileHz / profileHz // µs per sample per request
+	for g, want := range map[string]float64{
+		GroupPrograms: 475 * per,
+		GroupEgress:   964 * per,
+		GroupIngress:  648 * per,
+		GroupRest:     1000 * per,
+		GroupTotal:    3087 * per,
+	} {
+		if d := got[g] - want; d > 1e-9 || d < -1e-9 {
+			t.Errorf("%s: %g µs per request, want %g", g, got[g], want)
+		}
+	}
+	if _, err := parsePerfReport("# nothing\n"); err == nil {
+		t.Error("a report without samples parsed")
+	}
+
+	ph := &Phase{Services: 1, Profiles: map[string]*Profile{TargetDirect: &p, TargetPodnicTCX: &p}}
+	var buf bytes.Buffer
+	ph.writeProfile(&buf, 3)
+	for _, want := range []string{"where the CPU goes (perf)", "| " + GroupPrograms + " |", "podnic's programs and hooks: +0.00 µs"} {
+		if !strings.Contains(buf.String(), want) {
+			t.Errorf("profile section lacks %q:\n%s", want, buf.String())
+		}
+	}
+	buf.Reset()
+	(&Phase{Services: 1, ProfileNote: "perf is missing"}).writeProfile(&buf, 3)
+	if !strings.Contains(buf.String(), "Not profiled: perf is missing.") {
+		t.Errorf("no note without a profile:\n%s", buf.String())
+	}
+}

@@ -33,6 +33,12 @@ type Config struct {
 	// NetHTTP serves with podnic-echo's net/http server instead of its
 	// minimal one.
 	NetHTTP bool
+	// Profile runs, after each phase's rounds, short connections of the
+	// direct and podnic TCX clients under `perf record -a`, alternated
+	// ProfileRuns times each, and reports where their CPU went
+	// (Phase.Profiles): a figure other load on the machine barely moves.
+	Profile     bool
+	ProfileRuns int
 }
 
 // QuickConfig is for development: about two minutes.
@@ -42,7 +48,7 @@ func QuickConfig() Config {
 
 // FullConfig is what `make bench-wrk` runs: about 14 minutes.
 func FullConfig() Config {
-	return Config{Rounds: 8, Duration: 3 * time.Second, Conns: 32, Services: []int{1, 10000}, KubeProxy: true, KubeProxyAtScale: true, Workers: 16}
+	return Config{Rounds: 8, Duration: 3 * time.Second, Conns: 32, Services: []int{1, 10000}, KubeProxy: true, KubeProxyAtScale: true, Workers: 16, Profile: true, ProfileRuns: 3}
 }
 
 // Target is where one client sends its requests.
@@ -78,6 +84,10 @@ type Phase struct {
 	// (none: not run).
 	IPTPositions []int
 	IPTRules     int
+	// Profiles are the perf attribution of short connections by target
+	// name (Config.Profile); ProfileNote says why there is none.
+	Profiles    map[string]*Profile
+	ProfileNote string
 }
 
 // Results are the whole suite's.
@@ -269,6 +279,9 @@ func Run(t *testing.T, cfg Config) *Results {
 					n, r+1, c, s.RPS(), s.P50US, s.P99US, s.CPUPerRequest(), s.Errors(), s.SynRetrans)
 			}
 		}
+		if cfg.Profile {
+			profilePhase(t, cfg, wrk, dir, ph, targets[:2])
+		}
 		res.Phases = append(res.Phases, ph)
 	}
 	for _, b := range tb.backends {
@@ -390,4 +403,31 @@ func loadavg() string {
 		return "?"
 	}
 	return strings.Join(f[:3], " ")
+}
+
+// profilePhase profiles the short connections of targets (direct, then
+// podnic TCX), alternated cfg.ProfileRuns times, into ph.Profiles.
+func profilePhase(t *testing.T, cfg Config, wrk *wrkRunner, dir string, ph *Phase, targets []*Target) {
+	t.Helper()
+	if _, err := exec.LookPath("perf"); err != nil {
+		ph.ProfileNote = "perf is missing (scripts/setup.sh installs linux-perf)"
+		t.Log(ph.ProfileNote)
+		return
+	}
+	ph.Profiles = map[string]*Profile{}
+	for r := 0; r < max(cfg.ProfileRuns, 1); r++ {
+		for _, tg := range targets {
+			n, samples, err := wrk.profile(dir, tg)
+			if err != nil {
+				ph.Profiles, ph.ProfileNote = nil, fmt.Sprintf("profiling failed: %v", err)
+				t.Log(ph.ProfileNote)
+				return
+			}
+			if ph.Profiles[tg.Name] == nil {
+				ph.Profiles[tg.Name] = &Profile{}
+			}
+			ph.Profiles[tg.Name].add(n, samples)
+			t.Logf("%5d svc profiled %s short: %d requests", ph.Services, tg.Name, n)
+		}
+	}
 }

@@ -23,6 +23,7 @@ var (
 	flagNoPeer   = flag.Bool("wrkbench.no-peer-names", false, "run podnic with --socket-lb-peer-name=false (getpeername names the backend; no getpeername slot per connect)")
 	flagNetHTTP  = flag.Bool("wrkbench.net-http", false, "serve with podnic-echo's net/http server instead of its minimal one")
 	flagOut      = flag.String("wrkbench.out", "../../bench-results", "directory for the markdown report")
+	flagProfile  = flag.Bool("wrkbench.profile", false, "after each phase, profile direct and podnic TCX short connections with perf (default: on in full mode, off in quick mode)")
 )
 
 func configFromFlags(t *testing.T) Config {
@@ -53,6 +54,12 @@ func configFromFlags(t *testing.T) Config {
 	cfg.KubeProxy, cfg.KubeProxyAtScale = *flagKP, *flagKPScale
 	cfg.NoPeerNames = *flagNoPeer
 	cfg.NetHTTP = *flagNetHTTP
+	flag.Visit(func(f *flag.Flag) {
+		if f.Name == "wrkbench.profile" {
+			cfg.Profile = *flagProfile
+			cfg.ProfileRuns = max(cfg.ProfileRuns, 3)
+		}
+	})
 	return cfg
 }
 
