@@ -257,11 +257,15 @@ func (ph *Phase) writeProfile(w io.Writer, runs int) {
 		"podnic's own cost per connection is about the programs' row plus the two hook differences.\n\n", profileHz, max(runs, 1))
 	fmt.Fprintf(w, "| symbols | %s | %s | difference |\n|---|---:|---:|---:|\n", TargetDirect, TargetPodnicTCX)
 	for _, g := range ProfileGroups {
-		fmt.Fprintf(w, "| %s | %.2f | %.2f | %+.2f |\n", g, direct[g], podnic[g], podnic[g]-direct[g])
+		fmt.Fprintf(w, "| %s | %.2f | %.2f | %+.2f |\n", g, direct[g], podnic[g], hundredths(podnic[g]-direct[g]))
 	}
 	own := podnic[GroupPrograms] - direct[GroupPrograms] + podnic[GroupEgress] - direct[GroupEgress] + podnic[GroupIngress] - direct[GroupIngress]
-	fmt.Fprintf(w, "\npodnic's programs and hooks: %+.2f µs per short connection.\n", own)
+	fmt.Fprintf(w, "\npodnic's programs and hooks: %+.2f µs per short connection.\n", hundredths(own))
 }
+
+// hundredths rounds x to two decimals, a rounding error of zero to +0
+// (sums over map order differ in their last bits).
+func hundredths(x float64) float64 { return math.Round(x*100)/100 + 0 }
 
 func kernelRelease() string {
 	b, err := os.ReadFile("/proc/sys/kernel/osrelease")

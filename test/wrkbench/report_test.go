@@ -2,6 +2,7 @@ package wrkbench
 
 import (
 	"bytes"
+	"fmt"
 	"strings"
 	"testing"
 )
@@ -130,5 +131,16 @@ func TestProfileAttributesSamplesPerRequest(t *testing.T) {
 	(&Phase{Services: 1, ProfileNote: "perf is missing"}).writeProfile(&buf, 3)
 	if !strings.Contains(buf.String(), "Not profiled: perf is missing.") {
 		t.Errorf("no note without a profile:\n%s", buf.String())
+	}
+}
+
+func TestHundredthsPrintsNoNegativeZero(t *testing.T) {
+	for _, x := range []float64{-0.000001, 0.000001, -0.004} {
+		if got := fmt.Sprintf("%+.2f", hundredths(x)); got != "+0.00" {
+			t.Errorf("hundredths(%g) prints %s", x, got)
+		}
+	}
+	if got := fmt.Sprintf("%+.2f", hundredths(-0.126)); got != "-0.13" {
+		t.Errorf("hundredths(-0.126) prints %s", got)
 	}
 }
