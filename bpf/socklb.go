@@ -340,8 +340,9 @@ func OptOutSocketLB(root, owner string) error {
 	return unregisterNetns(root, owner)
 }
 
-// unregisterNetns removes owner's netns entries from the pinned map under
-// root. A missing map (a datapath that predates socket LB) is not an error.
+// unregisterNetns removes owner's netns entries, and their addresses, from
+// the pinned maps under root. A missing map (a datapath that predates
+// socket LB, or the addresses) is not an error.
 func unregisterNetns(root, owner string) error {
 	m, err := ebpf.LoadPinnedMap(filepath.Join(mapsDir(root), "podnic_lbns_v1"), nil)
 	if errors.Is(err, os.ErrNotExist) {
@@ -366,10 +367,8 @@ func unregisterNetns(root, owner string) error {
 	if err := it.Err(); err != nil {
 		return fmt.Errorf("unregistering netns of %s: %w", owner, err)
 	}
-	for _, c := range stale {
-		if err := m.Delete(c); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
-			return fmt.Errorf("unregistering netns of %s: %w", owner, err)
-		}
+	if err := deleteCookies(m, stale); err != nil {
+		return fmt.Errorf("unregistering netns of %s: %w", owner, err)
 	}
 	addrs, err := ebpf.LoadPinnedMap(filepath.Join(mapsDir(root), "podnic_lbaddr_v1"), nil)
 	if errors.Is(err, os.ErrNotExist) {
@@ -379,9 +378,18 @@ func unregisterNetns(root, owner string) error {
 		return fmt.Errorf("unregistering the addresses of %s: %w", owner, err)
 	}
 	defer addrs.Close()
-	for _, c := range stale {
-		if err := addrs.Delete(c); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
-			return fmt.Errorf("unregistering the addresses of %s: %w", owner, err)
+	if err := deleteCookies(addrs, stale); err != nil {
+		return fmt.Errorf("unregistering the addresses of %s: %w", owner, err)
+	}
+	return nil
+}
+
+// deleteCookies deletes the netns cookies from m; one already gone is no
+// error.
+func deleteCookies(m *ebpf.Map, cookies []uint64) error {
+	for _, c := range cookies {
+		if err := m.Delete(c); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+			return fmt.Errorf("deleting netns cookie %d: %w", c, err)
 		}
 	}
 	return nil
