@@ -378,15 +378,21 @@ int podnic_lo_out(struct __sk_buff *skb)
 
 /* Socket-level load balancing (lib/sock.h): connect() of a TCP socket in a
  * pod to a Service goes straight to a backend; getpeername() still names
- * the Service. The return value 1 lets the call go on. */
+ * the Service. The return value 1 lets the call go on; 0 fails it with the
+ * errno bpf_set_retval() chose. */
 SEC("cgroup/connect4")
 int podnic_connect4(struct bpf_sock_addr *ctx)
 {
 	struct pn_addr addr;
 	__be16 port = (__be16)ctx->user_port;
 
+	int ret;
+
 	pn_addr_v4(&addr, ctx->user_ip4);
-	if (pn_sock_lb(ctx, &addr, &port, 1)) {
+	ret = pn_sock_lb(ctx, &addr, &port, 1);
+	if (ret == PN_SOCK_REFUSE)
+		return 0;
+	if (ret) {
 		ctx->user_ip4 = addr.w[3];
 		ctx->user_port = port;
 	}
@@ -398,12 +404,16 @@ int podnic_connect6(struct bpf_sock_addr *ctx)
 {
 	struct pn_addr addr;
 	__be16 port = (__be16)ctx->user_port;
+	int ret;
 
 	addr.w[0] = ctx->user_ip6[0];
 	addr.w[1] = ctx->user_ip6[1];
 	addr.w[2] = ctx->user_ip6[2];
 	addr.w[3] = ctx->user_ip6[3];
-	if (pn_sock_lb(ctx, &addr, &port, 0)) {
+	ret = pn_sock_lb(ctx, &addr, &port, 0);
+	if (ret == PN_SOCK_REFUSE)
+		return 0;
+	if (ret) {
 		ctx->user_ip6[0] = addr.w[0];
 		ctx->user_ip6[1] = addr.w[1];
 		ctx->user_ip6[2] = addr.w[2];

@@ -122,8 +122,7 @@ func TestSocketLBConnectsStraightToTheBackend(t *testing.T) {
 }
 
 // What the socket-level programs leave alone still works through tc: UDP,
-// a Service without endpoints (refused at once), and every connect() of a
-// pod that was never registered.
+// and every connect() of a pod that was never registered.
 func TestSocketLBLeavesTheRestToTC(t *testing.T) {
 	d := loadTest(t)
 	client, server := trafficPods(t, d)
@@ -141,25 +140,6 @@ func TestSocketLBLeavesTheRestToTC(t *testing.T) {
 		}
 	})
 
-	t.Run("no-endpoints", func(t *testing.T) {
-		emptyVIP := netip.MustParseAddr("10.96.0.51")
-		err := d.Maps.UpsertService(ServiceEntry{
-			Frontend: Frontend{VIP: emptyVIP, Port: simServicePort, Proto: TCP},
-			ID:       101,
-		})
-		if err != nil {
-			t.Fatal(err)
-		}
-		start := time.Now()
-		_, err = client.Dial("tcp", netip.AddrPortFrom(emptyVIP, simServicePort), simTimeout)
-		if !errors.Is(err, syscall.ECONNREFUSED) {
-			t.Fatalf("dial: %v, want connection refused", err)
-		}
-		if el := time.Since(start); el > time.Second {
-			t.Errorf("refused after %v, want at once", el)
-		}
-	})
-
 	t.Run("unregistered-pod", func(t *testing.T) {
 		// The server pod has no podnic: its connect() is not touched and
 		// the VIP means nothing there (it leaves by the default route and
@@ -172,6 +152,58 @@ func TestSocketLBLeavesTheRestToTC(t *testing.T) {
 			t.Errorf("counted socket-lb %d for an unregistered pod", got[0])
 		}
 	})
+}
+
+// A connect() to a Service without endpoints is refused at once by the
+// socket program, as kube-proxy's reject refuses it: ECONNREFUSED, and no
+// SYN for tc to answer. A VIP no Service has any more is still refused by
+// tc (a RST), which knows the Service CIDRs.
+func TestSocketLBRefusesAServiceWithoutEndpoints(t *testing.T) {
+	d := loadTest(t)
+	client, _ := trafficPods(t, d)
+	attachPod(t, d, client, ModeAuto)
+	socketLB(t, d)
+	if err := d.Maps.SetServiceCIDRs([]netip.Prefix{netip.MustParsePrefix("10.96.0.0/16"), netip.MustParsePrefix("fd00:96::/64")}); err != nil {
+		t.Fatal(err)
+	}
+	for i, tc := range []struct {
+		name      string
+		vip, gone netip.Addr
+	}{
+		{"v4", netip.MustParseAddr("10.96.0.51"), netip.MustParseAddr("10.96.0.52")},
+		{"v6", netip.MustParseAddr("fd00:96::51"), netip.MustParseAddr("fd00:96::52")},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			err := d.Maps.UpsertService(ServiceEntry{
+				Frontend: Frontend{VIP: tc.vip, Port: simServicePort, Proto: TCP},
+				ID:       uint32(101 + i),
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, c := range []struct {
+				what        string
+				vip         netip.Addr
+				socket, rst uint64
+			}{
+				{"without endpoints", tc.vip, 1, 0},
+				{"deleted", tc.gone, 0, 1},
+			} {
+				delta := verdictDelta(t, d, verdict(DirSocket, ReasonReject), verdict(DirFromPod, ReasonReject))
+				start := time.Now()
+				_, err = client.Dial("tcp", netip.AddrPortFrom(c.vip, simServicePort), simTimeout)
+				if !errors.Is(err, syscall.ECONNREFUSED) {
+					t.Fatalf("%s: dial: %v, want connection refused", c.what, err)
+				}
+				if el := time.Since(start); el > time.Second {
+					t.Errorf("%s: refused after %v, want at once", c.what, el)
+				}
+				if got := delta(); got[0] != c.socket || got[1] != c.rst {
+					t.Errorf("%s: refused at connect %d, by a RST from tc %d; want %d, %d", c.what, got[0], got[1], c.socket, c.rst)
+				}
+			}
+		})
+	}
 }
 
 // Session affinity is kept at connect(): every connection of the pod goes

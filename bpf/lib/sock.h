@@ -14,9 +14,12 @@
  * affinity is kept at connect() too: its key, the client address, is the
  * address the socket is bound to, or else the pod's own address of the
  * VIP's family (podnic_lbaddr_v1, also filled by the CNI). Everything they
- * leave alone goes on to the tc programs: UDP, Services without endpoints
- * (the tc path answers with a RST), VIPs of an address family the socket
- * cannot reach, affinity where the pod's address is not known. getpeername()
+ * leave alone goes on to the tc programs: UDP, VIPs of an address family
+ * the socket cannot reach, affinity where the pod's address is not known,
+ * a Service whose only endpoints are on other nodes under
+ * internalTrafficPolicy Local (dropped), a VIP no Service has any more (the
+ * tc path answers with a RST). A Service without endpoints is refused at
+ * connect(). getpeername()
  * answers with the Service, as it would through kube-proxy, while
  * PN_CFG_PEER_NAME is set (podnic_lbpeer_v2, below). */
 #pragma once
@@ -173,10 +176,17 @@ static __always_inline int pn_sock_client(struct bpf_sock_addr *ctx, __u64 netns
 	return !pn_addr_is_zero(client);
 }
 
+#define PN_ECONNREFUSED 111
+
 /* pn_sock_lb chooses a backend for a TCP connect() to addr:port in a pod
  * podnic serves and rewrites addr and port to it. It returns 1 when it did,
- * 0 when the connect goes on unchanged. v4 says the socket can only reach
- * IPv4 addresses. */
+ * 0 when the connect goes on unchanged, and PN_SOCK_REFUSE when it must
+ * fail with ECONNREFUSED: a Service without endpoints is refused at once,
+ * as kube-proxy's reject refuses it, and no SYN leaves the pod. (With
+ * endpoints only on other nodes under internalTrafficPolicy Local,
+ * kube-proxy drops instead; that stays with tc.) v4 says the socket can
+ * only reach IPv4 addresses. */
+#define PN_SOCK_REFUSE (-1)
 static __always_inline int pn_sock_lb(struct bpf_sock_addr *ctx, struct pn_addr *addr, __be16 *port,
 				      int v4)
 {
@@ -197,8 +207,15 @@ static __always_inline int pn_sock_lb(struct bpf_sock_addr *ctx, struct pn_addr 
 	k.proto = IPPROTO_TCP;
 	k.scope = PN_SCOPE_CLUSTER;
 	svc = bpf_map_lookup_elem(&podnic_svc_v1, &k);
-	if (!svc || svc->count == 0)
+	if (!svc)
 		goto unchanged;
+	if (svc->count == 0) {
+		if (svc->flags & PN_SVC_DROP)
+			goto unchanged;
+		bpf_set_retval(-PN_ECONNREFUSED);
+		pn_count_sock(PN_REJECT);
+		return PN_SOCK_REFUSE;
+	}
 
 	if (svc->flags & PN_SVC_AFFINITY) {
 		struct pn_addr client;
