@@ -129,7 +129,7 @@ up() {
 	show ip netns exec "$NS_CLIENT" curl -sS --max-time 3 "http://$VIP_WEB/"
 	say "Self access: the pod reaches a Service whose backend is itself"
 	show ip netns exec "$NS_CLIENT" curl -sS --max-time 3 "http://$VIP_SELF/"
-	say "A Service without backends is rejected at once (TCP RST from the NIC's egress program)"
+	say "A Service without backends is refused at once: connect() fails with ECONNREFUSED, as through kube-proxy, and no packet leaves the pod"
 	show ip netns exec "$NS_CLIENT" curl -sS --max-time 3 "http://$VIP_NONE/" || true
 	say "Session affinity is kept per client address at connect() too: the pod's address keys it, as kube-proxy's does"
 	show ip netns exec "$NS_CLIENT" curl -sS --max-time 3 "http://$VIP_AFF/"
