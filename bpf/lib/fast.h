@@ -119,6 +119,14 @@ static __always_inline __u32 pn_live_proto(__u8 proto)
 	return proto == IPPROTO_TCP ? 0 : 1;
 }
 
+/* pn_live_slot returns the podnic_live_v1 slot of ifindex. */
+static __always_inline struct pn_live *pn_live_slot(__u32 ifindex)
+{
+	__u32 slot = ifindex % PN_LIVE_SLOTS;
+
+	return bpf_map_lookup_elem(&podnic_live_v1, &slot);
+}
+
 /* pn_live_time returns when the last tc-translated flow of proto whose
  * replies arrive on ifindex can expire: 0 when there never was one (the
  * common case of a pod whose connections are all balanced at the socket,
@@ -126,8 +134,7 @@ static __always_inline __u32 pn_live_proto(__u8 proto)
  * be read. */
 static __always_inline __u64 pn_live_time(__u32 ifindex, __u8 proto)
 {
-	__u32 slot = ifindex % PN_LIVE_SLOTS;
-	struct pn_live *l = bpf_map_lookup_elem(&podnic_live_v1, &slot);
+	struct pn_live *l = pn_live_slot(ifindex);
 
 	return l ? l->until[pn_live_proto(proto) & 1] : ~0ULL;
 }
@@ -137,8 +144,7 @@ static __always_inline __u64 pn_live_time(__u32 ifindex, __u8 proto)
  * clock only while some such flow was seen. */
 static __always_inline int pn_nothing_alive(__u32 ifindex)
 {
-	__u32 slot = ifindex % PN_LIVE_SLOTS;
-	struct pn_live *l = bpf_map_lookup_elem(&podnic_live_v1, &slot);
+	struct pn_live *l = pn_live_slot(ifindex);
 	__u64 until;
 
 	if (!l)
@@ -161,8 +167,7 @@ static __always_inline int pn_cfg_flag(__u32 flag)
  * later one; it happens about once a second at most. */
 static __always_inline void pn_live_until(__u32 ifindex, __u8 proto, __u64 expires)
 {
-	__u32 slot = ifindex % PN_LIVE_SLOTS;
-	struct pn_live *l = bpf_map_lookup_elem(&podnic_live_v1, &slot);
+	struct pn_live *l = pn_live_slot(ifindex);
 	__u32 i = pn_live_proto(proto) & 1;
 	__u64 cur;
 
