@@ -25,6 +25,10 @@ const (
 	ProgConnect6 = "podnic_connect6"
 	ProgGetPeer4 = "podnic_getpeer4"
 	ProgGetPeer6 = "podnic_getpeer6"
+	ProgSendmsg4 = "podnic_sendmsg4"
+	ProgSendmsg6 = "podnic_sendmsg6"
+	ProgRecvmsg4 = "podnic_recvmsg4"
+	ProgRecvmsg6 = "podnic_recvmsg6"
 )
 
 // ErrNotLoaded means the datapath has not been loaded and pinned yet.
@@ -54,6 +58,11 @@ type Maps struct {
 	// Frags holds, per datagram, the translation its first IP fragment
 	// got, for its later fragments (lib/frag.h).
 	Frags *ebpf.Map
+	// UDPSockets keeps, per UDP socket balanced at the socket, the
+	// backend of each Service it sends to and the Service of each backend
+	// (lib/sock.h, "UDP at the socket"). Like LBAddrs, it may be missing
+	// under a datapath loaded by an older build.
+	UDPSockets *ebpf.Map
 	// Config holds the Service CIDRs of the egress fast path; Live, per
 	// protocol, when the last tc-translated flow can expire (lib/fast.h).
 	Config *ebpf.Map
@@ -70,6 +79,10 @@ type Programs struct {
 	Connect6 *ebpf.Program
 	GetPeer4 *ebpf.Program
 	GetPeer6 *ebpf.Program
+	Sendmsg4 *ebpf.Program
+	Sendmsg6 *ebpf.Program
+	Recvmsg4 *ebpf.Program
+	Recvmsg6 *ebpf.Program
 }
 
 // Datapath is a loaded (or opened) podnic object.
@@ -146,6 +159,7 @@ func Load(root string) (*Datapath, error) {
 			LBPeers:      objs.PodnicLbpeerV2,
 			LBAddrs:      objs.PodnicLbaddrV1,
 			Frags:        objs.PodnicFragV1,
+			UDPSockets:   objs.PodnicUdpskV1,
 			Config:       objs.PodnicCfgV1,
 			Live:         objs.PodnicLiveV1,
 		},
@@ -157,6 +171,10 @@ func Load(root string) (*Datapath, error) {
 			Connect6: objs.PodnicConnect6,
 			GetPeer4: objs.PodnicGetpeer4,
 			GetPeer6: objs.PodnicGetpeer6,
+			Sendmsg4: objs.PodnicSendmsg4,
+			Sendmsg6: objs.PodnicSendmsg6,
+			Recvmsg4: objs.PodnicRecvmsg4,
+			Recvmsg6: objs.PodnicRecvmsg6,
 		},
 	}
 	// Replies of flows tracked before this load (an upgrade) must still
@@ -202,6 +220,9 @@ func OpenPinned(root string) (*Datapath, error) {
 	}
 	for name, dst := range d.programSlots() {
 		p, err := ebpf.LoadPinnedProgram(filepath.Join(progsDir(root), name), nil)
+		if errors.Is(err, os.ErrNotExist) && optionalPrograms[name] {
+			continue
+		}
 		if err != nil {
 			d.Close()
 			return nil, notLoaded(fmt.Errorf("opening pinned program %s: %w", name, err))
@@ -221,7 +242,11 @@ func notLoaded(err error) error {
 // optionalMaps may be missing under a root pinned by an older build, which
 // OpenPinned then leaves nil: a CNI plugin updated before the agent still
 // attaches pods.
-var optionalMaps = map[string]bool{"podnic_lbaddr_v1": true, "podnic_frag_v1": true}
+var optionalMaps = map[string]bool{"podnic_lbaddr_v1": true, "podnic_frag_v1": true, "podnic_udpsk_v1": true}
+
+// optionalPrograms may likewise be missing under a root an older build
+// pinned; OpenPinned leaves them nil.
+var optionalPrograms = map[string]bool{ProgSendmsg4: true, ProgSendmsg6: true, ProgRecvmsg4: true, ProgRecvmsg6: true}
 
 // mapSlots names every map of the datapath with where it is kept.
 func (d *Datapath) mapSlots() map[string]**ebpf.Map {
@@ -238,6 +263,7 @@ func (d *Datapath) mapSlots() map[string]**ebpf.Map {
 		"podnic_lbpeer_v2": &d.Maps.LBPeers,
 		"podnic_lbaddr_v1": &d.Maps.LBAddrs,
 		"podnic_frag_v1":   &d.Maps.Frags,
+		"podnic_udpsk_v1":  &d.Maps.UDPSockets,
 		"podnic_cfg_v1":    &d.Maps.Config,
 		"podnic_live_v1":   &d.Maps.Live,
 	}
@@ -253,6 +279,10 @@ func (d *Datapath) programSlots() map[string]**ebpf.Program {
 		ProgConnect6: &d.Programs.Connect6,
 		ProgGetPeer4: &d.Programs.GetPeer4,
 		ProgGetPeer6: &d.Programs.GetPeer6,
+		ProgSendmsg4: &d.Programs.Sendmsg4,
+		ProgSendmsg6: &d.Programs.Sendmsg6,
+		ProgRecvmsg4: &d.Programs.Recvmsg4,
+		ProgRecvmsg6: &d.Programs.Recvmsg6,
 	}
 }
 

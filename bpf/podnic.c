@@ -8,8 +8,9 @@
  *                    conntrack, reject, self-access redirect to lo.
  *   podnic_to_pod    NIC ingress: reverse DNAT of replies and ICMP errors.
  *   podnic_lo_out    lo egress: reverse DNAT of self-access replies.
- *   podnic_connect4/6, podnic_getpeer4/6
- *                    cgroup v2 root: TCP connect() to a Service goes
+ *   podnic_connect4/6, podnic_getpeer4/6, podnic_sendmsg4/6,
+ *   podnic_recvmsg4/6
+ *                    cgroup v2 root: TCP and UDP to a Service go
  *                    straight to a backend (lib/sock.h).
  *
  * Each entry is a short dispatcher with one exit that counts the verdict,
@@ -75,6 +76,17 @@ static __always_inline int pn_redirect_self(struct __sk_buff *skb)
 	return bpf_redirect(LOOPBACK_IFINDEX, BPF_F_INGRESS);
 }
 
+/* A datagram a pod sent to a backend's own address (a UDP socket balanced
+ * at the socket whose backend left) and that now goes to another backend:
+ * its frame is addressed to the old backend's MAC where the pods share a
+ * subnet, so the kernel looks the next hop up again for the new address
+ * and sends it from the same device. The frame passes this device's
+ * egress program once more, as any packet to a pod. */
+static __always_inline int pn_redirect_neigh(struct __sk_buff *skb)
+{
+	return bpf_redirect_neigh(skb->ifindex, NULL, 0, 0);
+}
+
 /* pn_live_flow keeps the reply fast path looking up a flow's replies: on
  * this NIC, and on lo for self access. */
 static __always_inline void pn_live_flow(struct __sk_buff *skb, __u8 proto, __u64 expires,
@@ -113,10 +125,12 @@ static __always_inline int pn_from_pod(struct __sk_buff *skb, struct pn_pkt *p, 
 	struct pn_svc_val *svc;
 	struct pn_backend *be;
 	struct pn_ct_key fk;
+	struct pn_addr stale_svc;
+	__be16 stale_port = 0;
 	__u32 backend_id;
 	__u64 now;
 	__u8 flags;
-	int outside, ret;
+	int outside, ret, stale = 0;
 
 	switch (pn_parse(skb, p)) {
 	case PN_PARSE_OK:
@@ -142,13 +156,31 @@ static __always_inline int pn_from_pod(struct __sk_buff *skb, struct pn_pkt *p, 
 			return self ? pn_redirect_self(skb) : TC_ACT_UNSPEC;
 		}
 	}
+	/* A UDP socket balanced at the socket whose backend left: its
+	 * datagrams move to another backend of its Service here (lib/sock.h,
+	 * "UDP at the socket"). */
+	if (p->proto == IPPROTO_UDP && !p->frag_later) {
+		struct pn_udp_val *r =
+			pn_udp_reverse(bpf_get_socket_cookie(skb), &p->daddr, p->dport);
+
+		if (r) {
+			__u32 id = r->backend_id;
+
+			if (!bpf_map_lookup_elem(&podnic_be_v1, &id)) {
+				stale = 1;
+				stale_svc = r->addr;
+				stale_port = r->port;
+			}
+		}
+	}
 	/* Not for any Service: pod-to-pod traffic, socket-balanced flows.
 	 * Outside the Service CIDRs only an external VIP (externalIPs,
 	 * LoadBalancer ingress) is translated, as kube-proxy translates a
 	 * pod's traffic to one; anything else to such an address, another
-	 * port, ICMP, a fragment, goes on untouched. */
+	 * port, ICMP, goes on untouched. A later fragment is looked up
+	 * below: its first may have been translated (a stale socket's). */
 	outside = pn_outside_service_cidrs(&p->daddr);
-	if (outside && !(pn_cfg_flag(PN_CFG_EXTERNAL) && pn_is_vip(p)))
+	if (!stale && outside && !p->frag_later && !(pn_cfg_flag(PN_CFG_EXTERNAL) && pn_is_vip(p)))
 		return pn_pass(skb, p);
 	if (p->proto != IPPROTO_TCP && p->proto != IPPROTO_UDP) {
 		if (outside || !pn_is_vip(p))
@@ -181,7 +213,7 @@ static __always_inline int pn_from_pod(struct __sk_buff *skb, struct pn_pkt *p, 
 			return pn_redirect_self(skb);
 		}
 		*reason = PN_DNAT_CT;
-		return TC_ACT_UNSPEC;
+		return fflags & PN_CT_NEIGH ? pn_redirect_neigh(skb) : TC_ACT_UNSPEC;
 	}
 
 	pn_ct_key_of(&fk, p, PN_CT_FORWARD);
@@ -201,10 +233,24 @@ static __always_inline int pn_from_pod(struct __sk_buff *skb, struct pn_pkt *p, 
 			return pn_redirect_self(skb);
 		}
 		*reason = PN_DNAT_CT;
-		return TC_ACT_UNSPEC;
+		return fe->flags & PN_CT_NEIGH ? pn_redirect_neigh(skb) : TC_ACT_UNSPEC;
 	}
 
-	svc = pn_svc_lookup(p, p->dport, p->proto);
+	if (stale) {
+		struct pn_svc_key k = {
+			.addr = stale_svc,
+			.port = stale_port,
+			.proto = IPPROTO_UDP,
+			.scope = PN_SCOPE_CLUSTER,
+		};
+
+		/* The Service is gone too: refused, from the old backend. */
+		svc = bpf_map_lookup_elem(&podnic_svc_v1, &k);
+		if (!svc)
+			return pn_reject(skb, p, reason);
+	} else {
+		svc = pn_svc_lookup(p, p->dport, p->proto);
+	}
 	if (!svc) {
 		if (outside)
 			return pn_pass(skb, p);
@@ -231,6 +277,8 @@ static __always_inline int pn_from_pod(struct __sk_buff *skb, struct pn_pkt *p, 
 		return TC_ACT_SHOT;
 	}
 	flags = pn_addr_eq(&be->addr, &p->saddr) ? PN_CT_SELF : 0;
+	if (stale)
+		flags |= PN_CT_NEIGH;
 	if (pn_ct_create(&fk, fe, be, svc->id, backend_id, flags, p->tcp_flags, now) < 0) {
 		*reason = PN_DROP_CT_CREATE;
 		return TC_ACT_SHOT;
@@ -254,7 +302,7 @@ static __always_inline int pn_from_pod(struct __sk_buff *skb, struct pn_pkt *p, 
 		return pn_redirect_self(skb);
 	}
 	*reason = PN_DNAT_NEW;
-	return TC_ACT_UNSPEC;
+	return stale ? pn_redirect_neigh(skb) : TC_ACT_UNSPEC;
 }
 
 /* pn_to_pod reverse-translates replies arriving at the pod, on the NIC or,
@@ -454,6 +502,77 @@ int podnic_getpeer6(struct bpf_sock_addr *ctx)
 		ctx->user_ip6[2] = svc.w[2];
 		ctx->user_ip6[3] = svc.w[3];
 		ctx->user_port = svc_port;
+	}
+	return 1;
+}
+
+/* UDP at the socket (lib/sock.h): a datagram an unconnected socket sends
+ * to a Service goes to a backend, and a reply's source is named as the
+ * Service again, for connected sockets too. */
+SEC("cgroup/sendmsg4")
+int podnic_sendmsg4(struct bpf_sock_addr *ctx)
+{
+	struct pn_addr addr;
+	__be16 port = (__be16)ctx->user_port;
+
+	pn_addr_v4(&addr, ctx->user_ip4);
+	if (pn_sock_sendmsg(ctx, &addr, &port, 1)) {
+		ctx->user_ip4 = addr.w[3];
+		ctx->user_port = port;
+	}
+	return 1;
+}
+
+SEC("cgroup/sendmsg6")
+int podnic_sendmsg6(struct bpf_sock_addr *ctx)
+{
+	struct pn_addr addr;
+	__be16 port = (__be16)ctx->user_port;
+
+	addr.w[0] = ctx->user_ip6[0];
+	addr.w[1] = ctx->user_ip6[1];
+	addr.w[2] = ctx->user_ip6[2];
+	addr.w[3] = ctx->user_ip6[3];
+	if (pn_sock_sendmsg(ctx, &addr, &port, 0)) {
+		ctx->user_ip6[0] = addr.w[0];
+		ctx->user_ip6[1] = addr.w[1];
+		ctx->user_ip6[2] = addr.w[2];
+		ctx->user_ip6[3] = addr.w[3];
+		ctx->user_port = port;
+	}
+	return 1;
+}
+
+SEC("cgroup/recvmsg4")
+int podnic_recvmsg4(struct bpf_sock_addr *ctx)
+{
+	struct pn_addr from;
+	__be16 port = (__be16)ctx->user_port;
+
+	pn_addr_v4(&from, ctx->user_ip4);
+	if (pn_sock_recvmsg(ctx, &from, &port) && pn_addr_is_v4(&from)) {
+		ctx->user_ip4 = from.w[3];
+		ctx->user_port = port;
+	}
+	return 1;
+}
+
+SEC("cgroup/recvmsg6")
+int podnic_recvmsg6(struct bpf_sock_addr *ctx)
+{
+	struct pn_addr from;
+	__be16 port = (__be16)ctx->user_port;
+
+	from.w[0] = ctx->user_ip6[0];
+	from.w[1] = ctx->user_ip6[1];
+	from.w[2] = ctx->user_ip6[2];
+	from.w[3] = ctx->user_ip6[3];
+	if (pn_sock_recvmsg(ctx, &from, &port)) {
+		ctx->user_ip6[0] = from.w[0];
+		ctx->user_ip6[1] = from.w[1];
+		ctx->user_ip6[2] = from.w[2];
+		ctx->user_ip6[3] = from.w[3];
+		ctx->user_port = port;
 	}
 	return 1;
 }

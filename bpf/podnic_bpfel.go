@@ -108,6 +108,7 @@ const (
 	podnicPnCtFlagsPN_CT_SELF        podnicPnCtFlags = 1
 	podnicPnCtFlagsPN_CT_ESTABLISHED podnicPnCtFlags = 2
 	podnicPnCtFlagsPN_CT_CLOSING     podnicPnCtFlags = 4
+	podnicPnCtFlagsPN_CT_NEIGH       podnicPnCtFlags = 8
 )
 
 type podnicPnCtKey struct {
@@ -257,6 +258,30 @@ type podnicPnSvcVal struct {
 	AffinityTimeout uint32
 }
 
+type podnicPnUdpKey struct {
+	_      structs.HostLayout
+	Cookie uint64
+	Addr   struct {
+		_ structs.HostLayout
+		W [4]uint32
+	}
+	Port uint16
+	Dir  uint8
+	Pad  [5]uint8
+}
+
+type podnicPnUdpVal struct {
+	_    structs.HostLayout
+	Addr struct {
+		_ structs.HostLayout
+		W [4]uint32
+	}
+	Port      uint16
+	Pad       uint16
+	BackendId uint32
+	LastUsed  uint64
+}
+
 // Names of all BPF objects in the ELF.
 //
 // Used for safe lookups in a Collection or CollectionSpec.
@@ -275,12 +300,17 @@ const (
 	podnicMapPodnicLiveV1     = "podnic_live_v1"
 	podnicMapPodnicSlotV1     = "podnic_slot_v1"
 	podnicMapPodnicSvcV1      = "podnic_svc_v1"
+	podnicMapPodnicUdpskV1    = "podnic_udpsk_v1"
 	podnicProgPodnicConnect4  = "podnic_connect4"
 	podnicProgPodnicConnect6  = "podnic_connect6"
 	podnicProgPodnicFromPod   = "podnic_from_pod"
 	podnicProgPodnicGetpeer4  = "podnic_getpeer4"
 	podnicProgPodnicGetpeer6  = "podnic_getpeer6"
 	podnicProgPodnicLoOut     = "podnic_lo_out"
+	podnicProgPodnicRecvmsg4  = "podnic_recvmsg4"
+	podnicProgPodnicRecvmsg6  = "podnic_recvmsg6"
+	podnicProgPodnicSendmsg4  = "podnic_sendmsg4"
+	podnicProgPodnicSendmsg6  = "podnic_sendmsg6"
 	podnicProgPodnicToPod     = "podnic_to_pod"
 	podnicVarPnUnusedCfgFlags = "pn_unused_cfg_flags"
 	podnicVarPnUnusedCtDir    = "pn_unused_ct_dir"
@@ -341,6 +371,10 @@ type podnicProgramSpecs struct {
 	PodnicGetpeer4 *ebpf.ProgramSpec `ebpf:"podnic_getpeer4"`
 	PodnicGetpeer6 *ebpf.ProgramSpec `ebpf:"podnic_getpeer6"`
 	PodnicLoOut    *ebpf.ProgramSpec `ebpf:"podnic_lo_out"`
+	PodnicRecvmsg4 *ebpf.ProgramSpec `ebpf:"podnic_recvmsg4"`
+	PodnicRecvmsg6 *ebpf.ProgramSpec `ebpf:"podnic_recvmsg6"`
+	PodnicSendmsg4 *ebpf.ProgramSpec `ebpf:"podnic_sendmsg4"`
+	PodnicSendmsg6 *ebpf.ProgramSpec `ebpf:"podnic_sendmsg6"`
 	PodnicToPod    *ebpf.ProgramSpec `ebpf:"podnic_to_pod"`
 }
 
@@ -362,6 +396,7 @@ type podnicMapSpecs struct {
 	PodnicLiveV1   *ebpf.MapSpec `ebpf:"podnic_live_v1"`
 	PodnicSlotV1   *ebpf.MapSpec `ebpf:"podnic_slot_v1"`
 	PodnicSvcV1    *ebpf.MapSpec `ebpf:"podnic_svc_v1"`
+	PodnicUdpskV1  *ebpf.MapSpec `ebpf:"podnic_udpsk_v1"`
 }
 
 // podnicVariableSpecs contains global variables before they are loaded into the kernel.
@@ -413,6 +448,7 @@ type podnicMaps struct {
 	PodnicLiveV1   *ebpf.Map `ebpf:"podnic_live_v1"`
 	PodnicSlotV1   *ebpf.Map `ebpf:"podnic_slot_v1"`
 	PodnicSvcV1    *ebpf.Map `ebpf:"podnic_svc_v1"`
+	PodnicUdpskV1  *ebpf.Map `ebpf:"podnic_udpsk_v1"`
 }
 
 func (m *podnicMaps) Close() error {
@@ -431,6 +467,7 @@ func (m *podnicMaps) Close() error {
 		m.PodnicLiveV1,
 		m.PodnicSlotV1,
 		m.PodnicSvcV1,
+		m.PodnicUdpskV1,
 	)
 }
 
@@ -459,6 +496,10 @@ type podnicPrograms struct {
 	PodnicGetpeer4 *ebpf.Program `ebpf:"podnic_getpeer4"`
 	PodnicGetpeer6 *ebpf.Program `ebpf:"podnic_getpeer6"`
 	PodnicLoOut    *ebpf.Program `ebpf:"podnic_lo_out"`
+	PodnicRecvmsg4 *ebpf.Program `ebpf:"podnic_recvmsg4"`
+	PodnicRecvmsg6 *ebpf.Program `ebpf:"podnic_recvmsg6"`
+	PodnicSendmsg4 *ebpf.Program `ebpf:"podnic_sendmsg4"`
+	PodnicSendmsg6 *ebpf.Program `ebpf:"podnic_sendmsg6"`
 	PodnicToPod    *ebpf.Program `ebpf:"podnic_to_pod"`
 }
 
@@ -470,6 +511,10 @@ func (p *podnicPrograms) Close() error {
 		p.PodnicGetpeer4,
 		p.PodnicGetpeer6,
 		p.PodnicLoOut,
+		p.PodnicRecvmsg4,
+		p.PodnicRecvmsg6,
+		p.PodnicSendmsg4,
+		p.PodnicSendmsg6,
 		p.PodnicToPod,
 	)
 }

@@ -17,8 +17,10 @@ import (
 )
 
 // Socket-level load balancing (lib/sock.h): programs on the node's cgroup
-// v2 root turn a TCP connect() to a Service into a connect() to a backend,
-// in the network namespaces AttachPod registers. They are node-wide, so
+// v2 root turn a TCP or UDP connect() to a Service into a connect() to a
+// backend, and a UDP datagram to a Service into one to a backend (naming
+// the Service as the source of its replies), in the network namespaces
+// AttachPod registers. They are node-wide, so
 // they are attached once (by the agent), as pinned links:
 //
 //	<root>/cgroup/<program>   the pinned cgroup link
@@ -46,6 +48,10 @@ func (d *Datapath) socketLBHooks() []struct {
 		{ProgConnect6, d.Programs.Connect6, ebpf.AttachCGroupInet6Connect},
 		{ProgGetPeer4, d.Programs.GetPeer4, ebpf.AttachCgroupInet4GetPeername},
 		{ProgGetPeer6, d.Programs.GetPeer6, ebpf.AttachCgroupInet6GetPeername},
+		{ProgSendmsg4, d.Programs.Sendmsg4, ebpf.AttachCGroupUDP4Sendmsg},
+		{ProgSendmsg6, d.Programs.Sendmsg6, ebpf.AttachCGroupUDP6Sendmsg},
+		{ProgRecvmsg4, d.Programs.Recvmsg4, ebpf.AttachCGroupUDP4Recvmsg},
+		{ProgRecvmsg6, d.Programs.Recvmsg6, ebpf.AttachCGroupUDP6Recvmsg},
 	}
 }
 

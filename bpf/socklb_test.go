@@ -121,8 +121,10 @@ func TestSocketLBConnectsStraightToTheBackend(t *testing.T) {
 	}
 }
 
-// What the socket-level programs leave alone still works through tc: UDP,
-// and every connect() of a pod that was never registered.
+// What the socket-level programs leave alone still works through tc: UDP
+// to a Service without endpoints (tc answers the datagram with an ICMP
+// error: connect() of a UDP socket sends nothing to refuse), and every
+// connect() of a pod that was never registered.
 func TestSocketLBLeavesTheRestToTC(t *testing.T) {
 	d := loadTest(t)
 	client, server := trafficPods(t, d)
@@ -130,13 +132,21 @@ func TestSocketLBLeavesTheRestToTC(t *testing.T) {
 	socketLB(t, d)
 
 	vip4 := netip.AddrPortFrom(simVIPv4, simServicePort)
-	t.Run("udp", func(t *testing.T) {
-		delta := verdictDelta(t, d, verdict(DirSocket, ReasonSocketLB), verdict(DirFromPod, ReasonDNATNew))
-		if got, err := client.UDPEcho(vip4, "ping", simTimeout); err != nil || got != "server ping" {
-			t.Fatalf("answer %q, %v", got, err)
+	t.Run("udp-without-endpoints", func(t *testing.T) {
+		empty := netip.AddrPortFrom(netip.MustParseAddr("10.96.0.61"), simServicePort)
+		err := d.Maps.UpsertService(ServiceEntry{
+			Frontend: Frontend{VIP: empty.Addr(), Port: empty.Port(), Proto: UDP},
+			ID:       61,
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		delta := verdictDelta(t, d, verdict(DirSocket, ReasonSocketLB), verdict(DirFromPod, ReasonReject))
+		if _, err := client.UDPEcho(empty, "ping", simTimeout); !errors.Is(err, syscall.ECONNREFUSED) {
+			t.Fatalf("got %v, want connection refused", err)
 		}
 		if got := delta(); got[0] != 0 || got[1] != 1 {
-			t.Errorf("counted socket-lb %d, tc dnat-new %d; want 0, 1", got[0], got[1])
+			t.Errorf("counted socket-lb %d, tc reject %d; want 0, 1", got[0], got[1])
 		}
 	})
 
@@ -334,7 +344,7 @@ func TestSocketLBRegistrationFollowsThePod(t *testing.T) {
 		t.Fatal(err)
 	}
 	sort.Strings(names)
-	want := []string{ProgConnect4, ProgConnect6, ProgGetPeer4, ProgGetPeer6}
+	want := []string{ProgConnect4, ProgConnect6, ProgGetPeer4, ProgGetPeer6, ProgRecvmsg4, ProgRecvmsg6, ProgSendmsg4, ProgSendmsg6}
 	if len(names) != len(want) {
 		t.Fatalf("socket LB links %q, want %q", names, want)
 	}

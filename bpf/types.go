@@ -136,6 +136,9 @@ const (
 	CTSelf        = uint8(podnicPnCtFlagsPN_CT_SELF)
 	CTEstablished = uint8(podnicPnCtFlagsPN_CT_ESTABLISHED)
 	CTClosing     = uint8(podnicPnCtFlagsPN_CT_CLOSING)
+	// CTNeigh marks a flow a pod sent to a backend's own address (a UDP
+	// socket whose backend left), moved to another backend.
+	CTNeigh = uint8(podnicPnCtFlagsPN_CT_NEIGH)
 )
 
 // CTKey is the key of the conntrack map.

@@ -133,7 +133,12 @@ up() {
 	show ip netns exec "$NS_CLIENT" curl -sS --max-time 3 "http://$VIP_NONE/" || true
 	say "Session affinity is kept per client address at connect() too: the pod's address keys it, as kube-proxy's does"
 	show ip netns exec "$NS_CLIENT" curl -sS --max-time 3 "http://$VIP_AFF/"
-	say "UDP is translated packet by packet by the NIC's programs, and its replies back to the ClusterIP"
+	say "UDP too: a datagram to the ClusterIP goes straight to a backend, and the answer is named as the ClusterIP"
+	show ip netns exec "$NS_CLIENT" "$BIN/podnic-get" -udp "$VIP_WEB:80"
+
+	say "Without socket balancing (podnic-agent --socket-lb=false) the NIC's programs translate every packet, and the replies back to the ClusterIP"
+	show "${CTL[@]}" load --cgroup-root "$CGROUP" --socket-lb=false ${PODNIC_DEMO_LOAD_FLAGS:-}
+	show ip netns exec "$NS_CLIENT" curl -sS --max-time 3 "http://$VIP_WEB/"
 	show ip netns exec "$NS_CLIENT" "$BIN/podnic-get" -udp "$VIP_WEB:80"
 
 	say "Connections tc translated (socket-balanced ones need no tracking), and every verdict"

@@ -123,6 +123,7 @@ enum pn_ct_flags {
 	PN_CT_SELF = 1 << 0,	    /* backend is the client itself */
 	PN_CT_ESTABLISHED = 1 << 1, /* TCP handshake completed */
 	PN_CT_CLOSING = 1 << 2,	    /* TCP FIN or RST seen */
+	PN_CT_NEIGH = 1 << 3,	    /* sent to a pod, not a VIP: next hop looked up */
 };
 
 /* A conntrack entry. Forward entries hold the backend; reply entries hold
@@ -181,6 +182,7 @@ struct pn_event {
 #define PN_CIDR_MAX	 64
 #define PN_LB_NETNS_MAX	 16384
 #define PN_LB_PEER_SLOTS 262144 /* a power of two */
+#define PN_UDP_SK_MAX	 65536
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);

@@ -34,7 +34,7 @@ struct pn_frag_key {
 struct pn_frag_val {
 	struct pn_addr addr; /* the address the later fragments get */
 	__u64 expires;	     /* CLOCK_MONOTONIC ns */
-	__u8 flags;	     /* PN_CT_SELF: redirected to lo */
+	__u8 flags;	     /* PN_CT_SELF: to lo; PN_CT_NEIGH: next hop again */
 	__u8 pad[7];
 };
 

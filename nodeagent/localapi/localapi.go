@@ -108,8 +108,8 @@ type CTRow struct {
 	ServiceID uint32 `json:"serviceID"`
 }
 
-// MapFill reports entries and capacity of the Service, conntrack and
-// affinity maps; known holds counts already known, by map name.
+// MapFill reports entries and capacity of the Service, conntrack,
+// affinity and socket maps; known holds counts already known, by map name.
 func MapFill(d *bpf.Datapath, known map[string]int) []MapInfo {
 	var out []MapInfo
 	for _, m := range []struct {
@@ -118,8 +118,11 @@ func MapFill(d *bpf.Datapath, known map[string]int) []MapInfo {
 	}{
 		{"podnic_svc_v1", d.Maps.Services}, {"podnic_slot_v1", d.Maps.Slots}, {"podnic_be_v1", d.Maps.Backends},
 		{"podnic_ct_v1", d.Maps.Conntrack}, {"podnic_aff_v1", d.Maps.Affinity},
-		{"podnic_lbns_v1", d.Maps.LBNetns},
+		{"podnic_lbns_v1", d.Maps.LBNetns}, {"podnic_udpsk_v1", d.Maps.UDPSockets},
 	} {
+		if m.m == nil {
+			continue // an older build's datapath, without it
+		}
 		n, ok := known[m.name]
 		if !ok {
 			n = CountEntries(m.m)
@@ -151,7 +154,12 @@ func Programs(d *bpf.Datapath) []Program {
 		bpf.ProgFromPod: d.Programs.FromPod, bpf.ProgToPod: d.Programs.ToPod, bpf.ProgLoOut: d.Programs.LoOut,
 		bpf.ProgConnect4: d.Programs.Connect4, bpf.ProgConnect6: d.Programs.Connect6,
 		bpf.ProgGetPeer4: d.Programs.GetPeer4, bpf.ProgGetPeer6: d.Programs.GetPeer6,
+		bpf.ProgSendmsg4: d.Programs.Sendmsg4, bpf.ProgSendmsg6: d.Programs.Sendmsg6,
+		bpf.ProgRecvmsg4: d.Programs.Recvmsg4, bpf.ProgRecvmsg6: d.Programs.Recvmsg6,
 	} {
+		if p == nil {
+			continue // an older build's datapath, without it
+		}
 		pr := Program{Name: name}
 		if info, err := p.Info(); err == nil {
 			pr.Tag = info.Tag
@@ -169,8 +177,8 @@ func Programs(d *bpf.Datapath) []Program {
 func KubeProxyReplacement() []Feature {
 	return []Feature{
 		{"ClusterIP", "enabled", "TCP, UDP; IPv4, IPv6; every ClusterIP of dual-stack Services"},
-		{"SocketLB", "enabled", "TCP connect() balanced at the socket where the agent attached it (--socket-lb)"},
-		{"SessionAffinity", "enabled", "ClientIP with timeout; TCP kept at connect(), UDP by tc"},
+		{"SocketLB", "enabled", "TCP connect(), UDP connect() and datagrams balanced at the socket where the agent attached it (--socket-lb)"},
+		{"SessionAffinity", "enabled", "ClientIP with timeout; kept at the socket, by tc where the pod's address is not known"},
 		{"InternalTrafficPolicy", "enabled", "Local: only this node's endpoints"},
 		{"TopologyAwareRouting", "enabled", "hints: PreferSameNode, PreferSameZone"},
 		{"TerminatingEndpoints", "enabled", "serving-terminating fallback"},
@@ -251,6 +259,9 @@ func ctState(p bpf.Proto, flags uint8) string {
 	}
 	if flags&bpf.CTSelf != 0 {
 		s = append(s, "self")
+	}
+	if flags&bpf.CTNeigh != 0 {
+		s = append(s, "moved")
 	}
 	return strings.Join(s, ",")
 }

@@ -77,7 +77,7 @@ func parseFlags(args []string) (config, error) {
 	fs.DurationVar(&c.resync, "informer-resync", 0, "informer resync period; 0: none")
 	fs.StringVar(&c.logLevel, "log-level", "info", "debug, info, warn or error")
 	fs.StringVar(&c.logFormat, "log-format", "text", "text or json")
-	fs.BoolVar(&c.socketLB, "socket-lb", true, "balance TCP connect() of podnic's pods at the socket (programs on the node's cgroup v2 root); off: tc translates every packet")
+	fs.BoolVar(&c.socketLB, "socket-lb", true, "balance TCP and UDP of podnic's pods to Services at the socket (programs on the node's cgroup v2 root); off: tc translates every packet")
 	fs.BoolVar(&c.socketLBPeer, "socket-lb-peer-name", true, "getpeername() of a balanced socket names the Service, as through kube-proxy (costs about 0.25 µs of CPU per connection)")
 	fs.StringVar(&c.cgroupRoot, "cgroup-root", "", "cgroup v2 directory for --socket-lb; empty: the node's cgroup v2 mount, mounted at "+bpf.CgroupMount+" if there is none")
 	fs.StringVar(&c.serviceCIDRs, "service-cidr", "", "the cluster's Service CIDRs, comma-separated (kube-apiserver's --service-cluster-ip-range); traffic to an address in them that no Service has is rejected at once")

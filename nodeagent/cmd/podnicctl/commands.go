@@ -60,7 +60,7 @@ func open(g globals) (*bpf.Datapath, error) {
 
 func cmdLoad(g globals, args []string) error {
 	fs := newFlags("load")
-	socketLB := fs.Bool("socket-lb", true, "balance TCP connect() at the socket (programs on the node's cgroup v2 root)")
+	socketLB := fs.Bool("socket-lb", true, "balance TCP and UDP to Services at the socket (programs on the node's cgroup v2 root)")
 	peerName := fs.Bool("socket-lb-peer-name", true, "getpeername() of a balanced socket names the Service, as through kube-proxy (about 0.25 µs of CPU per connection)")
 	cgroup := fs.String("cgroup-root", "", "cgroup v2 directory for --socket-lb; empty: the node's cgroup v2 mount, mounted at "+bpf.CgroupMount+" if there is none")
 	if err := parseNoArgs(fs, args); err != nil {
