@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"sort"
 	"strings"
 
@@ -74,6 +75,38 @@ func ParseMode(s string) (Mode, error) {
 		return m, nil
 	}
 	return "", fmt.Errorf("parsing attach mode %q: want %q, %q or %q", s, ModeAuto, ModeTCX, ModeLegacy)
+}
+
+// ServicePath is how a pod's Service traffic is served.
+type ServicePath string
+
+// Service paths.
+const (
+	// PathFull balances TCP and UDP at the socket where the node has the
+	// socket-level programs, and attaches the tc programs to the pod's
+	// NIC both ways and to its lo for the rest: every kube-proxy
+	// behaviour, including moving a connected UDP socket off a backend
+	// that left.
+	PathFull ServicePath = "full"
+	// PathSocket serves Service traffic at the socket only. The NIC gets
+	// podnic_guard on egress, which refuses what the socket programs left
+	// (a RST or an ICMP port unreachable); no program sees the pod's
+	// incoming packets. A connected UDP socket whose backend left is
+	// refused (ECONNREFUSED) instead of moved. It needs the socket-level
+	// programs attached on the node (podnic-agent --socket-lb).
+	PathSocket ServicePath = "socket"
+)
+
+// ParseServicePath turns a configured path into a ServicePath; empty is
+// PathFull.
+func ParseServicePath(s string) (ServicePath, error) {
+	switch p := ServicePath(s); p {
+	case "":
+		return PathFull, nil
+	case PathFull, PathSocket:
+		return p, nil
+	}
+	return "", fmt.Errorf("parsing service path %q: want %q or %q", s, PathFull, PathSocket)
 }
 
 // Attachment is one program on one hook of one interface.
@@ -183,16 +216,24 @@ type attachStep struct {
 // without a gap. If a step fails, the attachments this call created are
 // removed again; ones that existed before are left in place.
 func (d *Datapath) AttachPod(netnsPath, ifname, owner string, mode Mode) ([]Attachment, error) {
+	return d.AttachPodPath(netnsPath, ifname, owner, mode, PathFull)
+}
+
+// AttachPodPath is AttachPod for the given service path. On PathSocket it
+// attaches podnic_guard alone, on ifname egress, after checking that the
+// node has the socket-level programs; attachments of PathFull that the
+// pod had (ingress, lo) are removed, and PathFull attaching over PathSocket
+// adds them again.
+func (d *Datapath) AttachPodPath(netnsPath, ifname, owner string, mode Mode, path ServicePath) ([]Attachment, error) {
 	if err := validateAttach(owner, ifname, mode); err != nil {
 		return nil, err
 	}
 	if mode == "" {
 		mode = ModeAuto
 	}
-	steps := []attachStep{
-		{ifname, Egress, d.Programs.FromPod},
-		{ifname, Ingress, d.Programs.ToPod},
-		{loopback, Egress, d.Programs.LoOut},
+	steps, gone, err := d.podSteps(ifname, path)
+	if err != nil {
+		return nil, err
 	}
 	for _, s := range steps {
 		if s.prog == nil {
@@ -201,7 +242,7 @@ func (d *Datapath) AttachPod(netnsPath, ifname, owner string, mode Mode) ([]Atta
 	}
 
 	var out []Attachment
-	err := netdevice.InNetns(netnsPath, func() error {
+	err = netdevice.InNetns(netnsPath, func() error {
 		var created []Attachment
 		success := false
 		defer func() {
@@ -235,10 +276,17 @@ func (d *Datapath) AttachPod(netnsPath, ifname, owner string, mode Mode) ([]Atta
 			}
 			out = append(out, a)
 		}
-		// TCP connect() in this netns is balanced at the socket where
-		// the node has the socket-level programs (AttachSocketLB).
+		// TCP and UDP in this netns are balanced at the socket where the
+		// node has the socket-level programs (AttachSocketLB).
 		if err := d.registerNetns(owner, ifname); err != nil {
 			return err
+		}
+		// Only once the new egress program runs: a path's programs
+		// that the other path does without.
+		for _, g := range gone {
+			if err := removeHook(d.Root, owner, g.ifname, g.hook); err != nil {
+				return fmt.Errorf("attaching %s on the %s path: %w", owner, path, err)
+			}
 		}
 		success = true
 		return nil
@@ -247,6 +295,62 @@ func (d *Datapath) AttachPod(netnsPath, ifname, owner string, mode Mode) ([]Atta
 		return nil, err
 	}
 	return out, nil
+}
+
+// podSteps returns what a pod on path gets attached, and the hooks that
+// path leaves without a program.
+func (d *Datapath) podSteps(ifname string, path ServicePath) (steps, gone []attachStep, err error) {
+	switch path {
+	case PathFull, "":
+		return []attachStep{
+			{ifname, Egress, d.Programs.FromPod},
+			{ifname, Ingress, d.Programs.ToPod},
+			{loopback, Egress, d.Programs.LoOut},
+		}, nil, nil
+	case PathSocket:
+		if err := socketPathReady(d); err != nil {
+			return nil, nil, err
+		}
+		return []attachStep{{ifname, Egress, d.Programs.Guard}},
+			[]attachStep{{ifname: ifname, hook: Ingress}, {ifname: loopback, hook: Egress}}, nil
+	}
+	return nil, nil, fmt.Errorf("attaching on service path %q: want %q or %q", path, PathFull, PathSocket)
+}
+
+// ErrNoSocketLB means the node does not balance at the socket: the
+// socket-level programs are not attached (yet, or podnic-agent runs with
+// --socket-lb=false).
+var ErrNoSocketLB = errors.New("the node has no socket-level balancing (podnic-agent --socket-lb)")
+
+// socketPathReady checks that the node balances TCP and UDP at the socket,
+// which a pod on the socket path relies on for all its Service traffic.
+func socketPathReady(d *Datapath) error {
+	if d.Programs.Guard == nil || d.Maps.UDPSockets == nil {
+		return fmt.Errorf("attaching on the socket path: the loaded datapath predates it (reload it with this podnic build): %w", ErrNotLoaded)
+	}
+	names, err := SocketLBAttached(d.Root)
+	if err != nil {
+		return fmt.Errorf("attaching on the socket path: %w", err)
+	}
+	for _, want := range []string{ProgConnect4, ProgConnect6, ProgSendmsg4, ProgSendmsg6, ProgRecvmsg4, ProgRecvmsg6} {
+		if !slices.Contains(names, want) {
+			return fmt.Errorf("attaching on the socket path: %s is not attached under %s: %w", want, cgroupLinksDir(d.Root), ErrNoSocketLB)
+		}
+	}
+	return nil
+}
+
+// removeHook removes owner's program from the hook of ifname, TCX link or
+// clsact filter, if it has one there. It runs in the pod's netns.
+func removeHook(root, owner, ifname string, h Hook) error {
+	if err := removePinnedLink(pinPath(root, owner, ifname, h, pinTCX)); err != nil {
+		return err
+	}
+	legacy := pinPath(root, owner, ifname, h, pinLegacy)
+	if _, err := os.Stat(legacy); errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	return removeLegacy(legacy, ifname, h)
 }
 
 // AttachNICBeforeMove attaches podnic_from_pod (egress) and podnic_to_pod
@@ -261,16 +365,22 @@ func (d *Datapath) AttachPod(netnsPath, ifname, owner string, mode Mode) ([]Atta
 // It reports false, attaching nothing, in ModeLegacy and, in ModeAuto, on
 // a kernel without TCX: AttachPod after the move then attaches. If the
 // second link fails, the first is removed again.
-func (d *Datapath) AttachNICBeforeMove(ifindex int, ifname, owner string, mode Mode) (bool, error) {
+func (d *Datapath) AttachNICBeforeMove(ifindex int, ifname, owner string, mode Mode, path ServicePath) (bool, error) {
 	if err := validateAttach(owner, ifname, mode); err != nil {
 		return false, err
 	}
 	if mode == ModeLegacy {
 		return false, nil
 	}
-	steps := []attachStep{
-		{ifname, Egress, d.Programs.FromPod},
-		{ifname, Ingress, d.Programs.ToPod},
+	all, _, err := d.podSteps(ifname, path)
+	if err != nil {
+		return false, err
+	}
+	var steps []attachStep
+	for _, s := range all {
+		if s.ifname == ifname {
+			steps = append(steps, s)
+		}
 	}
 	var created []string
 	success := false

@@ -442,7 +442,7 @@ func TestLinksAttachedBeforeTheMoveAreKeptByAttachPod(t *testing.T) {
 				if err != nil {
 					return err
 				}
-				attached, err = d.AttachNICBeforeMove(l.Attrs().Index, p.Ifname, simOwner, mode)
+				attached, err = d.AttachNICBeforeMove(l.Attrs().Index, p.Ifname, simOwner, mode, PathFull)
 				return err
 			})
 			if err != nil {

@@ -19,6 +19,9 @@ const (
 	ProgFromPod = "podnic_from_pod"
 	ProgToPod   = "podnic_to_pod"
 	ProgLoOut   = "podnic_lo_out"
+	// ProgGuard alone serves the egress of a pod on the socket path
+	// (PathSocket).
+	ProgGuard = "podnic_guard"
 
 	// Socket-level load balancing, on the node's cgroup v2 root.
 	ProgConnect4 = "podnic_connect4"
@@ -74,6 +77,7 @@ type Programs struct {
 	FromPod *ebpf.Program
 	ToPod   *ebpf.Program
 	LoOut   *ebpf.Program
+	Guard   *ebpf.Program
 
 	Connect4 *ebpf.Program
 	Connect6 *ebpf.Program
@@ -167,6 +171,7 @@ func Load(root string) (*Datapath, error) {
 			FromPod:  objs.PodnicFromPod,
 			ToPod:    objs.PodnicToPod,
 			LoOut:    objs.PodnicLoOut,
+			Guard:    objs.PodnicGuard,
 			Connect4: objs.PodnicConnect4,
 			Connect6: objs.PodnicConnect6,
 			GetPeer4: objs.PodnicGetpeer4,
@@ -246,7 +251,7 @@ var optionalMaps = map[string]bool{"podnic_lbaddr_v1": true, "podnic_frag_v1": t
 
 // optionalPrograms may likewise be missing under a root an older build
 // pinned; OpenPinned leaves them nil.
-var optionalPrograms = map[string]bool{ProgSendmsg4: true, ProgSendmsg6: true, ProgRecvmsg4: true, ProgRecvmsg6: true}
+var optionalPrograms = map[string]bool{ProgGuard: true, ProgSendmsg4: true, ProgSendmsg6: true, ProgRecvmsg4: true, ProgRecvmsg6: true}
 
 // mapSlots names every map of the datapath with where it is kept.
 func (d *Datapath) mapSlots() map[string]**ebpf.Map {
@@ -275,6 +280,7 @@ func (d *Datapath) programSlots() map[string]**ebpf.Program {
 		ProgFromPod:  &d.Programs.FromPod,
 		ProgToPod:    &d.Programs.ToPod,
 		ProgLoOut:    &d.Programs.LoOut,
+		ProgGuard:    &d.Programs.Guard,
 		ProgConnect4: &d.Programs.Connect4,
 		ProgConnect6: &d.Programs.Connect6,
 		ProgGetPeer4: &d.Programs.GetPeer4,

@@ -8,6 +8,8 @@
  *                    conntrack, reject, self-access redirect to lo.
  *   podnic_to_pod    NIC ingress: reverse DNAT of replies and ICMP errors.
  *   podnic_lo_out    lo egress: reverse DNAT of self-access replies.
+ *   podnic_guard     NIC egress of a pod on the socket path, alone:
+ *                    refuses Service traffic the socket left.
  *   podnic_connect4/6, podnic_getpeer4/6, podnic_sendmsg4/6,
  *   podnic_recvmsg4/6
  *                    cgroup v2 root: TCP and UDP to a Service go
@@ -57,7 +59,7 @@ static __always_inline int pn_finish(struct __sk_buff *skb, const struct pn_pkt 
 {
 	if (reason != PN_PASS)
 		pn_count(skb, dir, reason);
-	if (reason < 0 || reason == PN_REJECT)
+	if (reason < 0 || reason == PN_REJECT || reason == PN_UNBALANCED)
 		pn_emit(skb, p, dir, reason);
 	return verdict;
 }
@@ -305,6 +307,87 @@ static __always_inline int pn_from_pod(struct __sk_buff *skb, struct pn_pkt *p, 
 	return stale ? pn_redirect_neigh(skb) : TC_ACT_UNSPEC;
 }
 
+/* pn_guard serves the egress of a pod on the socket path (docs/datapath.md,
+ * "The socket path"): its Service traffic is balanced at the socket, and no
+ * program sees its incoming packets, so nothing may be translated here: a
+ * reply could not be translated back. What reaches a Service anyway (the
+ * socket programs left it, or the Service is gone, or has no endpoints) is
+ * refused with a TCP RST or an ICMP port unreachable; a UDP socket's
+ * datagrams to a backend that left are refused the same way, where the
+ * full path would move them. Everything else passes after one Service-CIDR
+ * check. */
+static __always_inline int pn_guard(struct __sk_buff *skb, struct pn_pkt *p, int *reason)
+{
+	struct pn_svc_val *svc;
+	int outside;
+
+	switch (pn_parse(skb, p)) {
+	case PN_PARSE_OK:
+		break;
+	case PN_PARSE_BAD:
+		*reason = PN_DROP_INVALID;
+		return TC_ACT_SHOT;
+	default:
+		return TC_ACT_UNSPEC;
+	}
+	if (p->proto == IPPROTO_UDP && !p->frag_later) {
+		struct pn_udp_val *r =
+			pn_udp_reverse(bpf_get_socket_cookie(skb), &p->daddr, p->dport);
+
+		if (r) {
+			__u32 id = r->backend_id;
+
+			if (!bpf_map_lookup_elem(&podnic_be_v1, &id)) {
+				int verdict = pn_reject(skb, p, reason);
+
+				if (*reason == PN_REJECT)
+					*reason = PN_UNBALANCED;
+				return verdict;
+			}
+		}
+	}
+	outside = pn_outside_service_cidrs(&p->daddr);
+	if (outside && !(pn_cfg_flag(PN_CFG_EXTERNAL) && pn_is_vip(p)))
+		return TC_ACT_UNSPEC;
+	if (p->proto != IPPROTO_TCP && p->proto != IPPROTO_UDP) {
+		if (outside || !pn_is_vip(p))
+			return TC_ACT_UNSPEC;
+		*reason = p->fragment ? PN_DROP_FRAGMENT : PN_DROP_PROTO;
+		return TC_ACT_SHOT;
+	}
+	if (p->frag_later) {
+		if (outside || !pn_is_vip(p))
+			return TC_ACT_UNSPEC;
+		*reason = PN_DROP_FRAGMENT;
+		return TC_ACT_SHOT;
+	}
+	svc = pn_svc_lookup(p, p->dport, p->proto);
+	if (!svc) {
+		if (outside)
+			return TC_ACT_UNSPEC;
+		if (pn_is_vip(p)) {
+			*reason = PN_DROP_UNKNOWN_PORT;
+			return TC_ACT_SHOT;
+		}
+		if (pn_in_service_cidr(p))
+			return pn_reject(skb, p, reason);
+		return TC_ACT_UNSPEC;
+	}
+	if (svc->count == 0 && (svc->flags & PN_SVC_DROP)) {
+		*reason = PN_DROP_NO_LOCAL;
+		return TC_ACT_SHOT;
+	}
+	if (svc->count == 0)
+		return pn_reject(skb, p, reason);
+	{
+		int verdict = pn_reject(skb, p, reason);
+
+		if (*reason == PN_REJECT)
+			*reason = PN_UNBALANCED;
+		return verdict;
+	}
+}
+
 /* pn_to_pod reverse-translates replies arriving at the pod, on the NIC or,
  * for self access, leaving through lo. */
 static __always_inline int pn_to_pod(struct __sk_buff *skb, struct pn_pkt *p, int *reason)
@@ -388,6 +471,16 @@ int podnic_from_pod(struct __sk_buff *skb)
 	struct pn_pkt p = {};
 	int reason = PN_PASS;
 	int verdict = pn_from_pod(skb, &p, &reason);
+
+	return pn_finish(skb, &p, PN_DIR_FROM_POD, reason, verdict);
+}
+
+SEC("tc")
+int podnic_guard(struct __sk_buff *skb)
+{
+	struct pn_pkt p = {};
+	int reason = PN_PASS;
+	int verdict = pn_guard(skb, &p, &reason);
 
 	return pn_finish(skb, &p, PN_DIR_FROM_POD, reason, verdict);
 }

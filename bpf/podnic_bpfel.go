@@ -215,6 +215,7 @@ const (
 	podnicPnReasonPN_ICMP_REVNAT       podnicPnReason = 7
 	podnicPnReasonPN_ICMP_DNAT         podnicPnReason = 8
 	podnicPnReasonPN_SOCK_LB           podnicPnReason = 9
+	podnicPnReasonPN_UNBALANCED        podnicPnReason = 10
 	podnicPnReasonPN_DROP_INVALID      podnicPnReason = -1
 	podnicPnReasonPN_DROP_UNKNOWN_PORT podnicPnReason = -2
 	podnicPnReasonPN_DROP_NO_BACKEND   podnicPnReason = -3
@@ -306,6 +307,7 @@ const (
 	podnicProgPodnicFromPod   = "podnic_from_pod"
 	podnicProgPodnicGetpeer4  = "podnic_getpeer4"
 	podnicProgPodnicGetpeer6  = "podnic_getpeer6"
+	podnicProgPodnicGuard     = "podnic_guard"
 	podnicProgPodnicLoOut     = "podnic_lo_out"
 	podnicProgPodnicRecvmsg4  = "podnic_recvmsg4"
 	podnicProgPodnicRecvmsg6  = "podnic_recvmsg6"
@@ -370,6 +372,7 @@ type podnicProgramSpecs struct {
 	PodnicFromPod  *ebpf.ProgramSpec `ebpf:"podnic_from_pod"`
 	PodnicGetpeer4 *ebpf.ProgramSpec `ebpf:"podnic_getpeer4"`
 	PodnicGetpeer6 *ebpf.ProgramSpec `ebpf:"podnic_getpeer6"`
+	PodnicGuard    *ebpf.ProgramSpec `ebpf:"podnic_guard"`
 	PodnicLoOut    *ebpf.ProgramSpec `ebpf:"podnic_lo_out"`
 	PodnicRecvmsg4 *ebpf.ProgramSpec `ebpf:"podnic_recvmsg4"`
 	PodnicRecvmsg6 *ebpf.ProgramSpec `ebpf:"podnic_recvmsg6"`
@@ -495,6 +498,7 @@ type podnicPrograms struct {
 	PodnicFromPod  *ebpf.Program `ebpf:"podnic_from_pod"`
 	PodnicGetpeer4 *ebpf.Program `ebpf:"podnic_getpeer4"`
 	PodnicGetpeer6 *ebpf.Program `ebpf:"podnic_getpeer6"`
+	PodnicGuard    *ebpf.Program `ebpf:"podnic_guard"`
 	PodnicLoOut    *ebpf.Program `ebpf:"podnic_lo_out"`
 	PodnicRecvmsg4 *ebpf.Program `ebpf:"podnic_recvmsg4"`
 	PodnicRecvmsg6 *ebpf.Program `ebpf:"podnic_recvmsg6"`
@@ -510,6 +514,7 @@ func (p *podnicPrograms) Close() error {
 		p.PodnicFromPod,
 		p.PodnicGetpeer4,
 		p.PodnicGetpeer6,
+		p.PodnicGuard,
 		p.PodnicLoOut,
 		p.PodnicRecvmsg4,
 		p.PodnicRecvmsg6,

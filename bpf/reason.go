@@ -21,6 +21,9 @@ const (
 	ReasonICMPRevNAT = Reason(podnicPnReasonPN_ICMP_REVNAT)
 	ReasonICMPDNAT   = Reason(podnicPnReasonPN_ICMP_DNAT)
 	ReasonSocketLB   = Reason(podnicPnReasonPN_SOCK_LB)
+	// ReasonUnbalanced: on the socket path, Service traffic the socket
+	// programs left, refused with a RST or an ICMP port unreachable.
+	ReasonUnbalanced = Reason(podnicPnReasonPN_UNBALANCED)
 
 	DropInvalid     = Reason(podnicPnReasonPN_DROP_INVALID)
 	DropUnknownPort = Reason(podnicPnReasonPN_DROP_UNKNOWN_PORT)
@@ -43,6 +46,7 @@ var reasonNames = map[Reason]string{
 	ReasonICMPRevNAT: "icmp-reverse-nat",
 	ReasonICMPDNAT:   "icmp-dnat",
 	ReasonSocketLB:   "socket-lb",
+	ReasonUnbalanced: "refuse-unbalanced",
 	DropInvalid:      "drop-invalid-packet",
 	DropUnknownPort:  "drop-unknown-port",
 	DropNoBackend:    "drop-missing-backend",

@@ -49,6 +49,7 @@ type netConf struct {
 	BPFRoot      string   `json:"bpfRoot,omitempty"`
 	Mode         string   `json:"mode,omitempty"`
 	AttachMode   string   `json:"attachMode,omitempty"`
+	ServicePath  string   `json:"servicePath,omitempty"`
 	Chained      bool     `json:"chained,omitempty"`
 	ServiceCIDRs []string `json:"serviceCIDRs,omitempty"`
 	StateDir     string   `json:"stateDir,omitempty"`
@@ -104,6 +105,7 @@ type Config struct {
 	BPFRoot      string
 	Mode         Mode
 	AttachMode   bpf.Mode
+	ServicePath  bpf.ServicePath
 	Chained      bool
 	ServiceCIDRs []netip.Prefix
 	StateDir     string
@@ -166,6 +168,11 @@ func ParseConfig(raw []byte) (*Config, error) {
 		return nil, invalid("attachMode: %v", err)
 	}
 	c.AttachMode = am
+	sp, err := bpf.ParseServicePath(n.ServicePath)
+	if err != nil {
+		return nil, invalid("servicePath: %v", err)
+	}
+	c.ServicePath = sp
 	if c.MTU < 0 || (c.MTU > 0 && c.MTU < 576) || c.MTU > 65535 {
 		return nil, invalid("mtu %d: want 576 to 65535 (or omit it)", c.MTU)
 	}

@@ -28,6 +28,8 @@ func cniError(code uint, msg string, err error) error {
 	switch {
 	case errors.Is(err, ErrInvalidConfig):
 		return types.NewError(types.ErrInvalidNetworkConfig, err.Error(), "")
+	case errors.Is(err, bpf.ErrNoSocketLB):
+		return types.NewError(types.ErrTryAgainLater, "podnic socket path not ready: "+err.Error(), "servicePath \"socket\" needs podnic-agent's socket-level balancing; it is not attached yet, or the agent runs with --socket-lb=false (then use servicePath \"full\")")
 	case errors.Is(err, bpf.ErrNotLoaded):
 		return types.NewError(types.ErrTryAgainLater, "podnic datapath not ready: "+err.Error(), "podnic-agent has not loaded the programs and maps yet (or run 'podnicctl load')")
 	}

@@ -113,7 +113,7 @@ func addExclusive(args *skel.CmdArgs, conf *Config, dp *bpf.Datapath, steps *ste
 			st.Device = marshalRaw(saved)
 			st.MAC = dev.MAC.String()
 			writer.start(*st)
-			if _, attachErr = dp.AttachNICBeforeMove(ifindex, args.IfName, owner(args.ContainerID, args.IfName), conf.AttachMode); attachErr != nil {
+			if _, attachErr = dp.AttachNICBeforeMove(ifindex, args.IfName, owner(args.ContainerID, args.IfName), conf.AttachMode, conf.ServicePath); attachErr != nil {
 				return attachErr
 			}
 			steps.mark("attach_nic")
@@ -184,7 +184,7 @@ func addExclusive(args *skel.CmdArgs, conf *Config, dp *bpf.Datapath, steps *ste
 	if err := failpoint("sysctls"); err != nil {
 		return nil, err
 	}
-	if _, err := dp.AttachPod(args.Netns, args.IfName, owner(args.ContainerID, args.IfName), conf.AttachMode); err != nil {
+	if _, err := dp.AttachPodPath(args.Netns, args.IfName, owner(args.ContainerID, args.IfName), conf.AttachMode, conf.ServicePath); err != nil {
 		return nil, cniError(ErrCodeDatapath, "attaching podnic's programs", err)
 	}
 	steps.mark("attach")

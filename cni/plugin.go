@@ -87,7 +87,7 @@ func addChained(args *skel.CmdArgs, conf *Config, dp *bpf.Datapath) (*types100.R
 	if err := netdevice.PodSysctls(args.Netns); err != nil {
 		return nil, cniError(ErrCodeDevice, "setting pod sysctls", err)
 	}
-	if _, err := dp.AttachPod(args.Netns, args.IfName, owner(args.ContainerID, args.IfName), conf.AttachMode); err != nil {
+	if _, err := dp.AttachPodPath(args.Netns, args.IfName, owner(args.ContainerID, args.IfName), conf.AttachMode, conf.ServicePath); err != nil {
 		return nil, cniError(ErrCodeDatapath, "attaching podnic's programs", err)
 	}
 	st.Attached = true

@@ -382,6 +382,8 @@ func badConfigCases(t *testing.T, v string) {
 		{"bad mtu", map[string]any{"deviceMAC": e.mac.String(), "mtu": 100}, types.ErrInvalidNetworkConfig, "mtu"},
 		{"bad mode", map[string]any{"deviceMAC": e.mac.String(), "mode": "bridge"}, types.ErrInvalidNetworkConfig, "mode"},
 		{"bad attach", map[string]any{"deviceMAC": e.mac.String(), "attachMode": "xdp"}, types.ErrInvalidNetworkConfig, "attach"},
+		{"bad service path", map[string]any{"deviceMAC": e.mac.String(), "servicePath": "xdp"}, types.ErrInvalidNetworkConfig, "servicePath"},
+		{"socket path, no socket LB", map[string]any{"deviceMAC": e.mac.String(), "servicePath": "socket"}, types.ErrTryAgainLater, "--socket-lb"},
 		{"bad cidr", map[string]any{"deviceMAC": e.mac.String(), "serviceCIDRs": []string{"10.96.0.0"}}, types.ErrInvalidNetworkConfig, "not a CIDR"},
 		{"no ipam", map[string]any{"deviceMAC": e.mac.String(), "ipam": nil}, types.ErrInvalidNetworkConfig, "ipam is missing"},
 		{"unknown device", map[string]any{"deviceMAC": "02:99:99:99:99:99"}, 100, "not found"},

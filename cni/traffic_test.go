@@ -16,6 +16,7 @@ import (
 
 	"github.com/podnic/podnic/bpf"
 	"github.com/podnic/podnic/netdevice"
+	"github.com/podnic/podnic/test/simnode"
 )
 
 // serve answers every TCP connection on port inside the pod with the pod's
@@ -272,4 +273,78 @@ func pct(ds []time.Duration, p int) float64 {
 		i--
 	}
 	return float64(s[i].Microseconds()) / 1000
+}
+
+// A pod the plugin attaches on the socket path gets podnic_guard alone on
+// its NIC, and reaches ClusterIPs, itself included, through the
+// socket-level programs (UDP and what the guard refuses are tested in
+// bpf).
+func TestSocketPathPodReachesClusterIPs(t *testing.T) {
+	n := newNode(t)
+	if err := n.dp.AttachSocketLB(simnode.CgroupV2(t, bpf.CgroupV2Mount), true); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = bpf.DetachSocketLB(n.root) })
+	client, server := n.addPod("client"), n.addPod("server")
+	addrsOf := map[string][]string{}
+	for i, p := range []pod{client, server} {
+		e := n.addENI(i + 1)
+		l := n.list(n.conf("1.1.0", map[string]any{"deviceMAC": e.mac.String(), "servicePath": "socket"}))
+		r, err := n.add(l, p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = n.del(l, p) })
+		for _, ip := range r.IPs {
+			addrsOf[p.name] = append(addrsOf[p.name], ip.Address.String())
+		}
+		as, err := bpf.QueryInterface(p.netns, "eth0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		lo, err := bpf.QueryInterface(p.netns, "lo")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(as) != 1 || as[0].ProgramName != bpf.ProgGuard || as[0].Hook != bpf.Egress || len(lo) != 0 {
+			t.Fatalf("pod %s: eth0 runs %v, lo %v; want %s on egress alone", p.name, as, lo, bpf.ProgGuard)
+		}
+		serve(t, p, 8080)
+	}
+	id := uint32(1)
+	for _, v6 := range []bool{false, true} {
+		vip, self := netip.MustParseAddr("10.96.0.10"), netip.MustParseAddr("10.96.0.11")
+		if v6 {
+			vip, self = netip.MustParseAddr("fd00:96::10"), netip.MustParseAddr("fd00:96::11")
+		}
+		for _, s := range []struct {
+			vip     netip.Addr
+			backend pod
+		}{{vip, server}, {self, client}} {
+			b := netip.AddrPortFrom(podAddr(t, addrsOf[s.backend.name], v6), 8080)
+			err := n.dp.Maps.UpsertService(bpf.ServiceEntry{
+				Frontend: bpf.Frontend{VIP: s.vip, Port: 80, Proto: bpf.TCP}, ID: id,
+				Backends: []bpf.BackendEntry{{ID: id, Addr: b}},
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			id++
+			got, err := ask(t, client, netip.AddrPortFrom(s.vip, 80))
+			if err != nil {
+				t.Fatalf("connecting to %s from the socket-path pod: %v", s.vip, err)
+			}
+			if got != s.backend.name {
+				t.Errorf("%s answered by %q, want %s", s.vip, got, s.backend.name)
+			}
+		}
+	}
+	if c, _ := n.dp.Maps.Verdicts(bpf.DirSocket, bpf.ReasonSocketLB); c != 4 {
+		t.Errorf("%d connections balanced at the socket, want 4", c)
+	}
+	for _, r := range []bpf.Reason{bpf.ReasonDNATNew, bpf.ReasonSelf} {
+		if c, _ := n.dp.Maps.Verdicts(bpf.DirFromPod, r); c != 0 {
+			t.Errorf("%d %s verdicts on the socket path, want none", c, r)
+		}
+	}
 }

@@ -30,6 +30,7 @@ enum pn_reason {
 	PN_ICMP_REVNAT = 7, /* ICMP error about a flow translated back */
 	PN_ICMP_DNAT = 8,   /* ICMP error from the pod sent on to the backend */
 	PN_SOCK_LB = 9,	    /* connect() to a Service sent straight to a backend */
+	PN_UNBALANCED = 10, /* socket path: Service traffic the socket left, refused */
 
 	PN_DROP_INVALID = -1,	   /* truncated or malformed headers */
 	PN_DROP_UNKNOWN_PORT = -2, /* known Service VIP, unknown port */

@@ -152,6 +152,7 @@ func Programs(d *bpf.Datapath) []Program {
 	var out []Program
 	for name, p := range map[string]*ebpf.Program{
 		bpf.ProgFromPod: d.Programs.FromPod, bpf.ProgToPod: d.Programs.ToPod, bpf.ProgLoOut: d.Programs.LoOut,
+		bpf.ProgGuard:    d.Programs.Guard,
 		bpf.ProgConnect4: d.Programs.Connect4, bpf.ProgConnect6: d.Programs.Connect6,
 		bpf.ProgGetPeer4: d.Programs.GetPeer4, bpf.ProgGetPeer6: d.Programs.GetPeer6,
 		bpf.ProgSendmsg4: d.Programs.Sendmsg4, bpf.ProgSendmsg6: d.Programs.Sendmsg6,

@@ -13,6 +13,7 @@ import (
 var chartColors = []color.Color{
 	color.RGBA{R: 120, G: 120, B: 120, A: 255}, // direct
 	color.RGBA{R: 31, G: 119, B: 180, A: 255},  // podnic TCX
+	color.RGBA{R: 148, G: 103, B: 189, A: 255}, // podnic TCX, socket path
 	color.RGBA{R: 99, G: 170, B: 230, A: 255},  // podnic legacy
 	color.RGBA{R: 44, G: 160, B: 44, A: 255},   // podnic TCX, tc only
 	color.RGBA{R: 180, G: 180, B: 180, A: 255}, // direct via node

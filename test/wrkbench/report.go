@@ -74,12 +74,15 @@ func (sp spread) String(format string) string {
 // short-connection req/s against kube-proxy at the most Services, and
 // keep-alive against direct.
 const (
-	targetDeltaCPU  = 1.0  // µs per new connection, at every Service count
-	targetOverNFT   = 1.15 // × kube-proxy nftables, short, most Services
-	targetOverIPT   = 2.5  // × kube-proxy iptables-legacy, short, most Services
-	keepAliveNoise  = 0.02 // |1 - ratio| taken as noise even if no round crossed 1
-	targetCandidate = TargetPodnicTCX
+	targetDeltaCPU = 1.0  // µs per new connection, at every Service count
+	targetOverNFT  = 1.15 // × kube-proxy nftables, short, most Services
+	targetOverIPT  = 2.5  // × kube-proxy iptables-legacy, short, most Services
+	keepAliveNoise = 0.02 // |1 - ratio| taken as noise even if no round crossed 1
 )
+
+// targetCandidates are the podnic paths held to the targets: the full path
+// (every kube-proxy behaviour) and the socket path.
+var targetCandidates = []string{TargetPodnicTCX, TargetPodnicSocket}
 
 // verdict words a target's outcome.
 func verdict(ok bool, yes, no string) string {
@@ -89,9 +92,15 @@ func verdict(ok bool, yes, no string) string {
 	return no
 }
 
-// writeTargets writes how the podnic TCX path fared against its targets,
+// writeTargets writes how each podnic path fared against its targets,
 // each as the median of the rounds' paired figures with their range.
 func (r *Results) writeTargets(w io.Writer) {
+	for _, c := range targetCandidates {
+		r.writeTargetsOf(w, c)
+	}
+}
+
+func (r *Results) writeTargetsOf(w io.Writer, targetCandidate string) {
 	if len(r.Phases) == 0 {
 		return
 	}
@@ -240,7 +249,7 @@ func (r *Results) WriteMarkdown(w io.Writer) {
 }
 
 // writeProfile writes the phase's perf attribution: where the CPU of a
-// short connection goes, direct against podnic TCX.
+// short connection goes, direct against each podnic path profiled.
 func (ph *Phase) writeProfile(w io.Writer, runs int) {
 	if ph.Profiles == nil && ph.ProfileNote == "" {
 		return
@@ -250,17 +259,35 @@ func (ph *Phase) writeProfile(w io.Writer, runs int) {
 		fmt.Fprintf(w, "Not profiled: %s.\n", ph.ProfileNote)
 		return
 	}
-	direct, podnic := ph.Profiles[TargetDirect].PerRequest(), ph.Profiles[TargetPodnicTCX].PerRequest()
+	direct := ph.Profiles[TargetDirect].PerRequest()
 	fmt.Fprintf(w, "`perf record -a -F %d` over %d alternated runs of each client, µs of CPU per request by symbol group, all CPUs. "+
 		"Samples are shares of one run's CPU, so other load on the machine moves these far less than the ΔCPU above; "+
 		"the hooks are inlined into `__dev_queue_xmit` and `__netif_receive_skb_core`, so only their difference is the hooks'. "+
 		"podnic's own cost per connection is about the programs' row plus the two hook differences.\n\n", profileHz, max(runs, 1))
-	fmt.Fprintf(w, "| symbols | %s | %s | difference |\n|---|---:|---:|---:|\n", TargetDirect, TargetPodnicTCX)
-	for _, g := range ProfileGroups {
-		fmt.Fprintf(w, "| %s | %.2f | %.2f | %+.2f |\n", g, direct[g], podnic[g], hundredths(podnic[g]-direct[g]))
+	var paths []string
+	head, rule := "| symbols | "+TargetDirect+" |", "|---|---:|"
+	for _, c := range targetCandidates {
+		if ph.Profiles[c] != nil {
+			paths = append(paths, c)
+			head += " " + c + " | difference |"
+			rule += "---:|---:|"
+		}
 	}
-	own := podnic[GroupPrograms] - direct[GroupPrograms] + podnic[GroupEgress] - direct[GroupEgress] + podnic[GroupIngress] - direct[GroupIngress]
-	fmt.Fprintf(w, "\npodnic's programs and hooks: %+.2f µs per short connection.\n", hundredths(own))
+	fmt.Fprintf(w, "%s\n%s\n", head, rule)
+	for _, g := range ProfileGroups {
+		fmt.Fprintf(w, "| %s | %.2f |", g, direct[g])
+		for _, c := range paths {
+			pn := ph.Profiles[c].PerRequest()
+			fmt.Fprintf(w, " %.2f | %+.2f |", pn[g], hundredths(pn[g]-direct[g]))
+		}
+		fmt.Fprintln(w)
+	}
+	fmt.Fprintln(w)
+	for _, c := range paths {
+		pn := ph.Profiles[c].PerRequest()
+		own := pn[GroupPrograms] - direct[GroupPrograms] + pn[GroupEgress] - direct[GroupEgress] + pn[GroupIngress] - direct[GroupIngress]
+		fmt.Fprintf(w, "%s: podnic's programs and hooks: %+.2f µs per short connection.\n", c, hundredths(own))
+	}
 }
 
 // hundredths rounds x to two decimals, a rounding error of zero to +0

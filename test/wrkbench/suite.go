@@ -104,6 +104,7 @@ type Results struct {
 const (
 	TargetDirect       = "direct pod IP"
 	TargetPodnicTCX    = "podnic TCX"
+	TargetPodnicSocket = "podnic TCX, socket path"
 	TargetPodnicLegacy = "podnic legacy tc"
 	TargetPodnicTCOnly = "podnic TCX, tc only"
 	TargetViaNode      = "direct pod IP via node"
@@ -131,6 +132,7 @@ func Run(t *testing.T, cfg Config) *Results {
 	targets := []*Target{
 		{Name: TargetDirect, netns: tb.direct.Netns, url: fmt.Sprintf("http://%s/", netip.AddrPortFrom(backendIPs[0], backendPort))},
 		{Name: TargetPodnicTCX, netns: tb.tcx.Netns, url: serviceURL()},
+		{Name: TargetPodnicSocket, netns: tb.sockPath.Netns, url: serviceURL()},
 		{Name: TargetPodnicLegacy, netns: tb.legacy.Netns, url: serviceURL()},
 		{Name: TargetPodnicTCOnly, netns: tb.tcOnly.Netns, url: serviceURL()},
 	}
@@ -280,7 +282,7 @@ func Run(t *testing.T, cfg Config) *Results {
 			}
 		}
 		if cfg.Profile {
-			profilePhase(t, cfg, wrk, dir, ph, targets[:2])
+			profilePhase(t, cfg, wrk, dir, ph, targets[:3])
 		}
 		res.Phases = append(res.Phases, ph)
 	}
@@ -405,8 +407,9 @@ func loadavg() string {
 	return strings.Join(f[:3], " ")
 }
 
-// profilePhase profiles the short connections of targets (direct, then
-// podnic TCX), alternated cfg.ProfileRuns times, into ph.Profiles.
+// profilePhase profiles the short connections of targets (direct, podnic
+// TCX, the socket path), alternated cfg.ProfileRuns times, into
+// ph.Profiles.
 func profilePhase(t *testing.T, cfg Config, wrk *wrkRunner, dir string, ph *Phase, targets []*Target) {
 	t.Helper()
 	if _, err := exec.LookPath("perf"); err != nil {

@@ -30,6 +30,7 @@ var (
 	tcxIP            = netip.MustParseAddr("10.244.2.2")
 	legacyIP         = netip.MustParseAddr("10.244.2.3")
 	tcOnlyIP         = netip.MustParseAddr("10.244.2.4")
+	socketPathIP     = netip.MustParseAddr("10.244.2.5")
 	serviceCIDR      = netip.MustParsePrefix("10.96.0.0/12")
 	benchVIP         = netip.MustParseAddr("10.96.0.10")
 	fillVIPStart     = netip.MustParseAddr("10.96.100.0")
@@ -149,6 +150,7 @@ type testbed struct {
 	tcx      *simnode.Pod
 	legacy   *simnode.Pod
 	tcOnly   *simnode.Pod // podnic by TCX with socket-level balancing off
+	sockPath *simnode.Pod // podnic on the socket path: podnic_guard alone
 	datapath *bpf.Datapath
 }
 
@@ -156,7 +158,8 @@ type testbed struct {
 // cpuServer) and the pod clients; the podnic clients get the datapath
 // attached with TCX and with legacy tc, holding the bench Service, with
 // connect() balanced at the socket (peerNames: getpeername() names the
-// Service) except for the tc-only client. minimal runs the backends with
+// Service) except for the tc-only client; the socket-path client gets
+// podnic_guard alone (bpf.PathSocket). minimal runs the backends with
 // podnic-echo --minimal.
 func newTestbed(t *testing.T, echo, dir string, peerNames, minimal bool) *testbed {
 	t.Helper()
@@ -175,7 +178,8 @@ func newTestbed(t *testing.T, echo, dir string, peerNames, minimal bool) *testbe
 	tb.tcx = tb.node.AddPod("tcx", netip.PrefixFrom(tcxIP, 32), netip.Prefix{})
 	tb.legacy = tb.node.AddPod("legacy", netip.PrefixFrom(legacyIP, 32), netip.Prefix{})
 	tb.tcOnly = tb.node.AddPod("tconly", netip.PrefixFrom(tcOnlyIP, 32), netip.Prefix{})
-	for _, p := range []*simnode.Pod{tb.direct, tb.tcx, tb.legacy, tb.tcOnly} {
+	tb.sockPath = tb.node.AddPod("sockpath", netip.PrefixFrom(socketPathIP, 32), netip.Prefix{})
+	for _, p := range []*simnode.Pod{tb.direct, tb.tcx, tb.legacy, tb.tcOnly, tb.sockPath} {
 		if err := tuneClient(p.Netns); err != nil {
 			t.Fatal(err)
 		}
@@ -195,7 +199,7 @@ func newTestbed(t *testing.T, echo, dir string, peerNames, minimal bool) *testbe
 	}
 	tb.datapath = d
 	t.Cleanup(func() {
-		for _, p := range []*simnode.Pod{tb.tcx, tb.legacy, tb.tcOnly} {
+		for _, p := range []*simnode.Pod{tb.tcx, tb.legacy, tb.tcOnly, tb.sockPath} {
 			if err := bpf.DetachPod(root, p.Netns, p.NetnsPath); err != nil {
 				t.Errorf("detaching podnic from %s: %v", p.Name, err)
 			}
@@ -216,8 +220,12 @@ func newTestbed(t *testing.T, echo, dir string, peerNames, minimal bool) *testbe
 	for _, a := range []struct {
 		pod  *simnode.Pod
 		mode bpf.Mode
-	}{{tb.tcx, bpf.ModeTCX}, {tb.legacy, bpf.ModeLegacy}, {tb.tcOnly, bpf.ModeTCX}} {
-		if _, err := d.AttachPod(a.pod.NetnsPath, simnode.PodIfname, a.pod.Netns, a.mode); err != nil {
+		path bpf.ServicePath
+	}{
+		{tb.tcx, bpf.ModeTCX, bpf.PathFull}, {tb.legacy, bpf.ModeLegacy, bpf.PathFull},
+		{tb.tcOnly, bpf.ModeTCX, bpf.PathFull}, {tb.sockPath, bpf.ModeTCX, bpf.PathSocket},
+	} {
+		if _, err := d.AttachPodPath(a.pod.NetnsPath, simnode.PodIfname, a.pod.Netns, a.mode, a.path); err != nil {
 			t.Fatalf("attaching podnic to %s: %v", a.pod.Name, err)
 		}
 	}

@@ -109,8 +109,8 @@ func TestQuickSuiteServesEveryCase(t *testing.T) {
 	} else if st, err := os.Stat(png); err != nil || st.Size() < 1000 {
 		t.Errorf("chart %s not written (%v)", png, err)
 	}
-	if got, want := len(res.Phases[0].Cases), 14; got != want {
-		t.Errorf("ran %d cases, want %d (7 paths × keep-alive, short)", got, want)
+	if got, want := len(res.Phases[0].Cases), 16; got != want {
+		t.Errorf("ran %d cases, want %d (8 paths × keep-alive, short)", got, want)
 	}
 }
 

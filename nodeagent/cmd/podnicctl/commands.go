@@ -95,6 +95,7 @@ func cmdAttach(g globals, args []string) error {
 	ifname := fs.String("ifname", "eth0", "the pod's NIC inside the netns")
 	owner := fs.String("owner", "", "owner key of the attachment, e.g. the container id (required)")
 	mode := fs.String("mode", "auto", "attach mode: auto, tcx or legacy")
+	servicePath := fs.String("service-path", "full", "full (tc programs both ways, every kube-proxy behaviour) or socket (Service traffic at the socket only, podnic_guard alone on the NIC)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -104,12 +105,16 @@ func cmdAttach(g globals, args []string) error {
 	if *netns == "" || *owner == "" {
 		return errors.New("attach: --netns and --owner are required")
 	}
+	path, err := bpf.ParseServicePath(*servicePath)
+	if err != nil {
+		return fmt.Errorf("attach: %w", err)
+	}
 	d, err := open(g)
 	if err != nil {
 		return err
 	}
 	defer d.Close()
-	as, err := d.AttachPod(*netns, *ifname, *owner, bpf.Mode(*mode))
+	as, err := d.AttachPodPath(*netns, *ifname, *owner, bpf.Mode(*mode), path)
 	if err != nil {
 		return err
 	}
