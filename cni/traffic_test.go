@@ -348,3 +348,106 @@ func TestSocketPathPodReachesClusterIPs(t *testing.T) {
 		}
 	}
 }
+
+// serveUDP answers every datagram on port inside the pod with the pod's
+// name, until the test ends.
+func serveUDP(t *testing.T, p pod, port int) {
+	t.Helper()
+	var pc net.PacketConn
+	err := netdevice.InNetns(p.netns, func() error {
+		var err error
+		pc, err = net.ListenPacket("udp", fmt.Sprintf(":%d", port))
+		return err
+	})
+	if err != nil {
+		t.Fatalf("listening for UDP in %s: %v", p.name, err)
+	}
+	t.Cleanup(func() { pc.Close() })
+	go func() {
+		buf := make([]byte, 2048)
+		for {
+			_, from, err := pc.ReadFrom(buf)
+			if err != nil {
+				return
+			}
+			_, _ = pc.WriteTo([]byte(p.name), from)
+		}
+	}()
+}
+
+// A connected UDP socket balanced at the socket stays on its backend until
+// the backend leaves; then its datagrams move to another backend, on the
+// full path, even where the pods share a subnet and the socket's frames
+// are addressed to the old backend's MAC (the bridged /24 here): the moved
+// datagram's next hop is looked up again.
+func TestConnectedUDPSocketMovesOffABackendThatLeftOnASharedSubnet(t *testing.T) {
+	n := newNode(t)
+	if err := n.dp.AttachSocketLB(simnode.CgroupV2(t, bpf.CgroupV2Mount), true); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = bpf.DetachSocketLB(n.root) })
+	pods := []pod{n.addPod("client"), n.addPod("first"), n.addPod("second")}
+	addr := map[string]netip.Addr{}
+	for i, p := range pods {
+		e := n.addENI(i + 1)
+		l := n.list(n.conf("1.1.0", map[string]any{"deviceMAC": e.mac.String()}))
+		r, err := n.add(l, p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = n.del(l, p) })
+		var ips []string
+		for _, ip := range r.IPs {
+			ips = append(ips, ip.Address.String())
+		}
+		addr[p.name] = podAddr(t, ips, false)
+		serveUDP(t, p, 8080)
+	}
+	vip := netip.MustParseAddrPort("10.96.0.20:53")
+	front := bpf.Frontend{VIP: vip.Addr(), Port: vip.Port(), Proto: bpf.UDP}
+	upsert := func(id uint32, backend string) {
+		t.Helper()
+		err := n.dp.Maps.UpsertService(bpf.ServiceEntry{Frontend: front, ID: 1,
+			Backends: []bpf.BackendEntry{{ID: id, Addr: netip.AddrPortFrom(addr[backend], 8080)}}})
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	upsert(10, pods[1].name)
+
+	var c net.Conn
+	err := netdevice.InNetns(pods[0].netns, func() error {
+		var err error
+		c, err = net.Dial("udp", vip.String())
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	askUDP := func() string {
+		t.Helper()
+		_ = c.SetDeadline(time.Now().Add(3 * time.Second))
+		if _, err := c.Write([]byte("ping")); err != nil {
+			t.Fatal(err)
+		}
+		buf := make([]byte, 64)
+		k, err := c.Read(buf)
+		if err != nil {
+			t.Fatalf("reading the answer: %v", err)
+		}
+		return string(buf[:k])
+	}
+	if got := askUDP(); got != pods[1].name {
+		t.Fatalf("answered by %q, want %s", got, pods[1].name)
+	}
+	upsert(11, pods[2].name)
+	if err := n.dp.Maps.DeleteBackend(10); err != nil {
+		t.Fatal(err)
+	}
+	for range 3 {
+		if got := askUDP(); got != pods[2].name {
+			t.Fatalf("after the first backend left: answered by %q, want %s", got, pods[2].name)
+		}
+	}
+}
