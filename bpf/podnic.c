@@ -316,11 +316,48 @@ static __always_inline int pn_from_pod(struct __sk_buff *skb, struct pn_pkt *p, 
  * datagrams to a backend that left are refused the same way, where the
  * full path would move them. Everything else passes after one Service-CIDR
  * check. */
+/* pn_guard_pass is the guard's fast path: a TCP packet to an address
+ * outside the Service CIDRs, while no VIP lies outside them, passes on the
+ * IP header alone, with no parse into a pn_pkt (nearly every packet of a
+ * pod on the socket path: its connections go to backends). UDP needs its
+ * ports: a moved socket's datagrams are to a pod address. */
+static __always_inline int pn_guard_pass(struct __sk_buff *skb)
+{
+	void *data = (void *)(long)skb->data;
+	void *end = (void *)(long)skb->data_end;
+	struct ethhdr *eth = data;
+	struct pn_cfg *cfg;
+	struct pn_addr a;
+	__u32 zero = 0;
+
+	if ((void *)(eth + 1) > end)
+		return 0;
+	if (eth->h_proto == bpf_htons(ETH_P_IP)) {
+		struct iphdr *ip = (void *)(eth + 1);
+
+		if ((void *)(ip + 1) > end || ip->protocol != IPPROTO_TCP)
+			return 0;
+		pn_addr_v4(&a, ip->daddr);
+	} else if (eth->h_proto == bpf_htons(ETH_P_IPV6)) {
+		struct ipv6hdr *ip6 = (void *)(eth + 1);
+
+		if ((void *)(ip6 + 1) > end || ip6->nexthdr != IPPROTO_TCP)
+			return 0;
+		__builtin_memcpy(&a, &ip6->daddr, sizeof(a));
+	} else {
+		return 0;
+	}
+	cfg = bpf_map_lookup_elem(&podnic_cfg_v1, &zero);
+	return cfg && !(cfg->flags & PN_CFG_EXTERNAL) && pn_outside_cidrs(cfg, &a);
+}
+
 static __always_inline int pn_guard(struct __sk_buff *skb, struct pn_pkt *p, int *reason)
 {
 	struct pn_svc_val *svc;
 	int outside;
 
+	if (pn_guard_pass(skb))
+		return TC_ACT_UNSPEC;
 	switch (pn_parse(skb, p)) {
 	case PN_PARSE_OK:
 		break;

@@ -169,3 +169,72 @@ func attachPodPathAddrs(t *testing.T, d *Datapath, p *simnode.Pod) {
 		t.Fatal(err)
 	}
 }
+
+// podnic_guard, packet by packet (BPF_PROG_TEST_RUN): it never translates.
+// A SYN to a Service the socket left is refused with a RST and counted
+// refuse-unbalanced, as is one to an external VIP; an address in the
+// Service CIDRs without a Service is rejected as on the full path; other
+// traffic passes untouched. With the CIDRs known, TCP to any other address
+// passes on its IP header alone (the fast path: even a truncated segment,
+// which the full parse would drop as invalid).
+func TestGuardRefusesWhatTheSocketLeftAndPassesTheRest(t *testing.T) {
+	for _, fam := range families {
+		t.Run(fam.name, func(t *testing.T) {
+			d := loadTest(t)
+			service(t, d, Frontend{VIP: fam.vip, Port: servicePort, Proto: TCP}, 1, backendPort, fam.backends[0])
+			client := ap(fam.client, clientPort)
+			syn := pkt{src: client, dst: ap(fam.vip, servicePort), proto: TCP, flags: "S", seq: 5}
+			delta := verdictDelta(t, d, verdict(DirFromPod, ReasonUnbalanced), verdict(DirFromPod, ReasonReject))
+			ret, got := run(t, d.Programs.Guard, syn.bytes(t))
+			if ret != actRedirect {
+				t.Errorf("SYN to a Service: verdict %d, want TC_ACT_REDIRECT with a RST", ret)
+			}
+			expectPacket(t, "RST", got, rstFor(t, syn))
+
+			toPod := pkt{src: client, dst: ap(fam.router, servicePort), proto: TCP, flags: "S"}.bytes(t)
+			hdr := 14 + 20
+			if fam.vip.Is6() {
+				hdr = 14 + 40
+			}
+			truncated := toPod[:hdr]
+			if ret, got := run(t, d.Programs.Guard, toPod); ret != actUnspec || !equalPacket(got, toPod) {
+				t.Errorf("SYN to a pod changed (verdict %d)", ret)
+			}
+			if ret, _ := run(t, d.Programs.Guard, truncated); ret != actShot {
+				t.Errorf("truncated segment without the CIDRs known: verdict %d, want dropped as invalid", ret)
+			}
+
+			cidr := netip.PrefixFrom(fam.vip, 24)
+			if fam.vip.Is6() {
+				cidr = netip.PrefixFrom(fam.vip, 64)
+			}
+			if err := d.Maps.SetServiceCIDRs([]netip.Prefix{cidr.Masked()}); err != nil {
+				t.Fatal(err)
+			}
+			if ret, got := run(t, d.Programs.Guard, truncated); ret != actUnspec || !equalPacket(got, truncated) {
+				t.Errorf("fast path: truncated segment to a pod: verdict %d, want passed untouched", ret)
+			}
+			gone := pkt{src: client, dst: ap(fam.vip.Next().Next().Next(), servicePort), proto: TCP, flags: "S", seq: 5}
+			if ret, got := run(t, d.Programs.Guard, gone.bytes(t)); ret != actRedirect {
+				t.Errorf("SYN to a deleted Service: verdict %d, want a RST", ret)
+			} else {
+				expectPacket(t, "RST", got, rstFor(t, gone))
+			}
+
+			// An external VIP, outside the CIDRs: refused, not translated.
+			service(t, d, Frontend{VIP: fam.router, Port: servicePort, Proto: TCP}, 2, backendPort, fam.backends[0])
+			if err := d.Maps.SetExternalVIPs(true); err != nil {
+				t.Fatal(err)
+			}
+			ext := pkt{src: client, dst: ap(fam.router, servicePort), proto: TCP, flags: "S", seq: 5}
+			if ret, got := run(t, d.Programs.Guard, ext.bytes(t)); ret != actRedirect {
+				t.Errorf("SYN to an external VIP: verdict %d, want a RST", ret)
+			} else {
+				expectPacket(t, "RST", got, rstFor(t, ext))
+			}
+			if got := delta(); got[0] != 2 || got[1] != 1 {
+				t.Errorf("counted refuse-unbalanced %d, reject %d; want 2, 1", got[0], got[1])
+			}
+		})
+	}
+}

@@ -80,16 +80,12 @@ struct {
 	__type(value, struct pn_live);
 } podnic_live_v1 SEC(".maps");
 
-/* pn_outside_service_cidrs reports whether addr is known not to be in any
- * Service CIDR. */
-static __always_inline int pn_outside_service_cidrs(const struct pn_addr *a)
+/* pn_outside_cidrs reports whether addr is known not to be in any of the
+ * Service CIDRs of cfg. */
+static __always_inline int pn_outside_cidrs(const struct pn_cfg *cfg, const struct pn_addr *a)
 {
-	__u32 zero = 0;
-	struct pn_cfg *cfg = bpf_map_lookup_elem(&podnic_cfg_v1, &zero);
 	int i;
 
-	if (!cfg)
-		return 0;
 	if (a->w[0] == 0 && a->w[1] == 0 && a->w[2] == bpf_htonl(0xffff)) {
 		if (cfg->v4_count == 0)
 			return 0;
@@ -112,6 +108,16 @@ static __always_inline int pn_outside_service_cidrs(const struct pn_addr *a)
 			return 0;
 	}
 	return 1;
+}
+
+/* pn_outside_service_cidrs reports whether addr is known not to be in any
+ * Service CIDR. */
+static __always_inline int pn_outside_service_cidrs(const struct pn_addr *a)
+{
+	__u32 zero = 0;
+	struct pn_cfg *cfg = bpf_map_lookup_elem(&podnic_cfg_v1, &zero);
+
+	return cfg && pn_outside_cidrs(cfg, a);
 }
 
 static __always_inline __u32 pn_live_proto(__u8 proto)
