@@ -167,14 +167,17 @@ func BenchmarkPassThrough(b *testing.B) {
 			bits = 112
 		}
 		client, backend := ap(fam.client, clientPort), ap(fam.backends[0], backendPort)
-		for _, dir := range []string{"egress", "ingress"} {
+		for _, dir := range []string{"egress", "egress-guard", "ingress"} {
 			b.Run(fam.name+"/"+dir, func(b *testing.B) {
 				d := loadTest(b)
 				if err := d.Maps.SetServiceCIDRs([]netip.Prefix{netip.PrefixFrom(fam.vip, bits).Masked()}); err != nil {
 					b.Fatal(err)
 				}
 				prog, p, reason := d.Programs.FromPod, pkt{src: client, dst: backend, proto: TCP, flags: "A", payload: make([]byte, 64)}, DirFromPod
-				if dir == "ingress" {
+				switch dir {
+				case "egress-guard": // the socket path's egress program
+					prog = d.Programs.Guard
+				case "ingress":
 					prog, p, reason = d.Programs.ToPod, pkt{src: backend, dst: client, proto: TCP, flags: "A", payload: make([]byte, 64)}, DirToPod
 				}
 				in := p.bytes(b)
