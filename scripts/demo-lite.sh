@@ -136,6 +136,12 @@ up() {
 	say "UDP too: a datagram to the ClusterIP goes straight to a backend, and the answer is named as the ClusterIP"
 	show ip netns exec "$NS_CLIENT" "$BIN/podnic-get" -udp "$VIP_WEB:80"
 
+	say "The socket path (CNI servicePath \"socket\"): Service traffic is served at the socket alone, the NIC keeps only podnic_guard on egress and no program sees the pod's incoming packets"
+	show "${CTL[@]}" attach --netns "/run/netns/$NS_CLIENT" --ifname eth0 --owner "$NS_CLIENT" --service-path socket
+	show ip netns exec "$NS_CLIENT" curl -sS --max-time 3 "http://$VIP_WEB/"
+	say "Back on the full path (the default): the reply programs are attached again"
+	show "${CTL[@]}" attach --netns "/run/netns/$NS_CLIENT" --ifname eth0 --owner "$NS_CLIENT"
+
 	say "Without socket balancing (podnic-agent --socket-lb=false) the NIC's programs translate every packet, and the replies back to the ClusterIP"
 	show "${CTL[@]}" load --cgroup-root "$CGROUP" --socket-lb=false ${PODNIC_DEMO_LOAD_FLAGS:-}
 	show ip netns exec "$NS_CLIENT" curl -sS --max-time 3 "http://$VIP_WEB/"

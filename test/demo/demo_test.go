@@ -49,6 +49,7 @@ func TestDemoShowsServicesWorkingAndTearsDown(t *testing.T) {
 		"hello from client-pod (10.244.0.10:8080), you are 10.244.0.10:",
 		"Couldn't connect to server",
 		"podnic_from_pod",
+		"podnic_guard",
 		"socket-lb",
 		"dnat-new",
 		"reverse-nat",
