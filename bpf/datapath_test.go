@@ -441,6 +441,34 @@ func TestDirectSYNForgetsAClosingFlowsReplyEntry(t *testing.T) {
 	}
 }
 
+// A UDP flow tc translated has no end tc can see: its reply entry lives on
+// after the socket closed. A datagram a new socket sends straight to the
+// backend from the same port (balanced at the socket, or to the pod's
+// address) makes the egress program forget that entry, so the answer
+// reaches the socket as the backend sent it.
+func TestDirectDatagramForgetsAnEarlierFlowsReplyEntry(t *testing.T) {
+	for _, fam := range families {
+		t.Run(fam.name, func(t *testing.T) {
+			d := loadTest(t)
+			service(t, d, Frontend{VIP: fam.vip, Port: servicePort, Proto: UDP}, 1, backendPort, fam.backends[0])
+			client, vip, backend := ap(fam.client, clientPort), ap(fam.vip, servicePort), ap(fam.backends[0], backendPort)
+			dnatTarget(t, d, pkt{src: client, dst: vip, proto: UDP})
+
+			answer := pkt{src: backend, dst: client, proto: UDP}
+			if _, got := run(t, d.Programs.ToPod, answer.bytes(t)); equalPacket(got, answer.bytes(t)) {
+				t.Fatal("the earlier flow's reply entry did not translate: the test does not test")
+			}
+			direct := pkt{src: client, dst: backend, proto: UDP}
+			if ret, got := run(t, d.Programs.FromPod, direct.bytes(t)); ret != actUnspec || !equalPacket(got, direct.bytes(t)) {
+				t.Fatalf("direct datagram changed (verdict %d)", ret)
+			}
+			if ret, got := run(t, d.Programs.ToPod, answer.bytes(t)); ret != actUnspec || !equalPacket(got, answer.bytes(t)) {
+				t.Errorf("the new socket's answer was rewritten (verdict %d)", ret)
+			}
+		})
+	}
+}
+
 // Once no tc-translated TCP flow can be alive any more, a SYN straight to
 // a backend leaves conntrack alone: the forget above costs a map update,
 // which a pod whose connections are all balanced at the socket should not

@@ -104,19 +104,40 @@ static __always_inline void pn_live_flow(struct __sk_buff *skb, __u8 proto, __u6
  * its wire tuple with any earlier flow tc translated from the same client
  * port to that backend: that flow's reply entry, still alive while it
  * closes, would rewrite the new connection's replies to the old Service.
- * Forget it. Only while a tc-translated TCP flow replying here can be
- * alive: an interface that never had one skips the clock, and one whose
- * last one expired (or that shares the slot with one that did) skips the
- * conntrack map. */
+ * Forget it. A UDP datagram straight to a backend forgets the whole
+ * earlier flow: a UDP flow has no end tc could see, so its entries live
+ * out their 60 s after the socket closed, and a new socket on the same
+ * port (a balanced one, or one talking to the pod's address) would get its
+ * answers rewritten; and a forward entry left without its reply entry
+ * would translate a later datagram whose answer nothing translates back. Not the flow of a socket
+ * tc moved off a backend that left, whose datagrams pass here once more after bpf_redirect_neigh:
+ * its reply entry names the old backend, to which that very socket is connected. Only while a
+ * tc-translated flow of the protocol replying here can be alive: an interface that never had one
+ * skips the clock, and one whose last one expired (or that shares the slot with one that did) skips
+ * the conntrack map. */
 static __always_inline int pn_pass(struct __sk_buff *skb, const struct pn_pkt *p)
 {
 	__u64 until;
 
-	if (p->proto == IPPROTO_TCP && !p->fragment &&
-	    (p->tcp_flags & (PN_TCP_SYN | PN_TCP_ACK)) == PN_TCP_SYN) {
+	if (p->fragment)
+		return TC_ACT_UNSPEC;
+	if (p->proto == IPPROTO_TCP && (p->tcp_flags & (PN_TCP_SYN | PN_TCP_ACK)) == PN_TCP_SYN) {
 		until = pn_live_time(skb->ifindex, IPPROTO_TCP);
 		if (until != 0 && bpf_ktime_get_ns() < until)
 			pn_ct_forget_reply(p);
+	} else if (p->proto == IPPROTO_UDP) {
+		struct pn_ct_entry *re;
+
+		until = pn_live_time(skb->ifindex, IPPROTO_UDP);
+		if (until == 0 || bpf_ktime_get_ns() >= until)
+			return TC_ACT_UNSPEC;
+		re = pn_ct_reply_of(p);
+		if (!re)
+			return TC_ACT_UNSPEC;
+		if ((re->flags & PN_CT_NEIGH) &&
+		    pn_udp_reverse(bpf_get_socket_cookie(skb), &re->addr, re->port))
+			return TC_ACT_UNSPEC;
+		pn_ct_forget_flow(p, re);
 	}
 	return TC_ACT_UNSPEC;
 }

@@ -165,20 +165,51 @@ static __always_inline int pn_ct_reply_hit(const struct pn_ct_key *rk, struct pn
 	return 1;
 }
 
-/* pn_ct_forget_reply deletes the reply entry that a packet the pod sends
- * would get its replies translated by, if any. A SYN to a VIP never has
- * one (reply entries are keyed by the backend's address). */
+/* pn_ct_reply_key_of sets rk to the key of the reply entry that replies to
+ * a packet the pod sends would be translated by. A packet to a VIP never
+ * has one (reply entries are keyed by the backend's address). */
+static __always_inline void pn_ct_reply_key_of(struct pn_ct_key *rk, const struct pn_pkt *p)
+{
+	__builtin_memset(rk, 0, sizeof(*rk));
+	rk->saddr = p->daddr;
+	rk->daddr = p->saddr;
+	rk->sport = p->dport;
+	rk->dport = p->sport;
+	rk->proto = p->proto;
+	rk->dir = PN_CT_REPLY;
+}
+
+/* pn_ct_reply_of returns the reply entry replies to a packet the pod sends
+ * would be translated by, or NULL (a lookup: cheaper than a delete, which
+ * locks the bucket). */
+static __always_inline struct pn_ct_entry *pn_ct_reply_of(const struct pn_pkt *p)
+{
+	struct pn_ct_key rk;
+
+	pn_ct_reply_key_of(&rk, p);
+	return bpf_map_lookup_elem(&podnic_ct_v1, &rk);
+}
+
+/* pn_ct_forget_flow deletes the flow whose reply entry is re, the one
+ * pn_ct_reply_of found for p: both entries, so that a packet of that flow
+ * still to come is translated anew, with a reply entry again, rather than
+ * by a forward entry whose reply entry is gone. */
+static __always_inline void pn_ct_forget_flow(const struct pn_pkt *p, const struct pn_ct_entry *re)
+{
+	struct pn_ct_key rk, fk;
+
+	pn_ct_reply_key_of(&rk, p);
+	pn_ct_forward_key(&fk, &rk, re);
+	bpf_map_delete_elem(&podnic_ct_v1, &fk);
+	bpf_map_delete_elem(&podnic_ct_v1, &rk);
+}
+
+/* pn_ct_forget_reply deletes that reply entry, if any. */
 static __always_inline void pn_ct_forget_reply(const struct pn_pkt *p)
 {
-	struct pn_ct_key rk = {
-		.saddr = p->daddr,
-		.daddr = p->saddr,
-		.sport = p->dport,
-		.dport = p->sport,
-		.proto = p->proto,
-		.dir = PN_CT_REPLY,
-	};
+	struct pn_ct_key rk;
 
+	pn_ct_reply_key_of(&rk, p);
 	bpf_map_delete_elem(&podnic_ct_v1, &rk);
 }
 
