@@ -575,6 +575,26 @@ int podnic_lo_out(struct __sk_buff *skb)
 	return pn_finish(skb, &p, PN_DIR_LO, reason, verdict);
 }
 
+/* pn_user6 reads the IPv6 address of a socket hook's call; pn_set_user6
+ * writes an address and port back to it. */
+static __always_inline void pn_user6(const struct bpf_sock_addr *ctx, struct pn_addr *a)
+{
+	a->w[0] = ctx->user_ip6[0];
+	a->w[1] = ctx->user_ip6[1];
+	a->w[2] = ctx->user_ip6[2];
+	a->w[3] = ctx->user_ip6[3];
+}
+
+static __always_inline void pn_set_user6(struct bpf_sock_addr *ctx, const struct pn_addr *a,
+					 __be16 port)
+{
+	ctx->user_ip6[0] = a->w[0];
+	ctx->user_ip6[1] = a->w[1];
+	ctx->user_ip6[2] = a->w[2];
+	ctx->user_ip6[3] = a->w[3];
+	ctx->user_port = port;
+}
+
 /* Socket-level load balancing (lib/sock.h): connect() of a TCP socket in a
  * pod to a Service goes straight to a backend; getpeername() still names
  * the Service. The return value 1 lets the call go on; 0 fails it with the
@@ -605,20 +625,12 @@ int podnic_connect6(struct bpf_sock_addr *ctx)
 	__be16 port = (__be16)ctx->user_port;
 	int ret;
 
-	addr.w[0] = ctx->user_ip6[0];
-	addr.w[1] = ctx->user_ip6[1];
-	addr.w[2] = ctx->user_ip6[2];
-	addr.w[3] = ctx->user_ip6[3];
+	pn_user6(ctx, &addr);
 	ret = pn_sock_lb(ctx, &addr, &port, 0);
 	if (ret == PN_SOCK_REFUSE)
 		return 0;
-	if (ret) {
-		ctx->user_ip6[0] = addr.w[0];
-		ctx->user_ip6[1] = addr.w[1];
-		ctx->user_ip6[2] = addr.w[2];
-		ctx->user_ip6[3] = addr.w[3];
-		ctx->user_port = port;
-	}
+	if (ret)
+		pn_set_user6(ctx, &addr, port);
 	return 1;
 }
 
@@ -643,17 +655,9 @@ int podnic_getpeer6(struct bpf_sock_addr *ctx)
 	struct pn_addr peer, svc;
 	__be16 svc_port;
 
-	peer.w[0] = ctx->user_ip6[0];
-	peer.w[1] = ctx->user_ip6[1];
-	peer.w[2] = ctx->user_ip6[2];
-	peer.w[3] = ctx->user_ip6[3];
-	if (pn_sock_peer(ctx, &peer, (__be16)ctx->user_port, &svc, &svc_port)) {
-		ctx->user_ip6[0] = svc.w[0];
-		ctx->user_ip6[1] = svc.w[1];
-		ctx->user_ip6[2] = svc.w[2];
-		ctx->user_ip6[3] = svc.w[3];
-		ctx->user_port = svc_port;
-	}
+	pn_user6(ctx, &peer);
+	if (pn_sock_peer(ctx, &peer, (__be16)ctx->user_port, &svc, &svc_port))
+		pn_set_user6(ctx, &svc, svc_port);
 	return 1;
 }
 
@@ -680,17 +684,9 @@ int podnic_sendmsg6(struct bpf_sock_addr *ctx)
 	struct pn_addr addr;
 	__be16 port = (__be16)ctx->user_port;
 
-	addr.w[0] = ctx->user_ip6[0];
-	addr.w[1] = ctx->user_ip6[1];
-	addr.w[2] = ctx->user_ip6[2];
-	addr.w[3] = ctx->user_ip6[3];
-	if (pn_sock_sendmsg(ctx, &addr, &port, 0)) {
-		ctx->user_ip6[0] = addr.w[0];
-		ctx->user_ip6[1] = addr.w[1];
-		ctx->user_ip6[2] = addr.w[2];
-		ctx->user_ip6[3] = addr.w[3];
-		ctx->user_port = port;
-	}
+	pn_user6(ctx, &addr);
+	if (pn_sock_sendmsg(ctx, &addr, &port, 0))
+		pn_set_user6(ctx, &addr, port);
 	return 1;
 }
 
@@ -714,16 +710,8 @@ int podnic_recvmsg6(struct bpf_sock_addr *ctx)
 	struct pn_addr from;
 	__be16 port = (__be16)ctx->user_port;
 
-	from.w[0] = ctx->user_ip6[0];
-	from.w[1] = ctx->user_ip6[1];
-	from.w[2] = ctx->user_ip6[2];
-	from.w[3] = ctx->user_ip6[3];
-	if (pn_sock_recvmsg(ctx, &from, &port)) {
-		ctx->user_ip6[0] = from.w[0];
-		ctx->user_ip6[1] = from.w[1];
-		ctx->user_ip6[2] = from.w[2];
-		ctx->user_ip6[3] = from.w[3];
-		ctx->user_port = port;
-	}
+	pn_user6(ctx, &from);
+	if (pn_sock_recvmsg(ctx, &from, &port))
+		pn_set_user6(ctx, &from, port);
 	return 1;
 }

@@ -45,6 +45,42 @@ func serve(t *testing.T, p pod, port int) {
 	}()
 }
 
+// clusterIPsAnswer adds, per family, a TCP Service on port 80 whose backend
+// is the server pod and one whose backend is the client itself (port 8080,
+// where serve answers), and checks that the client reaches each through
+// its ClusterIP. addrsOf holds each pod's addresses in CIDR notation.
+func clusterIPsAnswer(t *testing.T, n *node, client, server pod, addrsOf map[string][]string) {
+	t.Helper()
+	id := uint32(1)
+	for _, v6 := range []bool{false, true} {
+		vip, self := netip.MustParseAddr("10.96.0.10"), netip.MustParseAddr("10.96.0.11")
+		if v6 {
+			vip, self = netip.MustParseAddr("fd00:96::10"), netip.MustParseAddr("fd00:96::11")
+		}
+		for _, s := range []struct {
+			vip     netip.Addr
+			backend pod
+		}{{vip, server}, {self, client}} {
+			b := netip.AddrPortFrom(podAddr(t, addrsOf[s.backend.name], v6), 8080)
+			err := n.dp.Maps.UpsertService(bpf.ServiceEntry{
+				Frontend: bpf.Frontend{VIP: s.vip, Port: 80, Proto: bpf.TCP}, ID: id,
+				Backends: []bpf.BackendEntry{{ID: id, Addr: b}},
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			id++
+			got, err := ask(t, client, netip.AddrPortFrom(s.vip, 80))
+			if err != nil {
+				t.Fatalf("connecting to %s from pod %s: %v", s.vip, client.name, err)
+			}
+			if got != s.backend.name {
+				t.Errorf("%s answered by %q, want %s", s.vip, got, s.backend.name)
+			}
+		}
+	}
+}
+
 // ask connects from inside the pod and returns the first line answered.
 func ask(t *testing.T, p pod, addr netip.AddrPort) (string, error) {
 	t.Helper()
@@ -95,34 +131,7 @@ func TestClusterIPAndSelfAccessWorkFromAPluginPod(t *testing.T) {
 		}
 		serve(t, p, 8080)
 	}
-	id := uint32(1)
-	for _, v6 := range []bool{false, true} {
-		vip, self := netip.MustParseAddr("10.96.0.10"), netip.MustParseAddr("10.96.0.11")
-		if v6 {
-			vip, self = netip.MustParseAddr("fd00:96::10"), netip.MustParseAddr("fd00:96::11")
-		}
-		for _, s := range []struct {
-			vip     netip.Addr
-			backend pod
-		}{{vip, server}, {self, client}} {
-			b := netip.AddrPortFrom(podAddr(t, addrsOf[s.backend.name], v6), 8080)
-			err := n.dp.Maps.UpsertService(bpf.ServiceEntry{
-				Frontend: bpf.Frontend{VIP: s.vip, Port: 80, Proto: bpf.TCP}, ID: id,
-				Backends: []bpf.BackendEntry{{ID: id, Addr: b}},
-			})
-			if err != nil {
-				t.Fatal(err)
-			}
-			id++
-			got, err := ask(t, client, netip.AddrPortFrom(s.vip, 80))
-			if err != nil {
-				t.Fatalf("connecting to %s from the plugin's pod: %v", s.vip, err)
-			}
-			if got != s.backend.name {
-				t.Errorf("%s answered by %q, want %s", s.vip, got, s.backend.name)
-			}
-		}
-	}
+	clusterIPsAnswer(t, n, client, server, addrsOf)
 	// The translation really ran in the pod's programs.
 	for _, r := range []bpf.Reason{bpf.ReasonDNATNew, bpf.ReasonSelf} {
 		if c, _ := n.dp.Maps.Verdicts(bpf.DirFromPod, r); c == 0 {
@@ -311,34 +320,7 @@ func TestSocketPathPodReachesClusterIPs(t *testing.T) {
 		}
 		serve(t, p, 8080)
 	}
-	id := uint32(1)
-	for _, v6 := range []bool{false, true} {
-		vip, self := netip.MustParseAddr("10.96.0.10"), netip.MustParseAddr("10.96.0.11")
-		if v6 {
-			vip, self = netip.MustParseAddr("fd00:96::10"), netip.MustParseAddr("fd00:96::11")
-		}
-		for _, s := range []struct {
-			vip     netip.Addr
-			backend pod
-		}{{vip, server}, {self, client}} {
-			b := netip.AddrPortFrom(podAddr(t, addrsOf[s.backend.name], v6), 8080)
-			err := n.dp.Maps.UpsertService(bpf.ServiceEntry{
-				Frontend: bpf.Frontend{VIP: s.vip, Port: 80, Proto: bpf.TCP}, ID: id,
-				Backends: []bpf.BackendEntry{{ID: id, Addr: b}},
-			})
-			if err != nil {
-				t.Fatal(err)
-			}
-			id++
-			got, err := ask(t, client, netip.AddrPortFrom(s.vip, 80))
-			if err != nil {
-				t.Fatalf("connecting to %s from the socket-path pod: %v", s.vip, err)
-			}
-			if got != s.backend.name {
-				t.Errorf("%s answered by %q, want %s", s.vip, got, s.backend.name)
-			}
-		}
-	}
+	clusterIPsAnswer(t, n, client, server, addrsOf)
 	if c, _ := n.dp.Maps.Verdicts(bpf.DirSocket, bpf.ReasonSocketLB); c != 4 {
 		t.Errorf("%d connections balanced at the socket, want 4", c)
 	}
