@@ -200,6 +200,9 @@ func Check(args *skel.CmdArgs) error {
 		return cniError(ErrCodeDatapath, "querying attached programs", err)
 	}
 	want := map[string]bool{bpf.ProgFromPod: false, bpf.ProgToPod: false}
+	if conf.ServicePath == bpf.PathSocket {
+		want = map[string]bool{bpf.ProgGuard: false}
+	}
 	for _, a := range as {
 		if _, ok := want[a.ProgramName]; ok {
 			want[a.ProgramName] = true

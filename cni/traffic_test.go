@@ -318,6 +318,9 @@ func TestSocketPathPodReachesClusterIPs(t *testing.T) {
 		if len(as) != 1 || as[0].ProgramName != bpf.ProgGuard || as[0].Hook != bpf.Egress || len(lo) != 0 {
 			t.Fatalf("pod %s: eth0 runs %v, lo %v; want %s on egress alone", p.name, as, lo, bpf.ProgGuard)
 		}
+		if err := n.cni.CheckNetworkList(t.Context(), l, p.rt()); err != nil {
+			t.Errorf("CHECK of the socket-path pod %s: %v", p.name, err)
+		}
 		serve(t, p, 8080)
 	}
 	clusterIPsAnswer(t, n, client, server, addrsOf)
