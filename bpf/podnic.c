@@ -183,17 +183,12 @@ static __always_inline int pn_from_pod(struct __sk_buff *skb, struct pn_pkt *p, 
 	 * datagrams move to another backend of its Service here (lib/sock.h,
 	 * "UDP at the socket"). */
 	if (p->proto == IPPROTO_UDP && !p->frag_later) {
-		struct pn_udp_val *r =
-			pn_udp_reverse(bpf_get_socket_cookie(skb), &p->daddr, p->dport);
+		struct pn_udp_val *r = pn_udp_moved(skb, &p->daddr, p->dport);
 
 		if (r) {
-			__u32 id = r->backend_id;
-
-			if (!bpf_map_lookup_elem(&podnic_be_v1, &id)) {
-				stale = 1;
-				stale_svc = r->addr;
-				stale_port = r->port;
-			}
+			stale = 1;
+			stale_svc = r->addr;
+			stale_port = r->port;
 		}
 	}
 	/* Not for any Service: pod-to-pod traffic, socket-balanced flows.
@@ -372,6 +367,18 @@ static __always_inline int pn_guard_pass(struct __sk_buff *skb)
 	return cfg && !(cfg->flags & PN_CFG_EXTERNAL) && pn_outside_cidrs(cfg, &a);
 }
 
+/* pn_refuse_unbalanced refuses, as pn_reject does, Service traffic the
+ * socket programs left, and counts it as such. */
+static __always_inline int pn_refuse_unbalanced(struct __sk_buff *skb, const struct pn_pkt *p,
+						int *reason)
+{
+	int verdict = pn_reject(skb, p, reason);
+
+	if (*reason == PN_REJECT)
+		*reason = PN_UNBALANCED;
+	return verdict;
+}
+
 static __always_inline int pn_guard(struct __sk_buff *skb, struct pn_pkt *p, int *reason)
 {
 	struct pn_svc_val *svc;
@@ -388,22 +395,8 @@ static __always_inline int pn_guard(struct __sk_buff *skb, struct pn_pkt *p, int
 	default:
 		return TC_ACT_UNSPEC;
 	}
-	if (p->proto == IPPROTO_UDP && !p->frag_later) {
-		struct pn_udp_val *r =
-			pn_udp_reverse(bpf_get_socket_cookie(skb), &p->daddr, p->dport);
-
-		if (r) {
-			__u32 id = r->backend_id;
-
-			if (!bpf_map_lookup_elem(&podnic_be_v1, &id)) {
-				int verdict = pn_reject(skb, p, reason);
-
-				if (*reason == PN_REJECT)
-					*reason = PN_UNBALANCED;
-				return verdict;
-			}
-		}
-	}
+	if (p->proto == IPPROTO_UDP && !p->frag_later && pn_udp_moved(skb, &p->daddr, p->dport))
+		return pn_refuse_unbalanced(skb, p, reason);
 	outside = pn_outside_service_cidrs(&p->daddr);
 	if (outside && !(pn_cfg_flag(PN_CFG_EXTERNAL) && pn_is_vip(p)))
 		return TC_ACT_UNSPEC;
@@ -437,13 +430,7 @@ static __always_inline int pn_guard(struct __sk_buff *skb, struct pn_pkt *p, int
 	}
 	if (svc->count == 0)
 		return pn_reject(skb, p, reason);
-	{
-		int verdict = pn_reject(skb, p, reason);
-
-		if (*reason == PN_REJECT)
-			*reason = PN_UNBALANCED;
-		return verdict;
-	}
+	return pn_refuse_unbalanced(skb, p, reason);
 }
 
 /* pn_to_pod reverse-translates replies arriving at the pod, on the NIC or,

@@ -92,45 +92,37 @@ func TestSocketLBBalancesUDP(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			vip := netip.AddrPortFrom(tc.vip, simServicePort)
-			t.Run("connected", func(t *testing.T) {
-				delta := verdictDelta(t, d, verdict(DirSocket, ReasonSocketLB),
-					verdict(DirFromPod, ReasonDNATNew), verdict(DirFromPod, ReasonSelf))
-				c := udpConnect(t, client, vip)
-				if got := c.RemoteAddr().String(); got != vip.String() {
-					t.Errorf("getpeername says %s, want the Service %s", got, vip)
-				}
-				for i := range 3 {
-					name, from, err := udpAsk(c, netip.AddrPort{}, "ping")
-					if err != nil {
-						t.Fatalf("datagram %d: %v (verdicts %v)", i, err, delta())
+			// A connected socket is balanced at connect(), an unconnected
+			// one at its first datagram to the Service; the others follow.
+			for _, connected := range []bool{true, false} {
+				name := map[bool]string{true: "connected", false: "unconnected"}[connected]
+				t.Run(name, func(t *testing.T) {
+					delta := verdictDelta(t, d, verdict(DirSocket, ReasonSocketLB),
+						verdict(DirFromPod, ReasonDNATNew), verdict(DirFromPod, ReasonSelf))
+					var c *net.UDPConn
+					to := vip
+					if connected {
+						c, to = udpConnect(t, client, vip), netip.AddrPort{}
+						if got := c.RemoteAddr().String(); got != vip.String() {
+							t.Errorf("getpeername says %s, want the Service %s", got, vip)
+						}
+					} else {
+						c = udpSocket(t, client, tc.vip.Is6())
 					}
-					if name != tc.want || from != vip {
-						t.Errorf("datagram %d: answered by %s from %s, want %s from %s", i, name, from, tc.want, vip)
+					for i := range 3 {
+						name, from, err := udpAsk(c, to, "ping")
+						if err != nil {
+							t.Fatalf("datagram %d: %v (verdicts %v)", i, err, delta())
+						}
+						if name != tc.want || from != vip {
+							t.Errorf("datagram %d: answered by %s from %s, want %s from %s", i, name, from, tc.want, vip)
+						}
 					}
-				}
-				if got := delta(); got[0] != 1 || got[1] != 0 || got[2] != 0 {
-					t.Errorf("counted socket-lb %d, tc dnat-new %d, tc self-access %d; want 1, 0, 0", got[0], got[1], got[2])
-				}
-			})
-			t.Run("unconnected", func(t *testing.T) {
-				delta := verdictDelta(t, d, verdict(DirSocket, ReasonSocketLB),
-					verdict(DirFromPod, ReasonDNATNew), verdict(DirFromPod, ReasonSelf))
-				c := udpSocket(t, client, tc.vip.Is6())
-				for i := range 3 {
-					name, from, err := udpAsk(c, vip, "ping")
-					if err != nil {
-						t.Fatalf("datagram %d: %v (verdicts %v)", i, err, delta())
+					if got := delta(); got[0] != 1 || got[1] != 0 || got[2] != 0 {
+						t.Errorf("counted socket-lb %d, tc dnat-new %d, tc self-access %d; want 1, 0, 0", got[0], got[1], got[2])
 					}
-					if name != tc.want || from != vip {
-						t.Errorf("datagram %d: answered by %s from %s, want %s from %s", i, name, from, tc.want, vip)
-					}
-				}
-				// One backend chosen for the socket and Service, on the
-				// first datagram; the others follow it.
-				if got := delta(); got[0] != 1 || got[1] != 0 || got[2] != 0 {
-					t.Errorf("counted socket-lb %d, tc dnat-new %d, tc self-access %d; want 1, 0, 0", got[0], got[1], got[2])
-				}
-			})
+				})
+			}
 		})
 	}
 }

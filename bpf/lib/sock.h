@@ -279,6 +279,48 @@ static __always_inline struct pn_udp_val *pn_udp_reverse(__u64 cookie, const str
 	return bpf_map_lookup_elem(&podnic_udpsk_v1, &k);
 }
 
+/* pn_udp_moved returns the reverse entry of a UDP datagram the pod sends
+ * to a pod address (daddr:dport) from a socket balanced to that backend,
+ * when the backend has left since: the socket must be moved (full path) or
+ * refused (socket path). NULL otherwise. */
+static __always_inline struct pn_udp_val *pn_udp_moved(struct __sk_buff *skb,
+						       const struct pn_addr *daddr, __be16 dport)
+{
+	struct pn_udp_val *r = pn_udp_reverse(bpf_get_socket_cookie(skb), daddr, dport);
+	__u32 id;
+
+	if (!r)
+		return NULL;
+	id = r->backend_id;
+	return bpf_map_lookup_elem(&podnic_be_v1, &id) ? NULL : r;
+}
+
+/* pn_sock_in_pod reports whether the socket call comes from a network
+ * namespace podnic balances, and gives its cookie. */
+static __always_inline int pn_sock_in_pod(struct bpf_sock_addr *ctx, __u64 *netns)
+{
+	*netns = bpf_get_netns_cookie(ctx);
+	return bpf_map_lookup_elem(&podnic_lbns_v1, netns) != NULL;
+}
+
+/* pn_sock_service looks up the Service addr:port/proto of a socket call
+ * from a pod podnic balances; NULL when there is none, or the call is not
+ * from such a pod. */
+static __always_inline struct pn_svc_val *pn_sock_service(struct bpf_sock_addr *ctx,
+							  const struct pn_addr *addr, __be16 port,
+							  __u8 proto, __u64 *netns)
+{
+	struct pn_svc_key k = {};
+
+	if (!pn_sock_in_pod(ctx, netns))
+		return NULL;
+	k.addr = *addr;
+	k.port = port;
+	k.proto = proto;
+	k.scope = PN_SCOPE_CLUSTER;
+	return bpf_map_lookup_elem(&podnic_svc_v1, &k);
+}
+
 #define PN_ECONNREFUSED 111
 
 /* pn_sock_pick chooses the backend of a new flow from the socket to the
@@ -321,7 +363,6 @@ static __always_inline struct pn_backend *pn_sock_pick(struct bpf_sock_addr *ctx
 static __always_inline int pn_sock_lb(struct bpf_sock_addr *ctx, struct pn_addr *addr, __be16 *port,
 				      int v4)
 {
-	struct pn_svc_key k = {};
 	struct pn_svc_val *svc;
 	struct pn_backend *be;
 	__u8 proto = ctx->protocol;
@@ -330,15 +371,7 @@ static __always_inline int pn_sock_lb(struct bpf_sock_addr *ctx, struct pn_addr 
 
 	if (proto != IPPROTO_TCP && proto != IPPROTO_UDP)
 		return 0;
-	cookie = bpf_get_netns_cookie(ctx);
-	if (!bpf_map_lookup_elem(&podnic_lbns_v1, &cookie))
-		return 0;
-
-	k.addr = *addr;
-	k.port = *port;
-	k.proto = proto;
-	k.scope = PN_SCOPE_CLUSTER;
-	svc = bpf_map_lookup_elem(&podnic_svc_v1, &k);
+	svc = pn_sock_service(ctx, addr, *port, proto, &cookie);
 	if (!svc)
 		goto unchanged;
 	if (svc->count == 0) {
@@ -394,7 +427,6 @@ unchanged:
 static __always_inline int pn_sock_sendmsg(struct bpf_sock_addr *ctx, struct pn_addr *addr,
 					   __be16 *port, int v4)
 {
-	struct pn_svc_key k = {};
 	struct pn_svc_val *svc;
 	struct pn_backend *be;
 	struct pn_udp_key fk;
@@ -402,14 +434,7 @@ static __always_inline int pn_sock_sendmsg(struct bpf_sock_addr *ctx, struct pn_
 	__u64 netns, cookie, now;
 	__u32 id;
 
-	netns = bpf_get_netns_cookie(ctx);
-	if (!bpf_map_lookup_elem(&podnic_lbns_v1, &netns))
-		return 0;
-	k.addr = *addr;
-	k.port = *port;
-	k.proto = IPPROTO_UDP;
-	k.scope = PN_SCOPE_CLUSTER;
-	svc = bpf_map_lookup_elem(&podnic_svc_v1, &k);
+	svc = pn_sock_service(ctx, addr, *port, IPPROTO_UDP, &netns);
 	if (!svc || svc->count == 0)
 		return 0;
 
@@ -442,10 +467,10 @@ static __always_inline int pn_sock_sendmsg(struct bpf_sock_addr *ctx, struct pn_
 static __always_inline int pn_sock_recvmsg(struct bpf_sock_addr *ctx, struct pn_addr *from,
 					   __be16 *port)
 {
-	__u64 netns = bpf_get_netns_cookie(ctx);
 	struct pn_udp_val *r;
+	__u64 netns;
 
-	if (!bpf_map_lookup_elem(&podnic_lbns_v1, &netns))
+	if (!pn_sock_in_pod(ctx, &netns))
 		return 0;
 	r = pn_udp_reverse(bpf_get_socket_cookie(ctx), from, *port);
 	if (!r)
@@ -480,8 +505,7 @@ static __always_inline int pn_sock_peer(struct bpf_sock_addr *ctx, const struct 
 	if (ctx->protocol == IPPROTO_UDP) {
 		struct pn_udp_val *r;
 
-		sk_cookie = bpf_get_netns_cookie(ctx);
-		if (!bpf_map_lookup_elem(&podnic_lbns_v1, &sk_cookie))
+		if (!pn_sock_in_pod(ctx, &sk_cookie))
 			return 0;
 		r = pn_udp_reverse(bpf_get_socket_cookie(ctx), peer, port);
 		if (!r)
