@@ -34,7 +34,13 @@ const (
 	PauseImage = "podnic.test/pause:v1"
 	EchoImage  = "podnic.test/echo:v1"
 	BPFRoot    = "/sys/fs/bpf/podnic" // inside the node's mount namespace
-	stateFile  = "state.json"
+
+	// SocketPathClass is the RuntimeClass (and containerd runtime
+	// handler) whose pods get podnic's socket path: containerd runs the
+	// CNI config of its own folder for them, the same as the default
+	// one but with "servicePath": "socket" (docs/cni.md).
+	SocketPathClass = "podnic-socket"
+	stateFile       = "state.json"
 
 	// upstreamPlugins is the containernetworking/plugins release whose
 	// loopback plugin containerd runs (as cni/ tests use).
@@ -142,7 +148,7 @@ func Up(ctx context.Context, o Options) (b *Box, err error) {
 			}
 		}
 	}()
-	for _, d := range []string{"bin", "logs", "cni/bin", "cni/net.d", "cni/state", "cni/ipam", "sysctl",
+	for _, d := range []string{"bin", "logs", "cni/bin", "cni/net.d", "cni/net.d-socket", "cni/state", "cni/ipam", "sysctl",
 		"containerd", "kubelet/root", "kubelet/pod-logs", "kubelet/volume-plugins", "pki", "images"} {
 		if err := os.MkdirAll(filepath.Join(b.Dir, d), 0o755); err != nil {
 			return b, err

@@ -25,6 +25,10 @@
 //	             list); DEL returns it to the node.
 //	pods         podnic IPAM 10.1.0.10-10.1.0.250 and fd00:1::10-fd00:1::ff;
 //	             Services 10.96.0.0/16 and fd00:96::/108.
+//	CNI          containerd runs the podnic plugin with cni/net.d's config
+//	             (the full path); pods of RuntimeClass podnic-socket
+//	             (SocketPathClass; a runtime handler of its own) get
+//	             cni/net.d-socket's, the same with "servicePath": "socket".
 //	cgroups      kubelet's cgroupRoot is /podnic-nodebox-<id> in every v1
 //	             hierarchy (cgroupfs driver).
 //

@@ -169,11 +169,12 @@ func (b *Box) writeConfigs() error {
 		}
 	}
 	files := map[string]string{
-		filepath.Join(pki, "tokens.csv"):                           tokens.String(),
-		filepath.Join(b.Dir, "containerd", "config.toml"):          b.containerdConfig(),
-		filepath.Join(b.Dir, "kubelet", "config.yaml"):             b.kubeletConfig(),
-		filepath.Join(b.Dir, "kubelet", "resolv.conf"):             "nameserver 127.0.0.1\n",
-		filepath.Join(b.Dir, "cni", "net.d", "10-podnic.conflist"): b.conflist(),
+		filepath.Join(pki, "tokens.csv"):                                  tokens.String(),
+		filepath.Join(b.Dir, "containerd", "config.toml"):                 b.containerdConfig(),
+		filepath.Join(b.Dir, "kubelet", "config.yaml"):                    b.kubeletConfig(),
+		filepath.Join(b.Dir, "kubelet", "resolv.conf"):                    "nameserver 127.0.0.1\n",
+		filepath.Join(b.Dir, "cni", "net.d", "10-podnic.conflist"):        b.conflist("full"),
+		filepath.Join(b.Dir, "cni", "net.d-socket", "10-podnic.conflist"): b.conflist("socket"),
 	}
 	for path, content := range files {
 		if err := os.WriteFile(path, []byte(content), 0o600); err != nil {
@@ -424,12 +425,19 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
     default_runtime_name = "runc"
     [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
       runtime_type = "io.containerd.runc.v2"
+    # RuntimeClass podnic-socket: the same runc, the CNI config of its own
+    # folder (podnic's socket path).
+    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.%[10]s]
+      runtime_type = "io.containerd.runc.v2"
+      cni_conf_dir = %[9]q
+      cni_max_conf_num = 1
   [plugins."io.containerd.grpc.v1.cri".cni]
     bin_dir = %[7]q
     conf_dir = %[8]q
     max_conf_num = 1
 `, filepath.Join(d, "root"), filepath.Join(d, "state"), b.containerdSocket(), b.containerdSocket()+".ttrpc",
-		filepath.Join(d, "opt"), PauseImage, filepath.Join(b.Dir, "cni", "bin"), filepath.Join(b.Dir, "cni", "net.d"))
+		filepath.Join(d, "opt"), PauseImage, filepath.Join(b.Dir, "cni", "bin"), filepath.Join(b.Dir, "cni", "net.d"),
+		filepath.Join(b.Dir, "cni", "net.d-socket"), SocketPathClass)
 }
 
 func (b *Box) kubeletConfig() string {
@@ -463,12 +471,15 @@ serializeImagePulls: false
 		filepath.Join(k, "resolv.conf"), NodeIP)
 }
 
-func (b *Box) conflist() string {
+// conflist is the node's CNI config for pods on servicePath path. Both
+// share the network name, the ENI pool, podnic's state and its IPAM store.
+func (b *Box) conflist(path string) string {
 	conf := map[string]any{
 		"cniVersion": "1.0.0",
 		"name":       "podnic",
 		"plugins": []any{map[string]any{
 			"type":         "podnic",
+			"servicePath":  path,
 			"devicePool":   map[string]any{"macs": b.ENIs},
 			"bpfRoot":      BPFRoot,
 			"stateDir":     filepath.Join(b.Dir, "cni", "state"),

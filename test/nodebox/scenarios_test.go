@@ -77,6 +77,35 @@ spec:
   - {name: http, port: 80, targetPort: 8080, protocol: TCP}
   - {name: udp, port: 80, targetPort: 8080, protocol: UDP}
 ---
+apiVersion: node.k8s.io/v1
+kind: RuntimeClass
+metadata: {name: podnic-socket}
+handler: podnic-socket
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: client-socket, labels: {app: client-socket}}
+spec:
+  runtimeClassName: podnic-socket
+  automountServiceAccountToken: false
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: client
+    image: podnic.test/echo:v1
+    imagePullPolicy: Never
+    ports: [{containerPort: 8080}]
+    readinessProbe: {tcpSocket: {port: 8080}, periodSeconds: 1}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: client-socket-self}
+spec:
+  ipFamilyPolicy: RequireDualStack
+  selector: {app: client-socket}
+  ports:
+  - {name: http, port: 80, targetPort: 8080, protocol: TCP}
+  - {name: udp, port: 80, targetPort: 8080, protocol: UDP}
+---
 apiVersion: v1
 kind: Service
 metadata: {name: client-self}
@@ -156,10 +185,10 @@ func TestScenarios(t *testing.T) {
 	t0 := time.Now()
 	c.kubectl(t, scenarioWorkload, "apply", "-f", "-")
 	c.kubectl(t, "", "rollout", "status", "deployment/echo", "--timeout=60s")
-	c.kubectl(t, "", "wait", "--for=condition=Ready", "pod/client", "--timeout=60s")
-	for _, svc := range []string{"echo", "client-self", "echo-affinity", "echo-local"} {
+	c.kubectl(t, "", "wait", "--for=condition=Ready", "pod/client", "pod/client-socket", "--timeout=60s")
+	for _, svc := range []string{"echo", "client-self", "client-socket-self", "echo-affinity", "echo-local"} {
 		want := 2
-		if svc == "client-self" {
+		if strings.HasSuffix(svc, "-self") {
 			want = 1
 		}
 		c.waitBackends(t, svc, want)
@@ -167,47 +196,11 @@ func TestScenarios(t *testing.T) {
 	t.Logf("workload Ready and programmed in %v", time.Since(t0).Round(time.Millisecond))
 
 	t.Run("ClusterIPOverTCPAndUDPForBothFamilies", func(t *testing.T) {
-		client := c.podAddrs(t, "client")
-		echoes := c.podNames(t, "app=echo")
-		// podnic-agent balances TCP and UDP at the socket by default: the
-		// NIC's programs translate no new flow.
-		balanced, dnatNew := c.verdict(t, "connect", "socket-lb"), c.verdict(t, "from-pod", "dnat-new")
-		defer func() {
-			vips := uint64(len(c.clusterIPs(t, "echo")))
-			if got := c.verdict(t, "connect", "socket-lb") - balanced; got < 40*vips {
-				t.Errorf("%d TCP connections and UDP sockets balanced at the socket, want at least %d", got, 40*vips)
-			}
-			if got := c.verdict(t, "from-pod", "dnat-new") - dnatNew; got != 0 {
-				t.Errorf("%d new flows translated by tc, want none", got)
-			}
-		}()
-		for _, vip := range c.clusterIPs(t, "echo") {
-			for _, udp := range []bool{false, true} {
-				answers, remotes := c.ask(t, vip, udp, 20)
-				t.Logf("%s: %v", target(vip, udp), answers)
-				for _, name := range echoes {
-					if answers[name] == 0 {
-						t.Errorf("%s: backend %s never answered 20 requests (%v)", target(vip, udp), name, answers)
-					}
-				}
-				for _, r := range remotes {
-					if !slices.Contains(client, r) {
-						t.Errorf("%s: a backend saw the client as %v, not one of its addresses %v", target(vip, udp), r, client)
-					}
-				}
-			}
-		}
+		c.checkClusterIPs(t, "client")
 	})
 
 	t.Run("SelfAccessReachesTheClientItself", func(t *testing.T) {
-		for _, vip := range c.clusterIPs(t, "client-self") {
-			for _, udp := range []bool{false, true} {
-				answers, _ := c.ask(t, vip, udp, 5)
-				if answers["client"] != 5 {
-					t.Errorf("%s: want 5 answers from client, have %v", target(vip, udp), answers)
-				}
-			}
-		}
+		c.checkSelfAccess(t, "client", "client-self")
 	})
 
 	t.Run("SessionAffinityClientIPHolds", func(t *testing.T) {
@@ -216,7 +209,7 @@ func TestScenarios(t *testing.T) {
 		balanced := c.verdict(t, "connect", "socket-lb")
 		vips := c.clusterIPs(t, "echo-affinity")
 		for _, vip := range vips {
-			answers, _ := c.ask(t, vip, false, 20)
+			answers, _ := c.ask(t, "client", vip, false, 20)
 			t.Logf("%s: %v", target(vip, false), answers)
 			if len(answers) != 1 {
 				t.Errorf("%s: 20 requests went to %d backends, want 1: %v", target(vip, false), len(answers), answers)
@@ -231,7 +224,7 @@ func TestScenarios(t *testing.T) {
 		// One node: every endpoint of echo is local.
 		echoes := c.podNames(t, "app=echo")
 		for _, vip := range c.clusterIPs(t, "echo-local") {
-			answers, _ := c.ask(t, vip, false, 20)
+			answers, _ := c.ask(t, "client", vip, false, 20)
 			for _, name := range echoes {
 				if answers[name] == 0 {
 					t.Errorf("%s: local backend %s never answered (%v)", target(vip, false), name, answers)
@@ -244,7 +237,7 @@ func TestScenarios(t *testing.T) {
 		// anywhere is refused instead; see DeletedServiceIsRejectedAtOnce).
 		vip := c.clusterIPs(t, "remote-only")[0]
 		c.waitProgrammed(t, "remote-only", vip, 0)
-		took, err := c.failOnce(t, vip, time.Second)
+		took, err := c.failOnce(t, "client", vip, time.Second)
 		t.Logf("%s (remote endpoints only, ITP Local): failed after %v: %v", target(vip, false), took, err)
 		if strings.Contains(err.Error(), "connection refused") || took < 900*time.Millisecond {
 			t.Errorf("want the request dropped (a timeout), have %v after %v", err, took)
@@ -253,6 +246,37 @@ func TestScenarios(t *testing.T) {
 
 	t.Run("ProgramsVisibleByNameForEveryPod", func(t *testing.T) {
 		c.checkProgramsByName(t)
+	})
+
+	t.Run("SocketPathPodOfItsRuntimeClass", func(t *testing.T) {
+		// client-socket runs under RuntimeClass podnic-socket: containerd
+		// calls podnic with the CNI config of that handler's folder,
+		// "servicePath": "socket". Its NIC carries podnic_guard alone
+		// (checked with every pod's programs above), and every Service
+		// connection and datagram is balanced at the socket.
+		c.checkClusterIPs(t, "client-socket")
+		c.checkSelfAccess(t, "client-socket", "client-socket-self")
+		// A Service without endpoints is refused at connect(); a deleted
+		// one, whose VIP the socket programs leave alone, by the guard.
+		atSocket, byGuard := c.verdict(t, "connect", "reject"), c.verdict(t, "from-pod", "reject")
+		empty := c.emptyVIPs(t)
+		c.refusedAtOnce(t, "client-socket", empty, "no endpoints")
+		deleted := c.deletedService(t, "client-socket", "doomed-socket")
+		c.refusedAtOnce(t, "client-socket", deleted, "deleted")
+		if got := c.verdict(t, "connect", "reject") - atSocket; got < uint64(len(empty)) {
+			t.Errorf("%d connections refused at the socket, want %d", got, len(empty))
+		}
+		if got := c.verdict(t, "from-pod", "reject") - byGuard; got < uint64(len(deleted)) {
+			t.Errorf("%d connections refused by the guard, want %d", got, len(deleted))
+		}
+		// DEL on the socket path: the ENI back, the guard's link gone.
+		sandbox := c.sandboxOf(t, "client-socket")
+		c.deleteReturnsTheENI(t, "client-socket")
+		for _, a := range c.attachments(t) {
+			if strings.HasPrefix(a.Owner, sandbox+"--") {
+				t.Errorf("client-socket deleted, its attachment is left: %+v", a)
+			}
+		}
 	})
 
 	t.Run("ScaleUpAndDownUnderLoad", func(t *testing.T) {
@@ -363,46 +387,15 @@ func TestScenarios(t *testing.T) {
 
 	t.Run("DeletedServiceIsRejectedAtOnce", func(t *testing.T) {
 		// Known VIP, no endpoints: the datapath rejects (kube-proxy too).
-		for _, vip := range c.clusterIPs(t, "empty") {
-			c.waitProgrammed(t, "empty", vip, 0)
-			took, err := c.failOnce(t, vip, 5*time.Second)
-			t.Logf("%s (no endpoints): failed after %v: %v", target(vip, false), took, err)
-			if !strings.Contains(err.Error(), "connection refused") || took > time.Second {
-				t.Errorf("want connection refused at once, have %v after %v", err, took)
-			}
-		}
-		c.kubectl(t, doomed, "apply", "-f", "-")
-		vips := c.clusterIPs(t, "doomed")
-		c.waitBackends(t, "doomed", 2)
-		for _, vip := range vips {
-			c.ask(t, vip, false, 1)
-		}
+		c.refusedAtOnce(t, "client", c.emptyVIPs(t), "no endpoints")
+		vips := c.deletedService(t, "client", "doomed")
 		before := c.fabricCounters(t)
-		t0 := time.Now()
-		c.kubectl(t, "", "delete", "service", "doomed", "--wait=true")
-		for _, vip := range vips {
-			waitUntil(t, c.ctx, fmt.Sprintf("%v gone from the maps", vip), func() error {
-				for _, line := range strings.Split(c.frontends(t), "\n") {
-					if strings.HasPrefix(line, netip.AddrPortFrom(vip, 80).String()+"/") {
-						return errors.New(line)
-					}
-				}
-				return nil
-			})
-		}
-		t.Logf("Service deleted and gone from the maps in %v", time.Since(t0).Round(time.Millisecond))
 		// The VIP is no Service's any more, but it lies in the Service
 		// CIDRs the agent was given (--service-cidr): the datapath refuses
 		// the connection at once, before the packet leaves the pod.
 		// (kube-proxy v1.36 drops such traffic in nftables mode and routes
 		// it in iptables mode; a VPC router then drops it: a timeout.)
-		for _, vip := range vips {
-			took, err := c.failOnce(t, vip, 5*time.Second)
-			t.Logf("%s (deleted): failed after %v: %v", target(vip, false), took, err)
-			if err == nil || !strings.Contains(err.Error(), "connection refused") || took > time.Second {
-				t.Errorf("%s after deletion: want connection refused at once, have %v after %v", vip, err, took)
-			}
-		}
+		c.refusedAtOnce(t, "client", vips, "deleted")
 		after := c.fabricCounters(t)
 		if after["IpExtInNoRoutes"] != before["IpExtInNoRoutes"] || after["Ip6InNoRoutes"] != before["Ip6InNoRoutes"] {
 			t.Errorf("packets to the deleted VIPs left the pod: gateway counters %v -> %v", before, after)
@@ -417,32 +410,70 @@ func TestScenarios(t *testing.T) {
 	})
 
 	t.Run("PodDeletionReturnsTheENI", func(t *testing.T) {
-		mac := strings.TrimSpace(c.kubectl(t, "", "exec", "client", "--", "cat", "/sys/class/net/eth0/address"))
-		t0 := time.Now()
-		c.kubectl(t, "", "delete", "pod", "client", "--wait=true", "--timeout=60s")
-		waitUntil(t, c.ctx, "the client's ENI back in the node", func() error {
-			for name, e := range nodeENIs(t, c.box) {
-				if e.mac == mac {
-					if e.up {
-						return fmt.Errorf("%s (%s) is back but up", name, e.mac)
-					}
-					return nil
-				}
-			}
-			return fmt.Errorf("%s not back in the node", mac)
-		})
-		t.Logf("client deleted and its ENI %s back in the node in %v", mac, time.Since(t0).Round(time.Millisecond))
+		c.deleteReturnsTheENI(t, "client")
 	})
 }
 
+// doomed is a Service over echo that a scenario deletes.
 const doomed = `apiVersion: v1
 kind: Service
-metadata: {name: doomed}
+metadata: {name: %s}
 spec:
   ipFamilyPolicy: RequireDualStack
   selector: {app: echo}
   ports: [{name: http, port: 80, targetPort: 8080}]
 `
+
+// deletedService makes a Service named name over echo, asks it once from
+// pod, deletes it and waits until its ClusterIPs are gone from the maps;
+// it returns them.
+func (c *cluster) deletedService(t *testing.T, pod, name string) []netip.Addr {
+	t.Helper()
+	c.kubectl(t, fmt.Sprintf(doomed, name), "apply", "-f", "-")
+	vips := c.clusterIPs(t, name)
+	c.waitBackends(t, name, 2)
+	for _, vip := range vips {
+		c.ask(t, pod, vip, false, 1)
+	}
+	t0 := time.Now()
+	c.kubectl(t, "", "delete", "service", name, "--wait=true")
+	for _, vip := range vips {
+		waitUntil(t, c.ctx, fmt.Sprintf("%v gone from the maps", vip), func() error {
+			for _, line := range strings.Split(c.frontends(t), "\n") {
+				if strings.HasPrefix(line, netip.AddrPortFrom(vip, 80).String()+"/") {
+					return errors.New(line)
+				}
+			}
+			return nil
+		})
+	}
+	t.Logf("Service %s deleted and gone from the maps in %v", name, time.Since(t0).Round(time.Millisecond))
+	return vips
+}
+
+// emptyVIPs returns the ClusterIPs of the Service without endpoints, once
+// they are in the maps.
+func (c *cluster) emptyVIPs(t *testing.T) []netip.Addr {
+	t.Helper()
+	vips := c.clusterIPs(t, "empty")
+	for _, vip := range vips {
+		c.waitProgrammed(t, "empty", vip, 0)
+	}
+	return vips
+}
+
+// refusedAtOnce checks that a GET from pod to each of vips is refused
+// within a second; what says why it should be.
+func (c *cluster) refusedAtOnce(t *testing.T, pod string, vips []netip.Addr, what string) {
+	t.Helper()
+	for _, vip := range vips {
+		took, err := c.failOnce(t, pod, vip, 5*time.Second)
+		t.Logf("%s (%s) from %s: failed after %v: %v", target(vip, false), what, pod, took, err)
+		if !strings.Contains(err.Error(), "connection refused") || took > time.Second {
+			t.Errorf("%s (%s) from %s: want connection refused at once, have %v after %v", target(vip, false), what, pod, err, took)
+		}
+	}
+}
 
 // cluster is the box as the scenarios use it: kubectl, kubectl exec in the
 // client pod, the maps.
@@ -459,6 +490,75 @@ func (c *cluster) kubectl(t *testing.T, stdin string, args ...string) string {
 		t.Fatal(err)
 	}
 	return out
+}
+
+// checkClusterIPs asks every ClusterIP of echo, over TCP and UDP, 20 times
+// from pod: both backends must answer and see pod's own address. Every
+// connection and socket must be balanced at the socket (podnic-agent's
+// default), none translated by tc.
+func (c *cluster) checkClusterIPs(t *testing.T, pod string) {
+	t.Helper()
+	client := c.podAddrs(t, pod)
+	echoes := c.podNames(t, "app=echo")
+	vips := c.clusterIPs(t, "echo")
+	balanced, dnatNew := c.verdict(t, "connect", "socket-lb"), c.verdict(t, "from-pod", "dnat-new")
+	for _, vip := range vips {
+		for _, udp := range []bool{false, true} {
+			answers, remotes := c.ask(t, pod, vip, udp, 20)
+			t.Logf("%s from %s: %v", target(vip, udp), pod, answers)
+			for _, name := range echoes {
+				if answers[name] == 0 {
+					t.Errorf("%s: backend %s never answered 20 requests (%v)", target(vip, udp), name, answers)
+				}
+			}
+			for _, r := range remotes {
+				if !slices.Contains(client, r) {
+					t.Errorf("%s: a backend saw %s as %v, not one of its addresses %v", target(vip, udp), pod, r, client)
+				}
+			}
+		}
+	}
+	if got := c.verdict(t, "connect", "socket-lb") - balanced; got < uint64(40*len(vips)) {
+		t.Errorf("%d TCP connections and UDP sockets balanced at the socket, want at least %d", got, 40*len(vips))
+	}
+	if got := c.verdict(t, "from-pod", "dnat-new") - dnatNew; got != 0 {
+		t.Errorf("%d new flows translated by tc, want none", got)
+	}
+}
+
+// checkSelfAccess asks every ClusterIP of svc, whose one backend is pod,
+// from pod, over TCP and UDP: pod itself must answer.
+func (c *cluster) checkSelfAccess(t *testing.T, pod, svc string) {
+	t.Helper()
+	for _, vip := range c.clusterIPs(t, svc) {
+		for _, udp := range []bool{false, true} {
+			answers, _ := c.ask(t, pod, vip, udp, 5)
+			if answers[pod] != 5 {
+				t.Errorf("%s: want 5 answers from %s, have %v", target(vip, udp), pod, answers)
+			}
+		}
+	}
+}
+
+// deleteReturnsTheENI deletes pod and waits until its ENI is back in the
+// node, down.
+func (c *cluster) deleteReturnsTheENI(t *testing.T, pod string) {
+	t.Helper()
+	mac := strings.TrimSpace(c.kubectl(t, "", "exec", pod, "--", "cat", "/sys/class/net/eth0/address"))
+	t0 := time.Now()
+	c.kubectl(t, "", "delete", "pod", pod, "--wait=true", "--timeout=60s")
+	waitUntil(t, c.ctx, pod+"'s ENI back in the node", func() error {
+		for name, e := range nodeENIs(t, c.box) {
+			if e.mac == mac {
+				if e.up {
+					return fmt.Errorf("%s (%s) is back but up", name, e.mac)
+				}
+				return nil
+			}
+		}
+		return fmt.Errorf("%s not back in the node", mac)
+	})
+	t.Logf("%s deleted and its ENI %s back in the node in %v", pod, mac, time.Since(t0).Round(time.Millisecond))
 }
 
 // clusterIPs returns the ClusterIPs of a Service, IPv4 first.
@@ -589,12 +689,12 @@ func target(vip netip.Addr, udp bool) string {
 
 var youAre = regexp.MustCompile(`you are (\S+)`)
 
-// ask sends n requests from the client pod to vip:80, each on a new
-// connection or socket, and returns the answers per backend and the client
-// addresses the backends saw (HTTP only). Any failure fails t.
-func (c *cluster) ask(t *testing.T, vip netip.Addr, udp bool, n int) (map[string]int, []netip.Addr) {
+// ask sends n requests from pod to vip:80, each on a new connection or
+// socket, and returns the answers per backend and the client addresses the
+// backends saw (HTTP only). Any failure fails t.
+func (c *cluster) ask(t *testing.T, pod string, vip netip.Addr, udp bool, n int) (map[string]int, []netip.Addr) {
 	t.Helper()
-	args := []string{"exec", "client", "--", "/podnic-get", "-n", strconv.Itoa(n), "-timeout", "2s"}
+	args := []string{"exec", pod, "--", "/podnic-get", "-n", strconv.Itoa(n), "-timeout", "2s"}
 	if udp {
 		args = append(args, "-udp")
 	}
@@ -617,12 +717,12 @@ func (c *cluster) ask(t *testing.T, vip netip.Addr, udp bool, n int) (map[string
 
 var after = regexp.MustCompile(`request 1 after (\S+): (.*)`)
 
-// failOnce sends one GET to vip:80 from the client and returns how long it
-// took to fail, as the client measured it, and its error. It fails t if
-// the request succeeds.
-func (c *cluster) failOnce(t *testing.T, vip netip.Addr, timeout time.Duration) (time.Duration, error) {
+// failOnce sends one GET to vip:80 from pod and returns how long it took
+// to fail, as the client measured it, and its error. It fails t if the
+// request succeeds.
+func (c *cluster) failOnce(t *testing.T, pod string, vip netip.Addr, timeout time.Duration) (time.Duration, error) {
 	t.Helper()
-	out, err := c.box.Kubectl(c.ctx, "", "exec", "client", "--", "/podnic-get", "-timeout", timeout.String(), target(vip, false))
+	out, err := c.box.Kubectl(c.ctx, "", "exec", pod, "--", "/podnic-get", "-timeout", timeout.String(), target(vip, false))
 	if err == nil {
 		t.Fatalf("%s answered: %s", target(vip, false), out)
 	}
@@ -781,35 +881,68 @@ func (c *cluster) verdict(t *testing.T, hook, verdict string) uint64 {
 	return 0
 }
 
-// checkProgramsByName checks that every pod's interface carries podnic's
-// programs, named, through `podnicctl attachments` (the agent's view).
-func (c *cluster) checkProgramsByName(t *testing.T) {
+// attachment is one row of `podnicctl attachments` (the agent's view).
+type attachment struct{ Owner, Ifname, Hook, Mode, ProgramName string }
+
+func (c *cluster) attachments(t *testing.T) []attachment {
 	t.Helper()
 	out, err := c.box.Podnicctl(c.ctx, "-o", "json", "attachments")
 	if err != nil {
 		t.Fatal(err)
 	}
-	var as []struct{ Owner, Ifname, Hook, Mode, ProgramName string }
+	var as []attachment
 	if err := json.Unmarshal([]byte(out), &as); err != nil {
 		t.Fatalf("parsing podnicctl attachments: %v\n%s", err, out)
 	}
-	sandboxes, err := c.box.RunCrictl(c.ctx, "pods", "--state", "ready", "-o", "json")
+	return as
+}
+
+// sandbox is a ready pod sandbox as crictl lists it.
+type sandbox struct {
+	ID             string
+	RuntimeHandler string
+	Metadata       struct{ Name string }
+}
+
+func (c *cluster) sandboxes(t *testing.T) []sandbox {
+	t.Helper()
+	out, err := c.box.RunCrictl(c.ctx, "pods", "--state", "ready", "-o", "json")
 	if err != nil {
 		t.Fatal(err)
 	}
-	var pods struct {
-		Items []struct {
-			ID       string
-			Metadata struct{ Name string }
-		}
-	}
-	if err := json.Unmarshal([]byte(sandboxes), &pods); err != nil {
+	var pods struct{ Items []sandbox }
+	if err := json.Unmarshal([]byte(out), &pods); err != nil {
 		t.Fatalf("parsing crictl pods: %v", err)
 	}
-	if len(pods.Items) == 0 {
+	return pods.Items
+}
+
+// sandboxOf returns the id of pod's ready sandbox.
+func (c *cluster) sandboxOf(t *testing.T, pod string) string {
+	t.Helper()
+	for _, s := range c.sandboxes(t) {
+		if s.Metadata.Name == pod {
+			return s.ID
+		}
+	}
+	t.Fatalf("no ready sandbox of pod %s", pod)
+	return ""
+}
+
+// checkProgramsByName checks that every pod's interface carries podnic's
+// programs, named, through `podnicctl attachments` (the agent's view): on
+// the full path a program on the NIC's ingress and egress (and lo's), on
+// the socket path (RuntimeClass podnic-socket) podnic_guard alone on the
+// NIC's egress.
+func (c *cluster) checkProgramsByName(t *testing.T) {
+	t.Helper()
+	as := c.attachments(t)
+	pods := c.sandboxes(t)
+	if len(pods) == 0 {
 		t.Fatal("no pods")
 	}
-	for _, p := range pods.Items {
+	socketPods := 0
+	for _, p := range pods {
 		var progs []string
 		for _, a := range as {
 			if strings.HasPrefix(a.Owner, p.ID+"--") && a.ProgramName != "" {
@@ -817,11 +950,21 @@ func (c *cluster) checkProgramsByName(t *testing.T) {
 			}
 		}
 		sort.Strings(progs)
-		t.Logf("%s: %v", p.Metadata.Name, progs)
+		t.Logf("%s (runtime handler %q): %v", p.Metadata.Name, p.RuntimeHandler, progs)
+		if p.RuntimeHandler == nodebox.SocketPathClass {
+			socketPods++
+			if len(progs) != 1 || !strings.HasPrefix(progs[0], "eth0/egress:podnic_guard(") {
+				t.Errorf("pod %s (sandbox %.12s) on the socket path: want podnic_guard alone on eth0's egress, have %v", p.Metadata.Name, p.ID, progs)
+			}
+			continue
+		}
 		if !slices.ContainsFunc(progs, func(s string) bool { return strings.Contains(s, "/ingress:") }) ||
 			!slices.ContainsFunc(progs, func(s string) bool { return strings.Contains(s, "/egress:") }) {
 			t.Errorf("pod %s (sandbox %.12s): want named programs on ingress and egress, have %v", p.Metadata.Name, p.ID, progs)
 		}
+	}
+	if socketPods == 0 {
+		t.Errorf("no pod of runtime handler %s", nodebox.SocketPathClass)
 	}
 }
 
