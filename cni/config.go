@@ -282,7 +282,8 @@ func (c *Config) parseDevice(n *netConf) error {
 	if set > 1 {
 		return invalid("choose the device one way: deviceMAC, deviceName, pciAddress (or runtimeConfig.deviceID), pfName with vfIndex, or devicePool")
 	}
-	if set == 0 && !c.Chained && (n.RawPrevResult == nil || n.IPAM.Type != "") {
+	// (ParseConfig has parsed prevResult already, which clears the raw one.)
+	if set == 0 && !c.Chained && (c.PrevResult == nil || n.IPAM.Type != "") {
 		return invalid("no device: set deviceMAC, deviceName, pciAddress, pfName with vfIndex or devicePool, or pass runtimeConfig.deviceID")
 	}
 	if n.VF != nil {

@@ -152,7 +152,13 @@ func chainedCase(t *testing.T, v string) {
 	p := n.addPod("pod")
 	first := []byte(fmt.Sprintf(`{"cniVersion":%q,"name":"eni-pool","type":"host-device","device":%q,
 		"ipam":{"type":"static","addresses":[{"address":"10.1.0.77/24","gateway":"10.1.0.1"}],"routes":[{"dst":"0.0.0.0/0","gw":"10.1.0.1"}]}}`, v, e.name))
-	second := n.conf(v, map[string]any{"ipam": nil, "chained": true})
+	// "chained" may be left out, as in docs/cni.md's example: no device
+	// and no ipam after another plugin say it. Both ways are tested.
+	chained := map[string]any{"ipam": nil, "chained": true}
+	if v == "1.1.0" {
+		delete(chained, "chained")
+	}
+	second := n.conf(v, chained)
 	l := n.list(first, second)
 	r, err := n.add(l, p)
 	if err != nil {
