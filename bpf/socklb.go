@@ -186,6 +186,9 @@ func SocketLBAttached(root string) ([]string, error) {
 // hybrid host). Processes not placed anywhere in cgroup v2 are in its root,
 // so programs there see every socket on the node.
 func CgroupV2Root() (string, error) {
+	if err := inInitialCgroupNamespace("/proc/thread-self/ns/cgroup"); err != nil {
+		return "", err
+	}
 	if p, err := CgroupV2Mount(); err != nil || p != "" {
 		return p, err
 	}
@@ -196,6 +199,33 @@ func CgroupV2Root() (string, error) {
 		return "", fmt.Errorf("mounting cgroup v2 at %s: %w", CgroupMount, err)
 	}
 	return CgroupMount, nil
+}
+
+// ErrCgroupNamespace says the process is in a cgroup namespace of its own,
+// as a container usually is on a cgroup v2 node: a cgroup v2 mount it
+// finds or makes shows only its own cgroup, and socket programs attached
+// there would see none of the pods' sockets.
+var ErrCgroupNamespace = errors.New("this process has a cgroup namespace of its own (a container's), whose cgroup v2 mounts show only its own cgroup: give the node's cgroup v2 root explicitly (podnic-agent --cgroup-root, e.g. the node's /sys/fs/cgroup mounted into the container), or run in the node's cgroup namespace")
+
+// initCgroupNamespaceInode is the inode of the initial cgroup namespace,
+// the kernel's PROC_CGROUP_INIT_INO.
+const initCgroupNamespaceInode = 0xEFFFFFFB
+
+// inInitialCgroupNamespace returns ErrCgroupNamespace unless nsLink (a
+// /proc/.../ns/cgroup) is the initial cgroup namespace. A kernel without
+// cgroup namespaces has only that one.
+func inInitialCgroupNamespace(nsLink string) error {
+	var st unix.Stat_t
+	if err := unix.Stat(nsLink, &st); err != nil {
+		if errors.Is(err, unix.ENOENT) {
+			return nil
+		}
+		return fmt.Errorf("checking the cgroup namespace: %w", err)
+	}
+	if st.Ino != initCgroupNamespaceInode {
+		return ErrCgroupNamespace
+	}
+	return nil
 }
 
 // CgroupV2Mount returns where cgroup v2 is mounted (its root), or "".

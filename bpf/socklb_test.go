@@ -3,10 +3,12 @@ package bpf
 import (
 	"encoding/binary"
 	"errors"
+	"fmt"
 	"net"
 	"net/netip"
 	"os"
 	"path/filepath"
+	"runtime"
 	"sort"
 	"syscall"
 	"testing"
@@ -428,6 +430,30 @@ func TestFindCgroup2Mount(t *testing.T) {
 	}
 	if got, err := findCgroup2Mount(f); err != nil || got != "" {
 		t.Errorf("found %q, %v; want none", got, err)
+	}
+}
+
+// A container on a cgroup v2 node has a cgroup namespace of its own: a
+// cgroup v2 mount there shows its own cgroup as the root, so the node's
+// root must be given explicitly. CgroupV2Root refuses rather than attach
+// where no pod's socket is.
+func TestCgroupV2RootRefusesInACgroupNamespaceOfItsOwn(t *testing.T) {
+	if err := inInitialCgroupNamespace("/proc/thread-self/ns/cgroup"); err != nil {
+		t.Fatalf("the test runs in the initial cgroup namespace: %v", err)
+	}
+	errc := make(chan error, 1)
+	go func() {
+		// This thread never goes back: it exits with the goroutine.
+		runtime.LockOSThread()
+		if err := unix.Unshare(unix.CLONE_NEWCGROUP); err != nil {
+			errc <- fmt.Errorf("unshare: %w", err)
+			return
+		}
+		_, err := CgroupV2Root()
+		errc <- err
+	}()
+	if err := <-errc; !errors.Is(err, ErrCgroupNamespace) {
+		t.Errorf("CgroupV2Root in a new cgroup namespace: %v, want ErrCgroupNamespace", err)
 	}
 }
 

@@ -19,14 +19,14 @@ import (
 	"github.com/podnic/podnic/test/k8s"
 )
 
-// buildCommands builds podnic-agent and podnicctl into a temporary
-// directory, as a release would, and returns it.
+// buildCommands builds podnic-agent, podnicctl and the podnic CNI plugin
+// into a temporary directory, as a release would, and returns it.
 func buildCommands(t *testing.T) string {
 	t.Helper()
 	dir := t.TempDir()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, "go", "build", "-o", dir+"/", "./cmd/podnic-agent", "./cmd/podnicctl")
+	cmd := exec.CommandContext(ctx, "go", "build", "-o", dir+"/", "./cmd/podnic-agent", "./cmd/podnicctl", "../cni/cmd/podnic")
 	if out, err := cmd.CombinedOutput(); err != nil {
 		t.Fatalf("go build: %v\n%s", err, out)
 	}
@@ -65,9 +65,13 @@ func TestAgentBinaryProgramsAndStopsCleanly(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer logFile.Close()
+	// The node's CNI dirs, which the agent fills after its first sync.
+	node := newCNIDirs(t)
 	agent := exec.Command(filepath.Join(bin, "podnic-agent"),
 		"--kubeconfig="+c.Kubeconfig(k8s.AgentUser), "--node-name=node-a", "--bpf-root="+root,
-		"--socket="+sock, "--ops-address="+ops, "--log-format=json")
+		"--socket="+sock, "--ops-address="+ops, "--log-format=json",
+		"--install-cni-plugin="+filepath.Join(bin, "podnic"), "--install-cni-config="+node.config,
+		"--cni-bin-dir="+node.binDir, "--cni-conf-dir="+node.confDir)
 	agent.Stdout, agent.Stderr = logFile, logFile
 	agent.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	if err := agent.Start(); err != nil {
@@ -133,6 +137,9 @@ func TestAgentBinaryProgramsAndStopsCleanly(t *testing.T) {
 			t.Errorf("podnicctl %s: %v %s, want [] (nothing attached)", cmd, err, out)
 		}
 	}
+	eventually(t, "the CNI plugin and config installed", func() error {
+		return node.installed(filepath.Join(bin, "podnic"))
+	})
 	resp, err := http.Get("http://" + ops + "/healthz")
 	if err != nil {
 		t.Fatal(err)
@@ -167,6 +174,86 @@ func TestAgentBinaryProgramsAndStopsCleanly(t *testing.T) {
 	// Without the agent, podnicctl reads the same from the pins.
 	if out, err := ctl("service", "list"); err != nil || !strings.Contains(string(out), "192.0.2.20:8080") {
 		t.Errorf("podnicctl from the pins after the agent stopped: %v %s", err, out)
+	}
+}
+
+// cniDirs is a node's CNI bin and config dirs, empty, and a config for
+// podnic-agent --install-cni-config.
+type cniDirs struct {
+	binDir, confDir, config string
+}
+
+const nodeConflist = `{"cniVersion": "1.0.0", "name": "eni-pool", "plugins": [
+  {"type": "podnic", "devicePool": {"names": ["eth1"]},
+   "ipam": {"type": "podnic", "ranges": [[{"subnet": "192.0.2.0/24", "gateway": "192.0.2.1"}]]}}]}`
+
+func newCNIDirs(t *testing.T) cniDirs {
+	t.Helper()
+	d := t.TempDir()
+	n := cniDirs{binDir: filepath.Join(d, "bin"), confDir: filepath.Join(d, "net.d"), config: filepath.Join(d, "10-podnic.conflist")}
+	for _, dir := range []string{n.binDir, n.confDir} {
+		if err := os.Mkdir(dir, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := os.WriteFile(n.config, []byte(nodeConflist), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return n
+}
+
+// installed says whether the dirs hold plugin and the config.
+func (n cniDirs) installed(plugin string) error {
+	want, err := os.ReadFile(plugin)
+	if err != nil {
+		return err
+	}
+	if got, err := os.ReadFile(filepath.Join(n.binDir, "podnic")); err != nil || string(got) != string(want) {
+		return fmt.Errorf("plugin not installed (%w)", err)
+	}
+	if got, err := os.ReadFile(filepath.Join(n.confDir, "10-podnic.conflist")); err != nil || string(got) != nodeConflist {
+		return fmt.Errorf("config not installed (%w)", err)
+	}
+	return nil
+}
+
+// empty fails t unless both dirs are empty.
+func (n cniDirs) empty(t *testing.T) {
+	t.Helper()
+	for _, dir := range []string{n.binDir, n.confDir} {
+		if ents, err := os.ReadDir(dir); err != nil || len(ents) != 0 {
+			t.Errorf("%s holds %v (%v), want nothing", dir, ents, err)
+		}
+	}
+}
+
+// TestAgentBinaryRefusesABadCNIConfigAndWritesNothing: a node's CNI config
+// that the plugin would refuse stops the agent at start, before it loads
+// anything or writes a file, with the reason.
+func TestAgentBinaryRefusesABadCNIConfigAndWritesNothing(t *testing.T) {
+	bin := buildCommands(t)
+	node := newCNIDirs(t)
+	if err := os.WriteFile(node.config, []byte(strings.Replace(nodeConflist, `"devicePool"`, `"servicePath": "fast", "devicePool"`, 1)), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		name string
+		args []string
+		want string
+	}{
+		{"bad config", []string{"--install-cni-plugin=" + filepath.Join(bin, "podnic"), "--install-cni-config=" + node.config}, `invalid podnic config: servicePath`},
+		{"plugin alone", []string{"--install-cni-plugin=" + filepath.Join(bin, "podnic")}, "go together"},
+		{"missing plugin", []string{"--install-cni-plugin=" + filepath.Join(bin, "nope"), "--install-cni-config=" + filepath.Join(t.TempDir(), "x.conflist")}, "no such file"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			args := append([]string{"--bpf-root=" + filepath.Join(t.TempDir(), "pins"), "--services-file=/dev/null",
+				"--cni-bin-dir=" + node.binDir, "--cni-conf-dir=" + node.confDir}, c.args...)
+			out, err := exec.Command(filepath.Join(bin, "podnic-agent"), args...).CombinedOutput()
+			if err == nil || !strings.Contains(string(out), c.want) {
+				t.Errorf("podnic-agent %v: %v\n%s\nwant an error mentioning %q", c.args, err, out, c.want)
+			}
+			node.empty(t)
+		})
 	}
 }
 

@@ -14,6 +14,7 @@ import (
 	"net/netip"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"strings"
 	"syscall"
 	"time"
@@ -21,6 +22,7 @@ import (
 	"sigs.k8s.io/yaml"
 
 	"github.com/podnic/podnic/bpf"
+	"github.com/podnic/podnic/cni"
 	"github.com/podnic/podnic/nodeagent"
 	"github.com/podnic/podnic/nodeagent/localapi"
 )
@@ -45,6 +47,7 @@ type config struct {
 	socketLB     bool
 	socketLBPeer bool
 	cgroupRoot   string
+	cni          cni.Installation
 }
 
 func main() {
@@ -80,6 +83,10 @@ func parseFlags(args []string) (config, error) {
 	fs.BoolVar(&c.socketLB, "socket-lb", true, "balance TCP and UDP of podnic's pods to Services at the socket (programs on the node's cgroup v2 root); off: tc translates every packet")
 	fs.BoolVar(&c.socketLBPeer, "socket-lb-peer-name", true, "getpeername() of a balanced socket names the Service, as through kube-proxy (costs about 0.25 µs of CPU per connection)")
 	fs.StringVar(&c.cgroupRoot, "cgroup-root", "", "cgroup v2 directory for --socket-lb; empty: the node's cgroup v2 mount, mounted at "+bpf.CgroupMount+" if there is none")
+	fs.StringVar(&c.cni.Plugin, "install-cni-plugin", "", "podnic CNI plugin binary to copy into --cni-bin-dir once the first sync succeeded (a DaemonSet's image holds it); empty: none")
+	fs.StringVar(&c.cni.Config, "install-cni-config", "", "CNI config list file (.conflist) to check and copy into --cni-conf-dir after the plugin: the node's runtime then reports its network ready; empty: none")
+	fs.StringVar(&c.cni.BinDir, "cni-bin-dir", "/opt/cni/bin", "the container runtime's CNI plugin directory, for --install-cni-plugin")
+	fs.StringVar(&c.cni.ConfDir, "cni-conf-dir", "/etc/cni/net.d", "the container runtime's CNI config directory, for --install-cni-config")
 	fs.StringVar(&c.serviceCIDRs, "service-cidr", "", "the cluster's Service CIDRs, comma-separated (kube-apiserver's --service-cluster-ip-range); traffic to an address in them that no Service has is rejected at once")
 	if err := fs.Parse(args); err != nil {
 		return c, err
@@ -137,6 +144,22 @@ func (c config) validate() error {
 		return fmt.Errorf("--log-format %q: want text or json", c.logFormat)
 	case c.socket == "":
 		return errors.New("--socket is required")
+	case (c.cni.Plugin == "") != (c.cni.Config == ""):
+		return errors.New("--install-cni-plugin and --install-cni-config go together")
+	}
+	if c.cni.Config != "" {
+		// Checked now, so a bad config stops the agent before it writes
+		// anything, with the reason in its log.
+		data, err := os.ReadFile(c.cni.Config)
+		if err != nil {
+			return fmt.Errorf("--install-cni-config: %w", err)
+		}
+		if err := cni.ValidateConfigFile(filepath.Base(c.cni.Config), data); err != nil {
+			return fmt.Errorf("--install-cni-config %s: %w", c.cni.Config, err)
+		}
+		if _, err := os.Stat(c.cni.Plugin); err != nil {
+			return fmt.Errorf("--install-cni-plugin: %w", err)
+		}
 	}
 	var l slog.Level
 	if err := l.UnmarshalText([]byte(c.logLevel)); err != nil {
@@ -219,6 +242,16 @@ func run(args []string) error {
 		close(done)
 	}()
 	log.Info("podnic-agent started", "node", c.nodeName, "source", source, "socket", c.socket, "ops", c.opsAddress)
+	installed := make(chan error, 1)
+	if c.cni.Plugin != "" {
+		go func() {
+			err := installCNI(ctx, a, c.cni, log)
+			if err != nil {
+				stop() // the agent stops with this error
+			}
+			installed <- err
+		}()
+	}
 	if c.servicesFile != "" {
 		err = nodeagent.FileSource{Path: c.servicesFile, Zone: c.zone}.Run(ctx, a)
 	} else {
@@ -233,7 +266,36 @@ func run(args []string) error {
 	if err != nil && !strings.Contains(err.Error(), context.Canceled.Error()) {
 		return err
 	}
+	if c.cni.Plugin != "" {
+		if err := <-installed; err != nil {
+			return err
+		}
+	}
 	log.Info("podnic-agent stopped; the maps stay as they are")
+	return nil
+}
+
+// installCNI waits for the first successful sync, then installs the
+// podnic plugin and the node's CNI config: until the config is there the
+// runtime reports the node's network not ready, so no pod starts before
+// its Services are programmed. A failed install stops the agent (its
+// DaemonSet restarts it).
+func installCNI(ctx context.Context, a *nodeagent.Agent, in cni.Installation, log *slog.Logger) error {
+	t := time.NewTicker(100 * time.Millisecond)
+	defer t.Stop()
+	for a.Healthy() != nil {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+		}
+	}
+	changed, err := cni.InstallNode(in)
+	if err != nil {
+		log.Error("installing the CNI plugin and config failed; stopping", "error", err)
+		return err
+	}
+	log.Info("CNI plugin and config installed", "bin", in.BinDir, "conf", filepath.Join(in.ConfDir, filepath.Base(in.Config)), "written", changed)
 	return nil
 }
 
