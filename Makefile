@@ -25,7 +25,7 @@ check-generate: generate
 
 build:
 	@mkdir -p $(BIN)
-	$(GO) build -o $(BIN)/ $$(ls -d ./cni/cmd/*/ ./nodeagent/cmd/*/ 2>/dev/null)
+	CGO_ENABLED=0 $(GO) build -trimpath -o $(BIN)/ $$(ls -d ./cni/cmd/*/ ./nodeagent/cmd/*/ 2>/dev/null)
 
 # The test command (README, CI): setup, generated files, lint, all tests.
 test: setup check-generate lint
@@ -36,7 +36,7 @@ test-unit:
 
 # The end-to-end scenarios on the node in a box (root; part of `make test`).
 e2e: setup
-	$(GO) test -count=1 -timeout 20m -v -run 'TestScenarios|TestPodsOwnENIsAndReachAClusterIP' ./test/nodebox/
+	$(GO) test -count=1 -timeout 20m -v -run 'TestScenarios|TestPodsOwnENIsAndReachAClusterIP|TestAgentAsDaemonSet' ./test/nodebox/
 
 lint:
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { gofmt -l $$(git ls-files '*.go'); echo "gofmt: files above need formatting" >&2; exit 1; }

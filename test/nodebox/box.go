@@ -63,7 +63,12 @@ type Options struct {
 	ENIs     int    // ENIs waiting in the node; 4 if 0
 	Detached bool   // processes outlive the caller (for `nodebox up`)
 	NoAgent  bool   // do not run podnic-agent: the caller fills the maps
-	Logf     func(format string, args ...any)
+	// AgentDaemonSet runs podnic-agent as deploy/podnic.yaml's DaemonSet,
+	// from an image of deploy/Dockerfile's layout, instead of as a process
+	// of the box: the agent installs the CNI plugin and config, and the
+	// node becomes Ready only then (daemonset.go).
+	AgentDaemonSet bool
+	Logf           func(format string, args ...any)
 }
 
 // proc is a process of the box, known by PID and start time so a recycled
@@ -92,6 +97,8 @@ type Box struct {
 	Fabric  *proc    `json:"fabric"`
 	Procs   []*proc  `json:"procs"` // in start order
 	Watcher *proc    `json:"watcher,omitempty"`
+	// AgentDaemonSet: podnic-agent runs as a DaemonSet (Options).
+	AgentDaemonSet bool `json:"agentDaemonSet,omitempty"`
 
 	detached bool
 	logf     func(string, ...any)
@@ -115,7 +122,12 @@ func (b *Box) Kubeconfig() string { return filepath.Join(b.Dir, "kubeconfig-admi
 func (b *Box) CAFile() string { return b.caFile() }
 
 // AgentSocket is podnic-agent's local API socket.
-func (b *Box) AgentSocket() string { return filepath.Join(b.Dir, "agent.sock") }
+func (b *Box) AgentSocket() string {
+	if b.AgentDaemonSet {
+		return filepath.Join(b.runPodnic(), "agent.sock")
+	}
+	return filepath.Join(b.Dir, "agent.sock")
+}
 
 // Up builds and starts a box. On error everything it made is gone.
 func Up(ctx context.Context, o Options) (b *Box, err error) {
@@ -126,7 +138,7 @@ func Up(ctx context.Context, o Options) (b *Box, err error) {
 		o.Logf = func(string, ...any) {}
 	}
 	start := time.Now()
-	b = &Box{K8sBin: o.K8sBin, Crictl: o.Crictl, detached: o.Detached, logf: o.Logf}
+	b = &Box{K8sBin: o.K8sBin, Crictl: o.Crictl, AgentDaemonSet: o.AgentDaemonSet, detached: o.Detached, logf: o.Logf}
 	b.ID = fmt.Sprintf("%d-%d", os.Getpid(), time.Now().UnixNano()%1e6)
 	b.Dir = o.Dir
 	if b.Dir != "" {
@@ -148,7 +160,7 @@ func Up(ctx context.Context, o Options) (b *Box, err error) {
 			}
 		}
 	}()
-	for _, d := range []string{"bin", "logs", "cni/bin", "cni/net.d", "cni/net.d-socket", "cni/state", "cni/ipam", "sysctl",
+	for _, d := range []string{"bin", "logs", "cni/bin", "cni/net.d", "cni/net.d-socket", "run-podnic", "cni/state", "cni/ipam", "sysctl",
 		"containerd", "kubelet/root", "kubelet/pod-logs", "kubelet/volume-plugins", "pki", "images"} {
 		if err := os.MkdirAll(filepath.Join(b.Dir, d), 0o755); err != nil {
 			return b, err
@@ -170,7 +182,11 @@ func Up(ctx context.Context, o Options) (b *Box, err error) {
 			return b, fmt.Errorf("starting watchdog: %w", err)
 		}
 	}
-	for _, f := range []string{"podnic", "loopback"} {
+	cniPlugins := []string{"podnic", "loopback"}
+	if o.AgentDaemonSet {
+		cniPlugins = cniPlugins[1:] // the agent installs podnic
+	}
+	for _, f := range cniPlugins {
 		if err := os.Link(filepath.Join(b.Bin, f), filepath.Join(b.Dir, "cni/bin", f)); err != nil {
 			return b, err
 		}
@@ -204,21 +220,40 @@ func Up(ctx context.Context, o Options) (b *Box, err error) {
 	}
 	o.Logf("nodebox: containerd ready, images imported in %v", time.Since(t0).Round(time.Millisecond))
 
-	if !o.NoAgent {
+	switch {
+	case o.AgentDaemonSet:
+		t0 = time.Now()
+		if err := b.startKubelet(ctx, false); err != nil {
+			return b, err
+		}
+		o.Logf("nodebox: kubelet started, node %s registered in %v", NodeName, time.Since(t0).Round(time.Millisecond))
+		t0 = time.Now()
+		if err := b.deployAgent(ctx, o.Repo); err != nil {
+			return b, err
+		}
+		if err := b.waitNodeReady(ctx, b.kubelet()); err != nil {
+			return b, err
+		}
+		o.Logf("nodebox: podnic-agent DaemonSet applied, CNI config installed, node %s Ready in %v", NodeName, time.Since(t0).Round(time.Millisecond))
+	case !o.NoAgent:
 		t0 = time.Now()
 		if err := b.startAgent(ctx); err != nil {
 			return b, err
 		}
 		o.Logf("nodebox: podnic-agent ready (datapath loaded) in %v", time.Since(t0).Round(time.Millisecond))
-	} else if err := b.loadDatapath(ctx); err != nil {
-		return b, err
+	default:
+		if err := b.loadDatapath(ctx); err != nil {
+			return b, err
+		}
 	}
 
-	t0 = time.Now()
-	if err := b.startKubelet(ctx); err != nil {
-		return b, err
+	if !o.AgentDaemonSet {
+		t0 = time.Now()
+		if err := b.startKubelet(ctx, true); err != nil {
+			return b, err
+		}
+		o.Logf("nodebox: kubelet started, node %s Ready in %v", NodeName, time.Since(t0).Round(time.Millisecond))
 	}
-	o.Logf("nodebox: kubelet started, node %s Ready in %v", NodeName, time.Since(t0).Round(time.Millisecond))
 	if err := b.waitDefaultServiceAccount(ctx); err != nil {
 		return b, err
 	}

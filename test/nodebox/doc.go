@@ -49,6 +49,13 @@
 // CoreDNS for its DNS scenario comes from scripts/coredns-binary.sh (the
 // wrapper module test/coredns/build, cached by go.sum hash).
 //
+// With Options.AgentDaemonSet the box installs podnic as a cluster admin
+// would (deploy/README.md): podnic-agent runs as deploy/podnic.yaml's
+// DaemonSet, in-cluster, from an image built from deploy/Dockerfile's lines,
+// and installs the CNI plugin and config itself; the box only sets the
+// values an admin sets (image, CNI config, Service CIDRs, CNI folders,
+// the API server's address). TestAgentAsDaemonSet runs it.
+//
 // Use Up and Down from Go (tests: Start), or the nodebox command
 // (test/nodebox/cmd/nodebox, scripts/nodebox.sh) to bring a box up, leave it
 // up and take it down later.

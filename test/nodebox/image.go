@@ -41,15 +41,18 @@ func (b *Box) writeImages() error {
 	for _, tool := range []string{"sh", "sleep", "cat", "ip", "ls", "ps", "echo", "hostname"} {
 		echo["bin/"+tool] = imageFile{link: "busybox"}
 	}
-	if err := writeImage(filepath.Join(b.Dir, "images", "pause.tar"), PauseImage, pause, []string{"/pause"}); err != nil {
+	if err := writeImage(filepath.Join(b.Dir, "images", "pause.tar"), PauseImage, pause, []string{"/pause"}, imageEnv); err != nil {
 		return err
 	}
-	return writeImage(filepath.Join(b.Dir, "images", "echo.tar"), EchoImage, echo, []string{"/podnic-echo"})
+	return writeImage(filepath.Join(b.Dir, "images", "echo.tar"), EchoImage, echo, []string{"/podnic-echo"}, imageEnv)
 }
 
+// imageEnv is the environment of the box's own images.
+var imageEnv = []string{"PATH=/bin:/"}
+
 // writeImage writes an OCI image layout, as a tar, holding one image named
-// name with one uncompressed layer of files and entrypoint.
-func writeImage(path, name string, files map[string]imageFile, entrypoint []string) error {
+// name with one uncompressed layer of files, entrypoint and env.
+func writeImage(path, name string, files map[string]imageFile, entrypoint, env []string) error {
 	var layer bytes.Buffer
 	lw := tar.NewWriter(&layer)
 	dirs := map[string]bool{}
@@ -106,7 +109,7 @@ func writeImage(path, name string, files map[string]imageFile, entrypoint []stri
 		"os":           "linux",
 		"config": map[string]any{
 			"Entrypoint": entrypoint,
-			"Env":        []string{"PATH=/bin:/"},
+			"Env":        env,
 			"WorkingDir": "/",
 		},
 		"rootfs": map[string]any{"type": "layers", "diff_ids": []string{layerDigest}},
@@ -182,12 +185,16 @@ func writeImage(path, name string, files map[string]imageFile, entrypoint []stri
 // image → file on this machine, mode 0755) with entrypoint, and imports it
 // into the box's containerd for pods with imagePullPolicy: Never.
 func (b *Box) ImportImage(ctx context.Context, name string, files map[string]string, entrypoint []string) error {
+	return b.importImage(ctx, name, files, entrypoint, imageEnv)
+}
+
+func (b *Box) importImage(ctx context.Context, name string, files map[string]string, entrypoint, env []string) error {
 	content := map[string]imageFile{}
 	for in, from := range files {
 		content[in] = imageFile{from: from, mode: 0o755}
 	}
 	path := filepath.Join(b.Dir, "images", strings.NewReplacer("/", "_", ":", "_").Replace(name)+".tar")
-	if err := writeImage(path, name, content, entrypoint); err != nil {
+	if err := writeImage(path, name, content, entrypoint, env); err != nil {
 		return fmt.Errorf("building image %s: %w", name, err)
 	}
 	ctx, cancel := context.WithTimeout(ctx, cmdTimeout)

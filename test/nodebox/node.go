@@ -169,12 +169,14 @@ func (b *Box) writeConfigs() error {
 		}
 	}
 	files := map[string]string{
-		filepath.Join(pki, "tokens.csv"):                                  tokens.String(),
-		filepath.Join(b.Dir, "containerd", "config.toml"):                 b.containerdConfig(),
-		filepath.Join(b.Dir, "kubelet", "config.yaml"):                    b.kubeletConfig(),
-		filepath.Join(b.Dir, "kubelet", "resolv.conf"):                    "nameserver 127.0.0.1\n",
-		filepath.Join(b.Dir, "cni", "net.d", "10-podnic.conflist"):        b.conflist("full"),
-		filepath.Join(b.Dir, "cni", "net.d-socket", "10-podnic.conflist"): b.conflist("socket"),
+		filepath.Join(pki, "tokens.csv"):                  tokens.String(),
+		filepath.Join(b.Dir, "containerd", "config.toml"): b.containerdConfig(),
+		filepath.Join(b.Dir, "kubelet", "config.yaml"):    b.kubeletConfig(),
+		filepath.Join(b.Dir, "kubelet", "resolv.conf"):    "nameserver 127.0.0.1\n",
+	}
+	if !b.AgentDaemonSet { // the DaemonSet's agent installs its own
+		files[filepath.Join(b.Dir, "cni", "net.d", "10-podnic.conflist")] = b.conflist("full")
+		files[filepath.Join(b.Dir, "cni", "net.d-socket", "10-podnic.conflist")] = b.conflist("socket")
 	}
 	for path, content := range files {
 		if err := os.WriteFile(path, []byte(content), 0o600); err != nil {
@@ -304,7 +306,9 @@ func (b *Box) loadDatapath(ctx context.Context) error {
 	return err
 }
 
-func (b *Box) startKubelet(ctx context.Context) error {
+// startKubelet starts kubelet and waits until its Node is Ready or, with
+// ready false, registered.
+func (b *Box) startKubelet(ctx context.Context, ready bool) error {
 	kubelet, err := b.startDaemon("kubelet", filepath.Join(b.K8sBin, "kubelet"),
 		"--config="+filepath.Join(b.Dir, "kubelet", "config.yaml"),
 		"--kubeconfig="+filepath.Join(b.Dir, "kubeconfig-kubelet"),
@@ -313,6 +317,27 @@ func (b *Box) startKubelet(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	if !ready {
+		return waitFor(ctx, kubelet, "node "+NodeName+" registered", readyTimeout, func() error {
+			var node struct{}
+			return b.apiGet("/api/v1/nodes/"+NodeName, &node)
+		})
+	}
+	return b.waitNodeReady(ctx, kubelet)
+}
+
+// kubelet returns kubelet's process.
+func (b *Box) kubelet() *proc {
+	for _, p := range b.Procs {
+		if p.Name == "kubelet" {
+			return p
+		}
+	}
+	return nil
+}
+
+// waitNodeReady waits until the Node is Ready, or kubelet exits.
+func (b *Box) waitNodeReady(ctx context.Context, kubelet *proc) error {
 	return waitFor(ctx, kubelet, "node "+NodeName+" Ready", readyTimeout, func() error {
 		var node struct {
 			Status struct {
@@ -425,19 +450,29 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
     default_runtime_name = "runc"
     [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
       runtime_type = "io.containerd.runc.v2"
-    # RuntimeClass podnic-socket: the same runc, the CNI config of its own
-    # folder (podnic's socket path).
-    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.%[10]s]
-      runtime_type = "io.containerd.runc.v2"
-      cni_conf_dir = %[9]q
-      cni_max_conf_num = 1
-  [plugins."io.containerd.grpc.v1.cri".cni]
+%[9]s  [plugins."io.containerd.grpc.v1.cri".cni]
     bin_dir = %[7]q
     conf_dir = %[8]q
     max_conf_num = 1
 `, filepath.Join(d, "root"), filepath.Join(d, "state"), b.containerdSocket(), b.containerdSocket()+".ttrpc",
 		filepath.Join(d, "opt"), PauseImage, filepath.Join(b.Dir, "cni", "bin"), filepath.Join(b.Dir, "cni", "net.d"),
-		filepath.Join(b.Dir, "cni", "net.d-socket"), SocketPathClass)
+		b.socketPathRuntime())
+}
+
+// socketPathRuntime is containerd's runtime handler for RuntimeClass
+// podnic-socket: the same runc, the CNI config of its own folder (podnic's
+// socket path). A DaemonSet agent installs one config: no such handler.
+func (b *Box) socketPathRuntime() string {
+	if b.AgentDaemonSet {
+		return ""
+	}
+	return fmt.Sprintf(`    # RuntimeClass podnic-socket: the same runc, the CNI config of its own
+    # folder (podnic's socket path).
+    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.%s]
+      runtime_type = "io.containerd.runc.v2"
+      cni_conf_dir = %q
+      cni_max_conf_num = 1
+`, SocketPathClass, filepath.Join(b.Dir, "cni", "net.d-socket"))
 }
 
 func (b *Box) kubeletConfig() string {

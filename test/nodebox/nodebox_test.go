@@ -176,6 +176,13 @@ func TestPodsOwnENIsAndReachAClusterIP(t *testing.T) {
 // watchdog. It skips t when not root or in -short mode.
 func upBox(t *testing.T, ctx context.Context, enis int) *nodebox.Box {
 	t.Helper()
+	return upBoxWith(t, ctx, nodebox.Options{ENIs: enis})
+}
+
+// upBoxWith is upBox with more options (Repo, K8sBin, Crictl and Logf
+// are set here).
+func upBoxWith(t *testing.T, ctx context.Context, o nodebox.Options) *nodebox.Box {
+	t.Helper()
 	if os.Getuid() != 0 {
 		t.Skip("the node in a box needs root")
 	}
@@ -193,7 +200,8 @@ func upBox(t *testing.T, ctx context.Context, enis int) *nodebox.Box {
 	crictl := scriptOutput(t, "PODNIC_CRICTL", filepath.Join(repo, "scripts", "setup-nodebox.sh"))
 
 	start := time.Now()
-	box, err := nodebox.Up(ctx, nodebox.Options{Repo: repo, K8sBin: k8sBin, Crictl: crictl, ENIs: enis, Logf: t.Logf})
+	o.Repo, o.K8sBin, o.Crictl, o.Logf = repo, k8sBin, crictl, t.Logf
+	box, err := nodebox.Up(ctx, o)
 	if err != nil {
 		t.Fatalf("bringing the box up: %v", err)
 	}

@@ -29,11 +29,11 @@ import (
 	"github.com/podnic/podnic/test/nodebox"
 )
 
-// scenarioWorkload is what every scenario shares: a Deployment of
-// podnic-echo whose pods terminate gracefully (preStop sleep, then SIGTERM:
-// podnic-echo stops accepting and drains), a client pod that serves too,
-// and Services over them, dual-stack where the Service allows.
-const scenarioWorkload = `
+// echoWorkload is a Deployment of podnic-echo whose pods terminate
+// gracefully (preStop sleep, then SIGTERM: podnic-echo stops accepting and
+// drains), a client pod that serves too, and Service echo over the
+// Deployment, dual-stack, TCP and UDP.
+const echoWorkload = `
 apiVersion: apps/v1
 kind: Deployment
 metadata: {name: echo}
@@ -76,7 +76,11 @@ spec:
   ports:
   - {name: http, port: 80, targetPort: 8080, protocol: TCP}
   - {name: udp, port: 80, targetPort: 8080, protocol: UDP}
----
+`
+
+// scenarioWorkload is what every scenario shares: echoWorkload, a client
+// on the socket path, and more Services over them.
+const scenarioWorkload = echoWorkload + `---
 apiVersion: node.k8s.io/v1
 kind: RuntimeClass
 metadata: {name: podnic-socket}
@@ -941,8 +945,14 @@ func (c *cluster) checkProgramsByName(t *testing.T) {
 	if len(pods) == 0 {
 		t.Fatal("no pods")
 	}
+	// Pods in the node's network namespace (podnic-agent's own) have no NIC.
+	hostNetwork := strings.Fields(c.kubectl(t, "", "get", "pods", "-A", "-o",
+		"jsonpath={range .items[?(@.spec.hostNetwork==true)]}{.metadata.name}{\" \"}{end}"))
 	socketPods := 0
 	for _, p := range pods {
+		if slices.Contains(hostNetwork, p.Metadata.Name) {
+			continue
+		}
 		var progs []string
 		for _, a := range as {
 			if strings.HasPrefix(a.Owner, p.ID+"--") && a.ProgramName != "" {
@@ -963,7 +973,7 @@ func (c *cluster) checkProgramsByName(t *testing.T) {
 			t.Errorf("pod %s (sandbox %.12s): want named programs on ingress and egress, have %v", p.Metadata.Name, p.ID, progs)
 		}
 	}
-	if socketPods == 0 {
+	if socketPods == 0 && !c.box.AgentDaemonSet {
 		t.Errorf("no pod of runtime handler %s", nodebox.SocketPathClass)
 	}
 }
