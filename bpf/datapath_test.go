@@ -1047,3 +1047,80 @@ func TestExternalVIPsOutsideTheServiceCIDRsAreTranslated(t *testing.T) {
 		})
 	}
 }
+
+// A pod reaching its node's own address on a NodePort is translated, as
+// kube-proxy translates it for pods on the node, once the agent has given
+// the node's addresses (SetNodePortAddrs); the external-VIP lookup stays
+// off. Another port of the node, and other addresses, pass untouched; the
+// socket path's guard refuses what the socket left and passes the rest.
+func TestNodeAddressOnANodePortIsTranslated(t *testing.T) {
+	const nodePort = 30080
+	for _, fam := range families {
+		t.Run(fam.name, func(t *testing.T) {
+			d := loadTest(t)
+			node := fam.router.Next() // outside the CIDR below
+			service(t, d, Frontend{VIP: node, Port: nodePort, Proto: TCP}, 1, backendPort, fam.backends[0])
+			cidr := netip.PrefixFrom(fam.vip, 24)
+			if fam.vip.Is6() {
+				cidr = netip.PrefixFrom(fam.vip, 64)
+			}
+			if err := d.Maps.SetServiceCIDRs([]netip.Prefix{cidr.Masked()}); err != nil {
+				t.Fatal(err)
+			}
+			client, vip, backend := ap(fam.client, clientPort), ap(node, nodePort), ap(fam.backends[0], backendPort)
+			syn := pkt{src: client, dst: vip, proto: TCP, flags: "S"}
+			if ret, got := run(t, d.Programs.FromPod, syn.bytes(t)); ret != actUnspec || !equalPacket(got, syn.bytes(t)) {
+				t.Errorf("node addresses unset: SYN to the NodePort changed (verdict %d)", ret)
+			}
+
+			if err := d.Maps.SetNodePortAddrs([]netip.Addr{fam.router, node}); err != nil {
+				t.Fatal(err)
+			}
+			if got, err := d.Maps.NodePortAddrs(); err != nil || len(got) != 2 || got[1] != node {
+				t.Fatalf("NodePortAddrs() = %v, %v", got, err)
+			}
+			if on, _ := d.Maps.ExternalVIPs(); on {
+				t.Fatal("the external-VIP lookup is on")
+			}
+			if got := dnatTarget(t, d, syn); got != backend {
+				t.Fatalf("SYN to the NodePort went to %s, want %s", got, backend)
+			}
+			reply := pkt{src: backend, dst: client, proto: TCP, flags: "SA"}
+			ret, got := run(t, d.Programs.ToPod, reply.bytes(t))
+			if want := reply.with(vip, client).bytes(t); ret != actUnspec || !equalPacket(got, want) {
+				t.Errorf("reply not translated back to the node's address (verdict %d)", ret)
+			}
+			other := map[string][]byte{
+				"another port of the node": pkt{src: client, dst: ap(node, nodePort+1), proto: TCP, flags: "S"}.bytes(t),
+				"UDP on the NodePort":      pkt{src: client, dst: vip, proto: UDP, payload: []byte("x")}.bytes(t),
+				"another address":          pkt{src: client, dst: ap(node.Next(), nodePort), proto: TCP, flags: "S"}.bytes(t),
+			}
+			for name, b := range other {
+				if ret, got := run(t, d.Programs.FromPod, b); ret != actUnspec || !equalPacket(got, b) {
+					t.Errorf("%s changed (verdict %d)", name, ret)
+				}
+				if ret, got := run(t, d.Programs.Guard, b); ret != actUnspec || !equalPacket(got, b) {
+					t.Errorf("guard: %s changed (verdict %d)", name, ret)
+				}
+			}
+			// The socket path: the socket balances NodePorts; what it left
+			// reaches the guard, which refuses it.
+			if ret, got := run(t, d.Programs.Guard, syn.bytes(t)); ret != actRedirect {
+				t.Errorf("guard: SYN to the NodePort: verdict %d, want a RST", ret)
+			} else {
+				expectPacket(t, "RST", got, rstFor(t, syn))
+			}
+
+			if err := d.Maps.SetNodePortAddrs(nil); err != nil {
+				t.Fatal(err)
+			}
+			syn.src = ap(fam.client, clientPort+1) // a new flow
+			if ret, got := run(t, d.Programs.FromPod, syn.bytes(t)); ret != actUnspec || !equalPacket(got, syn.bytes(t)) {
+				t.Errorf("node addresses cleared: SYN to the NodePort changed (verdict %d)", ret)
+			}
+			if err := d.Maps.SetNodePortAddrs(make([]netip.Addr, MaxNodeAddrs+1)); err == nil {
+				t.Error("five node addresses accepted")
+			}
+		})
+	}
+}

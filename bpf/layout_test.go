@@ -26,6 +26,7 @@ func TestMapLayoutsMatchObject(t *testing.T) {
 		{"podnic_cnt_v1", uint32(0), Counter{}},
 		{"podnic_cidr_v1", CIDRKey{}, uint8(0)},
 		{"podnic_lbaddr_v1", uint64(0), lbAddrs{}},
+		{"podnic_nodeip_v1", uint32(0), nodeAddrs{}},
 	} {
 		ms := spec.Maps[c.m]
 		if ms == nil {

@@ -70,6 +70,10 @@ type Maps struct {
 	// protocol, when the last tc-translated flow can expire (lib/fast.h).
 	Config *ebpf.Map
 	Live   *ebpf.Map
+	// NodeAddrs holds the node's addresses while some Service has a
+	// NodePort (SetNodePortAddrs). It may be missing under a datapath
+	// loaded by an older build.
+	NodeAddrs *ebpf.Map
 }
 
 // Programs are the datapath's pinned programs.
@@ -166,6 +170,7 @@ func Load(root string) (*Datapath, error) {
 			UDPSockets:   objs.PodnicUdpskV1,
 			Config:       objs.PodnicCfgV1,
 			Live:         objs.PodnicLiveV1,
+			NodeAddrs:    objs.PodnicNodeipV1,
 		},
 		Programs: Programs{
 			FromPod:  objs.PodnicFromPod,
@@ -247,7 +252,7 @@ func notLoaded(err error) error {
 // optionalMaps may be missing under a root pinned by an older build, which
 // OpenPinned then leaves nil: a CNI plugin updated before the agent still
 // attaches pods.
-var optionalMaps = map[string]bool{"podnic_lbaddr_v1": true, "podnic_frag_v1": true, "podnic_udpsk_v1": true}
+var optionalMaps = map[string]bool{"podnic_lbaddr_v1": true, "podnic_frag_v1": true, "podnic_udpsk_v1": true, "podnic_nodeip_v1": true}
 
 // optionalPrograms may likewise be missing under a root an older build
 // pinned; OpenPinned leaves them nil.
@@ -271,6 +276,7 @@ func (d *Datapath) mapSlots() map[string]**ebpf.Map {
 		"podnic_udpsk_v1":  &d.Maps.UDPSockets,
 		"podnic_cfg_v1":    &d.Maps.Config,
 		"podnic_live_v1":   &d.Maps.Live,
+		"podnic_nodeip_v1": &d.Maps.NodeAddrs,
 	}
 }
 

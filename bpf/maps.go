@@ -410,6 +410,48 @@ func (m *Maps) ExternalVIPs() (bool, error) {
 	return cfg.Flags&uint32(podnicPnCfgFlagsPN_CFG_EXTERNAL) != 0, err
 }
 
+// SetNodePortAddrs gives the datapath the node's own addresses (its
+// Node's InternalIPs), on which a pod's traffic to a Service's NodePort is
+// translated, as kube-proxy translates it for pods on the node. Empty
+// while no Service has a NodePort frontend: then no packet pays for the
+// check. At most MaxNodeAddrs.
+func (m *Maps) SetNodePortAddrs(addrs []netip.Addr) error {
+	if m.NodeAddrs == nil {
+		return fmt.Errorf("setting the node's addresses: %w", ErrNotLoaded)
+	}
+	if len(addrs) > MaxNodeAddrs {
+		return fmt.Errorf("setting the node's addresses: %d addresses, at most %d", len(addrs), MaxNodeAddrs)
+	}
+	var n nodeAddrs
+	for i, a := range addrs {
+		if !a.IsValid() {
+			return fmt.Errorf("setting the node's addresses: invalid address %v", a)
+		}
+		n.Addr[i] = AddrFrom(a)
+	}
+	n.Count = uint32(len(addrs))
+	if err := m.NodeAddrs.Put(uint32(0), &n); err != nil {
+		return fmt.Errorf("writing the node's addresses: %w", err)
+	}
+	return nil
+}
+
+// NodePortAddrs returns what SetNodePortAddrs set.
+func (m *Maps) NodePortAddrs() ([]netip.Addr, error) {
+	if m.NodeAddrs == nil {
+		return nil, fmt.Errorf("reading the node's addresses: %w", ErrNotLoaded)
+	}
+	var n nodeAddrs
+	if err := m.NodeAddrs.Lookup(uint32(0), &n); err != nil {
+		return nil, fmt.Errorf("reading the node's addresses: %w", err)
+	}
+	out := make([]netip.Addr, 0, n.Count)
+	for i := 0; i < int(min(n.Count, MaxNodeAddrs)); i++ {
+		out = append(out, n.Addr[i].IP())
+	}
+	return out, nil
+}
+
 func (m *Maps) setConfigFlag(flag uint32, on bool) error {
 	cfg, err := m.readConfig()
 	if err != nil {

@@ -142,6 +142,15 @@ static __always_inline int pn_pass(struct __sk_buff *skb, const struct pn_pkt *p
 	return TC_ACT_UNSPEC;
 }
 
+/* pn_outside_vip reports whether a destination outside the Service CIDRs
+ * may still be a Service's: the node's own address while NodePorts exist
+ * (a few compares), or an external VIP (externalIPs, LoadBalancer ingress;
+ * a hash lookup, only while some exists). */
+static __always_inline int pn_outside_vip(const struct pn_pkt *p)
+{
+	return pn_is_node_addr(&p->daddr) || (pn_cfg_flag(PN_CFG_EXTERNAL) && pn_is_vip(p));
+}
+
 static __always_inline int pn_from_pod(struct __sk_buff *skb, struct pn_pkt *p, int *reason)
 {
 	struct pn_ct_entry *fe;
@@ -193,12 +202,13 @@ static __always_inline int pn_from_pod(struct __sk_buff *skb, struct pn_pkt *p, 
 	}
 	/* Not for any Service: pod-to-pod traffic, socket-balanced flows.
 	 * Outside the Service CIDRs only an external VIP (externalIPs,
-	 * LoadBalancer ingress) is translated, as kube-proxy translates a
-	 * pod's traffic to one; anything else to such an address, another
-	 * port, ICMP, goes on untouched. A later fragment is looked up
-	 * below: its first may have been translated (a stale socket's). */
+	 * LoadBalancer ingress) and the node's address on a NodePort are
+	 * translated, as kube-proxy translates a pod's traffic to them;
+	 * anything else to such an address, another port, ICMP, goes on
+	 * untouched. A later fragment is looked up below: its first may
+	 * have been translated (a stale socket's). */
 	outside = pn_outside_service_cidrs(&p->daddr);
-	if (!stale && outside && !p->frag_later && !(pn_cfg_flag(PN_CFG_EXTERNAL) && pn_is_vip(p)))
+	if (!stale && outside && !p->frag_later && !pn_outside_vip(p))
 		return pn_pass(skb, p);
 	if (p->proto != IPPROTO_TCP && p->proto != IPPROTO_UDP) {
 		if (outside || !pn_is_vip(p))
@@ -364,7 +374,8 @@ static __always_inline int pn_guard_pass(struct __sk_buff *skb)
 		return 0;
 	}
 	cfg = bpf_map_lookup_elem(&podnic_cfg_v1, &zero);
-	return cfg && !(cfg->flags & PN_CFG_EXTERNAL) && pn_outside_cidrs(cfg, &a);
+	return cfg && !(cfg->flags & PN_CFG_EXTERNAL) && pn_outside_cidrs(cfg, &a) &&
+	       !pn_is_node_addr(&a);
 }
 
 /* pn_refuse_unbalanced refuses, as pn_reject does, Service traffic the
@@ -398,7 +409,7 @@ static __always_inline int pn_guard(struct __sk_buff *skb, struct pn_pkt *p, int
 	if (p->proto == IPPROTO_UDP && !p->frag_later && pn_udp_moved(skb, &p->daddr, p->dport))
 		return pn_refuse_unbalanced(skb, p, reason);
 	outside = pn_outside_service_cidrs(&p->daddr);
-	if (outside && !(pn_cfg_flag(PN_CFG_EXTERNAL) && pn_is_vip(p)))
+	if (outside && !pn_outside_vip(p))
 		return TC_ACT_UNSPEC;
 	if (p->proto != IPPROTO_TCP && p->proto != IPPROTO_UDP) {
 		if (outside || !pn_is_vip(p))

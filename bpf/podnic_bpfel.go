@@ -203,6 +203,16 @@ type podnicPnLive struct {
 	Until [2]uint64
 }
 
+type podnicPnNodeAddrs struct {
+	_     structs.HostLayout
+	Count uint32
+	Pad   uint32
+	Addr  [4]struct {
+		_ structs.HostLayout
+		W [4]uint32
+	}
+}
+
 type podnicPnReason int32
 
 const (
@@ -299,6 +309,7 @@ const (
 	podnicMapPodnicLbnsV1     = "podnic_lbns_v1"
 	podnicMapPodnicLbpeerV2   = "podnic_lbpeer_v2"
 	podnicMapPodnicLiveV1     = "podnic_live_v1"
+	podnicMapPodnicNodeipV1   = "podnic_nodeip_v1"
 	podnicMapPodnicSlotV1     = "podnic_slot_v1"
 	podnicMapPodnicSvcV1      = "podnic_svc_v1"
 	podnicMapPodnicUdpskV1    = "podnic_udpsk_v1"
@@ -397,6 +408,7 @@ type podnicMapSpecs struct {
 	PodnicLbnsV1   *ebpf.MapSpec `ebpf:"podnic_lbns_v1"`
 	PodnicLbpeerV2 *ebpf.MapSpec `ebpf:"podnic_lbpeer_v2"`
 	PodnicLiveV1   *ebpf.MapSpec `ebpf:"podnic_live_v1"`
+	PodnicNodeipV1 *ebpf.MapSpec `ebpf:"podnic_nodeip_v1"`
 	PodnicSlotV1   *ebpf.MapSpec `ebpf:"podnic_slot_v1"`
 	PodnicSvcV1    *ebpf.MapSpec `ebpf:"podnic_svc_v1"`
 	PodnicUdpskV1  *ebpf.MapSpec `ebpf:"podnic_udpsk_v1"`
@@ -449,6 +461,7 @@ type podnicMaps struct {
 	PodnicLbnsV1   *ebpf.Map `ebpf:"podnic_lbns_v1"`
 	PodnicLbpeerV2 *ebpf.Map `ebpf:"podnic_lbpeer_v2"`
 	PodnicLiveV1   *ebpf.Map `ebpf:"podnic_live_v1"`
+	PodnicNodeipV1 *ebpf.Map `ebpf:"podnic_nodeip_v1"`
 	PodnicSlotV1   *ebpf.Map `ebpf:"podnic_slot_v1"`
 	PodnicSvcV1    *ebpf.Map `ebpf:"podnic_svc_v1"`
 	PodnicUdpskV1  *ebpf.Map `ebpf:"podnic_udpsk_v1"`
@@ -468,6 +481,7 @@ func (m *podnicMaps) Close() error {
 		m.PodnicLbnsV1,
 		m.PodnicLbpeerV2,
 		m.PodnicLiveV1,
+		m.PodnicNodeipV1,
 		m.PodnicSlotV1,
 		m.PodnicSvcV1,
 		m.PodnicUdpskV1,

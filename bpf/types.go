@@ -27,6 +27,17 @@ type lbAddrs struct {
 	V6 Addr
 }
 
+// nodeAddrs is the node's own addresses for NodePorts (struct
+// pn_node_addrs); Count 0: no NodePort frontend.
+type nodeAddrs struct {
+	Count uint32
+	Pad   uint32
+	Addr  [MaxNodeAddrs]Addr
+}
+
+// MaxNodeAddrs is how many node addresses NodePorts are served on.
+const MaxNodeAddrs = 4
+
 // Port is a port in network byte order.
 type Port [2]byte
 

@@ -3,6 +3,8 @@ package nodeagent
 import (
 	"fmt"
 	"log/slog"
+	"net/netip"
+	"slices"
 	"sync"
 	"time"
 
@@ -39,10 +41,12 @@ type Agent struct {
 	runner   *BoundedFrequencyRunner
 	start    time.Time
 
-	mu          sync.Mutex
-	zone        string
-	zoneChanged bool
-	ready       bool // every source has delivered its initial list
+	mu             sync.Mutex
+	zone           string
+	zoneChanged    bool
+	nodeIPs        []netip.Addr // this Node's InternalIPs, for NodePorts
+	nodeIPsChanged bool
+	ready          bool // every source has delivered its initial list
 
 	// Owned by the sync goroutine.
 	svcs        map[ServiceName]*serviceInfo
@@ -54,6 +58,9 @@ type Agent struct {
 	node        Topology
 	externals   int   // desired frontends with External set
 	externalOn  *bool // the datapath's external-VIP flag as last written; nil: unknown
+	nodeIPsUsed []netip.Addr
+	nodePorts   int           // desired frontends with NodePort set
+	nodeAddrsOn *[]netip.Addr // the datapath's node addresses as last written; nil: unknown
 
 	statusMu sync.RWMutex
 	status   SyncStatus
@@ -179,14 +186,42 @@ func (a *Agent) OnNode(labels map[string]string) {
 	}
 }
 
+// OnNodeIPs records this Node's addresses (its InternalIPs): a pod's
+// traffic to one of them on a NodePort is translated, as kube-proxy
+// translates it for pods on the node. The datapath takes at most
+// bpf.MaxNodeAddrs; more are left out with a warning.
+func (a *Agent) OnNodeIPs(ips []netip.Addr) {
+	ips = slices.Clone(ips)
+	for i := range ips {
+		ips[i] = ips[i].Unmap()
+	}
+	slices.SortFunc(ips, func(x, y netip.Addr) int { return x.Compare(y) })
+	ips = slices.Compact(ips)
+	if len(ips) > bpf.MaxNodeAddrs {
+		a.log.Warn("node has more addresses than NodePorts are served on", "addresses", ips, "served", ips[:bpf.MaxNodeAddrs])
+		ips = ips[:bpf.MaxNodeAddrs]
+	}
+	a.mu.Lock()
+	changed := !slices.Equal(ips, a.nodeIPs)
+	if changed {
+		a.nodeIPs, a.nodeIPsChanged = ips, true
+	}
+	a.mu.Unlock()
+	if changed {
+		a.log.Info("node addresses", "addresses", ips)
+		a.runner.Run()
+	}
+}
+
 // SyncNow runs one sync in the caller's goroutine (for tests and
 // benchmarks that do not run the loop).
 func (a *Agent) SyncNow() error { return a.sync() }
 
 func (a *Agent) sync() error {
 	a.mu.Lock()
-	ready, zoneChanged := a.ready, a.zoneChanged
+	ready, zoneChanged, nodeIPsChanged := a.ready, a.zoneChanged, a.nodeIPsChanged
 	a.node.Zone, a.zoneChanged = a.zone, false
+	a.nodeIPsUsed, a.nodeIPsChanged = a.nodeIPs, false
 	a.mu.Unlock()
 	if !ready {
 		return nil
@@ -195,7 +230,7 @@ func (a *Agent) sync() error {
 	svcChanges := a.services.Take()
 	sliceChanges := a.slices.Take()
 
-	full := !a.syncer.Loaded() || zoneChanged
+	full := !a.syncer.Loaded() || zoneChanged || nodeIPsChanged
 	dirty := map[ServiceName]bool{}
 	for key, ch := range svcChanges {
 		name := splitKey(key)
@@ -249,6 +284,9 @@ func (a *Agent) sync() error {
 				if d.External {
 					a.externals--
 				}
+				if d.NodePort {
+					a.nodePorts--
+				}
 				delete(a.desired, k)
 			}
 			keys = append(keys, k)
@@ -258,7 +296,7 @@ func (a *Agent) sync() error {
 		if svc == nil {
 			continue
 		}
-		ds := desiredFrontends(name, svc, a.slicesOf[name], a.node)
+		ds := desiredFrontends(name, svc, a.slicesOf[name], a.node, a.nodeIPsUsed)
 		fs := make([]bpf.ServiceKey, 0, len(ds))
 		for _, d := range ds {
 			if other := a.desired[d.Key]; other != nil && other.Service != name {
@@ -268,6 +306,9 @@ func (a *Agent) sync() error {
 			a.desired[d.Key] = d
 			if d.External {
 				a.externals++
+			}
+			if d.NodePort {
+				a.nodePorts++
 			}
 			fs = append(fs, d.Key)
 			keys = append(keys, d.Key)
@@ -279,6 +320,9 @@ func (a *Agent) sync() error {
 	writes, err := a.syncer.Apply(a.desired, keys, full)
 	if err == nil {
 		err = a.syncExternalFlag(full)
+	}
+	if err == nil {
+		err = a.syncNodePortAddrs(full)
 	}
 	end := a.clock.Now()
 	st := SyncStatus{
@@ -325,6 +369,25 @@ func (a *Agent) syncExternalFlag(full bool) error {
 	return nil
 }
 
+// syncNodePortAddrs gives the datapath the node's addresses while some
+// frontend is a NodePort, and none otherwise (no packet then pays for the
+// check), writing only on a change (and on every full sync).
+func (a *Agent) syncNodePortAddrs(full bool) error {
+	var want []netip.Addr
+	if a.nodePorts > 0 {
+		want = a.nodeIPsUsed
+	}
+	if !full && a.nodeAddrsOn != nil && slices.Equal(*a.nodeAddrsOn, want) {
+		return nil
+	}
+	a.nodeAddrsOn = nil
+	if err := a.syncer.maps.SetNodePortAddrs(want); err != nil {
+		return fmt.Errorf("setting the node's NodePort addresses: %w", err)
+	}
+	a.nodeAddrsOn = &want
+	return nil
+}
+
 type trigger struct {
 	at   time.Time
 	ipv6 bool
@@ -346,14 +409,15 @@ func (a *Agent) Status() SyncStatus {
 	return a.status
 }
 
-// ServiceOf names the Service and port a frontend belongs to, and says
-// whether its VIP is one of the Service's external addresses.
-func (a *Agent) ServiceOf(k bpf.ServiceKey) (service, port string, external, ok bool) {
+// ServiceOf names the Service and port a frontend belongs to, and its
+// kind: ClusterIP, External (an external address of the Service) or
+// NodePort (one of the node's addresses).
+func (a *Agent) ServiceOf(k bpf.ServiceKey) (service, port, kind string, ok bool) {
 	a.desiredMu.RLock()
 	defer a.desiredMu.RUnlock()
 	d := a.desired[k]
 	if d == nil {
-		return "", "", false, false
+		return "", "", "", false
 	}
-	return d.Service.String(), d.PortName, d.External, true
+	return d.Service.String(), d.PortName, d.Kind(), true
 }

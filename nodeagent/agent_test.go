@@ -360,6 +360,69 @@ func TestExternalIPsAndLoadBalancerIPsServePods(t *testing.T) {
 	}
 }
 
+// A pod's traffic to its node's address on a NodePort goes to the
+// Service's endpoints (the Cluster set, whatever the traffic policies), as
+// kube-proxy serves it to pods on the node: a frontend per node address of
+// a family the Service has × NodePort. The node's addresses reach the
+// datapath exactly while some frontend is a NodePort, and follow the Node.
+func TestNodePortsServePodsOnTheNodesAddresses(t *testing.T) {
+	f := newFakeMaps()
+	a := testAgent(t, f)
+	a.SetReady()
+	local := v1.ServiceInternalTrafficPolicyLocal
+	s := service("web", []string{"10.96.0.10"})
+	s.Spec.Type = v1.ServiceTypeNodePort
+	s.Spec.InternalTrafficPolicy = &local
+	s.Spec.ExternalTrafficPolicy = v1.ServiceExternalTrafficPolicyLocal
+	s.Spec.Ports[0].NodePort = 30080
+	a.OnService(s)
+	e1, e2 := up("192.0.2.1"), up("192.0.2.2")
+	e1.node, e2.node = "node-a", "node-b"
+	a.OnEndpointSlice(slice("web", "web-v4", false, 8080, e1, e2))
+	mustSync(t, a)
+	// No node address known yet: the ClusterIP alone.
+	expectProgrammed(t, f, "10.96.0.10:80/TCP -> 192.0.2.1:8080")
+	if len(f.nodeAddrs) != 0 {
+		t.Errorf("node addresses %v written without a NodePort frontend", f.nodeAddrs)
+	}
+
+	// The IPv6 address: no frontend (web is IPv4 only); a repeat and
+	// v4-mapped form count once.
+	a.OnNodeIPs([]netip.Addr{netip.MustParseAddr("fd00::2"), netip.MustParseAddr("10.0.0.2"), netip.MustParseAddr("::ffff:10.0.0.2")})
+	mustSync(t, a)
+	expectProgrammed(t, f,
+		"10.0.0.2:30080/TCP -> 192.0.2.1:8080 192.0.2.2:8080",
+		"10.96.0.10:80/TCP -> 192.0.2.1:8080")
+	if want := []netip.Addr{netip.MustParseAddr("10.0.0.2"), netip.MustParseAddr("fd00::2")}; !slices.Equal(f.nodeAddrs, want) {
+		t.Errorf("node addresses %v, want %v", f.nodeAddrs, want)
+	}
+	if f.external {
+		t.Error("the external-VIP lookup is on for a NodePort")
+	}
+	k := bpf.ServiceKey{Addr: bpf.AddrFrom(netip.MustParseAddr("10.0.0.2")), Port: bpf.PortFrom(30080), Proto: bpf.TCP}
+	if svc, port, kind, ok := a.ServiceOf(k); !ok || svc != "default/web" || port != "http" || kind != "NodePort" {
+		t.Errorf("ServiceOf(%v) = %q %q %q %v", k, svc, port, kind, ok)
+	}
+
+	// The Node's address changes: the frontend moves.
+	a.OnNodeIPs([]netip.Addr{netip.MustParseAddr("10.0.0.3")})
+	mustSync(t, a)
+	expectProgrammed(t, f,
+		"10.0.0.3:30080/TCP -> 192.0.2.1:8080 192.0.2.2:8080",
+		"10.96.0.10:80/TCP -> 192.0.2.1:8080")
+
+	// A ClusterIP Service again: no NodePort frontend, no node address.
+	s = s.DeepCopy()
+	s.Spec.Type = v1.ServiceTypeClusterIP
+	s.Spec.Ports[0].NodePort = 0
+	a.OnService(s)
+	mustSync(t, a)
+	expectProgrammed(t, f, "10.96.0.10:80/TCP -> 192.0.2.1:8080")
+	if len(f.nodeAddrs) != 0 {
+		t.Errorf("node addresses %v left with no NodePort frontend", f.nodeAddrs)
+	}
+}
+
 func TestTopologyHintsFollowTheNodesZone(t *testing.T) {
 	f := newFakeMaps()
 	a := testAgent(t, f)

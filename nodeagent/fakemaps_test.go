@@ -4,6 +4,8 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	"net/netip"
+	"slices"
 
 	"github.com/podnic/podnic/bpf"
 )
@@ -18,7 +20,8 @@ type fakeMaps struct {
 	violations []string
 	failAfter  int // fail the n-th write from now; 0: never
 	check      bool
-	external   bool // SetExternalVIPs
+	external   bool         // SetExternalVIPs
+	nodeAddrs  []netip.Addr // SetNodePortAddrs
 }
 
 func newFakeMaps() *fakeMaps {
@@ -129,5 +132,11 @@ func (f *fakeMaps) RemoveServiceEntry(k bpf.ServiceKey) error {
 // Service map writes the op log counts.
 func (f *fakeMaps) SetExternalVIPs(on bool) error {
 	f.external = on
+	return nil
+}
+
+// SetNodePortAddrs records the addresses, a setting like the flag.
+func (f *fakeMaps) SetNodePortAddrs(addrs []netip.Addr) error {
+	f.nodeAddrs = slices.Clone(addrs)
 	return nil
 }

@@ -28,9 +28,10 @@ type ServiceName = types.NamespacedName
 
 // servicePort is one port of a Service as the datapath can serve it.
 type servicePort struct {
-	Name  string
-	Port  uint16
-	Proto bpf.Proto
+	Name     string
+	Port     uint16
+	Proto    bpf.Proto
+	NodePort uint16 // 0: none
 }
 
 // serviceInfo is what the agent keeps of a Service: validated once, typed.
@@ -91,6 +92,9 @@ func parseService(svc *v1.Service) (*serviceInfo, string) {
 		if p.Port <= 0 || p.Port > 65535 {
 			info.Rejected = append(info.Rejected, fmt.Sprintf("port %s %d: out of range", p.Name, p.Port))
 			continue
+		}
+		if (svc.Spec.Type == v1.ServiceTypeNodePort || svc.Spec.Type == v1.ServiceTypeLoadBalancer) && p.NodePort > 0 && p.NodePort <= 65535 {
+			sp.NodePort = uint16(p.NodePort)
 		}
 		info.Ports = append(info.Ports, sp)
 	}
@@ -256,6 +260,20 @@ type desiredService struct {
 	// External: the VIP is an external address of the Service, outside
 	// the Service CIDRs.
 	External bool
+	// NodePort: the VIP is one of the node's addresses and the port a
+	// NodePort, outside the Service CIDRs too.
+	NodePort bool
+}
+
+// Kind names what kind of frontend d is, as podnicctl shows it.
+func (d *desiredService) Kind() string {
+	switch {
+	case d.NodePort:
+		return "NodePort"
+	case d.External:
+		return "External"
+	}
+	return "ClusterIP"
 }
 
 type desiredBackend struct {
@@ -306,23 +324,38 @@ func endpointsFor(sl map[string]*sliceInfo, port servicePort, ipv6 bool, node To
 // desiredFrontends computes every frontend of a Service: each ClusterIP ×
 // each port, with the endpoints kube-proxy would use for traffic from a
 // pod on this node (Cluster scope): the Local set under
-// internalTrafficPolicy Local, the Cluster set otherwise; and each external
+// internalTrafficPolicy Local, the Cluster set otherwise; each external
 // VIP × each port, with the Cluster set, where kube-proxy sends a pod's
-// traffic to an external destination of the Service whatever its policies.
-func desiredFrontends(name ServiceName, svc *serviceInfo, sl map[string]*sliceInfo, node Topology) []*desiredService {
+// traffic to an external destination of the Service whatever its policies;
+// and, the same way, each of the node's addresses (nodeIPs) × each
+// NodePort, in the families the Service has.
+func desiredFrontends(name ServiceName, svc *serviceInfo, sl map[string]*sliceInfo, node Topology, nodeIPs []netip.Addr) []*desiredService {
 	out := make([]*desiredService, 0, (len(svc.VIPs)+len(svc.ExternalVIPs))*len(svc.Ports))
 	vips := append(slices.Clip(svc.VIPs), svc.ExternalVIPs...)
+	nodePorts := len(vips)
+	for _, ip := range nodeIPs {
+		if slices.ContainsFunc(svc.VIPs, func(v netip.Addr) bool { return v.Is4() == ip.Is4() }) {
+			vips = append(vips, ip)
+		}
+	}
 	for i, vip := range vips {
-		external := i >= len(svc.VIPs)
+		external, nodePort := i >= len(svc.VIPs) && i < nodePorts, i >= nodePorts
 		for _, port := range svc.Ports {
+			if nodePort && port.NodePort == 0 {
+				continue
+			}
 			eps := endpointsFor(sl, port, vip.Is6(), node)
 			cluster, local, _, hasAny := CategorizeEndpoints(eps, svc.Policy, node)
 			use := cluster
-			if svc.Policy.InternalLocal && !external {
+			if svc.Policy.InternalLocal && !external && !nodePort {
 				use = local
 			}
+			key := bpf.ServiceKey{Addr: bpf.AddrFrom(vip), Port: bpf.PortFrom(port.Port), Proto: port.Proto, Scope: bpf.ScopeCluster}
+			if nodePort {
+				key.Port = bpf.PortFrom(port.NodePort)
+			}
 			d := &desiredService{
-				Key:      bpf.ServiceKey{Addr: bpf.AddrFrom(vip), Port: bpf.PortFrom(port.Port), Proto: port.Proto, Scope: bpf.ScopeCluster},
+				Key:      key,
 				Service:  name,
 				PortName: port.Name,
 				Affinity: svc.Affinity,
@@ -331,6 +364,7 @@ func desiredFrontends(name ServiceName, svc *serviceInfo, sl map[string]*sliceIn
 				// when only the internal traffic policy leaves none.
 				NoLocal:  len(use) == 0 && hasAny,
 				External: external,
+				NodePort: nodePort,
 			}
 			for _, ep := range use {
 				st := bpf.BackendActive

@@ -53,18 +53,14 @@ func (a *Agent) LocalAPI(info ServerInfo) http.Handler {
 	})
 	mux.HandleFunc("GET "+localapi.PathServices, func(w http.ResponseWriter, _ *http.Request) {
 		rows, err := localapi.ServiceRows(d, func(k bpf.ServiceKey) (string, string) {
-			svc, port, external, ok := a.ServiceOf(k)
+			svc, port, kind, ok := a.ServiceOf(k)
 			if !ok {
 				return "", ""
 			}
-			typ := ""
-			if external {
-				typ = "External"
-			}
 			if port != "" {
-				return svc + ":" + port, typ
+				return svc + ":" + port, kind
 			}
-			return svc, typ
+			return svc, kind
 		})
 		reply(w, rows, err)
 	})

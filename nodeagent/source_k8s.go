@@ -3,6 +3,7 @@ package nodeagent
 import (
 	"context"
 	"fmt"
+	"net/netip"
 	"time"
 
 	v1 "k8s.io/api/core/v1"
@@ -82,7 +83,7 @@ func (s KubeSource) Run(ctx context.Context, a *Agent) error {
 
 	// The zone comes before the first sync, so the first sync already
 	// honours topology hints.
-	s.readNode(ctx, a)
+	found := s.readNode(ctx, a)
 	svcFactory.Start(ctx.Done())
 	epFactory.Start(ctx.Done())
 	if !cache.WaitForCacheSync(ctx.Done(), svcInf.HasSynced, epInf.HasSynced) {
@@ -91,11 +92,13 @@ func (s KubeSource) Run(ctx context.Context, a *Agent) error {
 	a.log.Info("kubernetes sources synced", "services", len(svcInf.GetStore().ListKeys()), "endpointslices", len(epInf.GetStore().ListKeys()))
 	a.SetReady()
 
+	// Until the Node is registered (the agent may start before kubelet
+	// on a new node), it is read every second.
 	every := s.NodeInterval
 	if every == 0 {
 		every = 30 * time.Second
 	}
-	t := time.NewTicker(every)
+	t := time.NewTimer(s.nodeWait(found, every))
 	defer t.Stop()
 	for {
 		select {
@@ -104,25 +107,55 @@ func (s KubeSource) Run(ctx context.Context, a *Agent) error {
 			epFactory.Shutdown()
 			return nil
 		case <-t.C:
-			s.readNode(ctx, a)
+			found = s.readNode(ctx, a)
+			t.Reset(s.nodeWait(found, every))
 		}
 	}
 }
 
-func (s KubeSource) readNode(ctx context.Context, a *Agent) {
+// nodeWait is the time until the Node is read again.
+func (s KubeSource) nodeWait(found bool, every time.Duration) time.Duration {
+	if !found && s.NodeName != "" {
+		return min(time.Second, every)
+	}
+	return every
+}
+
+// readNode reads this Node's zone and addresses into a; it reports
+// whether the Node exists (an error reading it counts as existing: the
+// regular interval retries).
+func (s KubeSource) readNode(ctx context.Context, a *Agent) bool {
 	if s.NodeName == "" {
-		return
+		return false
 	}
 	n, err := s.Client.CoreV1().Nodes().Get(ctx, s.NodeName, metav1.GetOptions{})
 	if apierrors.IsNotFound(err) {
 		a.OnNode(nil)
-		return
+		a.OnNodeIPs(nil)
+		return false
 	}
 	if err != nil {
-		a.log.Warn("reading this node's labels", "node", s.NodeName, "error", err)
-		return
+		a.log.Warn("reading this node's labels and addresses", "node", s.NodeName, "error", err)
+		return true
 	}
 	a.OnNode(n.Labels)
+	a.OnNodeIPs(nodeIPs(n))
+	return true
+}
+
+// nodeIPs returns a Node's InternalIP addresses: kube-proxy's primary node
+// IPs, where it serves NodePorts to the node's pods.
+func nodeIPs(n *v1.Node) []netip.Addr {
+	var out []netip.Addr
+	for _, na := range n.Status.Addresses {
+		if na.Type != v1.NodeInternalIP {
+			continue
+		}
+		if ip, err := netip.ParseAddr(na.Address); err == nil {
+			out = append(out, ip.Unmap())
+		}
+	}
+	return out
 }
 
 func onService(a *Agent, o any) {

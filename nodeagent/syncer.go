@@ -23,6 +23,9 @@ type ServiceMaps interface {
 	// SetExternalVIPs says whether some VIPs lie outside the Service
 	// CIDRs (externalIPs, LoadBalancer ingress IPs).
 	SetExternalVIPs(on bool) error
+	// SetNodePortAddrs gives the node's addresses on which NodePorts
+	// are translated; empty while no Service has one.
+	SetNodePortAddrs(addrs []netip.Addr) error
 }
 
 var _ ServiceMaps = (*bpf.Maps)(nil)

@@ -80,6 +80,48 @@ struct {
 	__type(value, struct pn_live);
 } podnic_live_v1 SEC(".maps");
 
+/* The node's own addresses (its Node's InternalIPs), while some Service
+ * has a NodePort: a pod reaching its node's address on a NodePort is
+ * translated, as kube-proxy translates it for pods on the node. Checked
+ * only for a packet outside the Service CIDRs, against a handful of
+ * addresses on one array line, so that the common NodePort Service costs
+ * the fast path next to nothing (an external VIP costs a hash lookup). */
+#define PN_NODE_ADDRS 4
+
+struct pn_node_addrs {
+	__u32 count; /* 0: no NodePort frontend */
+	__u32 pad;
+	struct pn_addr addr[PN_NODE_ADDRS]; /* IPv4 v4-mapped */
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct pn_node_addrs);
+} podnic_nodeip_v1 SEC(".maps");
+
+/* pn_is_node_addr reports whether a is one of the node's addresses while
+ * some Service has a NodePort. */
+static __always_inline int pn_is_node_addr(const struct pn_addr *a)
+{
+	__u32 zero = 0;
+	struct pn_node_addrs *n = bpf_map_lookup_elem(&podnic_nodeip_v1, &zero);
+	int i;
+
+	if (!n || n->count == 0)
+		return 0;
+#pragma unroll
+	for (i = 0; i < PN_NODE_ADDRS; i++) {
+		const struct pn_addr *x = &n->addr[i];
+
+		if (i < n->count && x->w[0] == a->w[0] && x->w[1] == a->w[1] &&
+		    x->w[2] == a->w[2] && x->w[3] == a->w[3])
+			return 1;
+	}
+	return 0;
+}
+
 /* pn_outside_cidrs reports whether addr is known not to be in any of the
  * Service CIDRs of cfg. */
 static __always_inline int pn_outside_cidrs(const struct pn_cfg *cfg, const struct pn_addr *a)

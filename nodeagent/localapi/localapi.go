@@ -93,7 +93,7 @@ type MapInfo struct {
 // agent knows besides.
 type ServiceRow struct {
 	bpf.ServiceInfo
-	Type    string `json:"type"`              // ClusterIP, or External for an external VIP; later NodePort
+	Type    string `json:"type"`              // ClusterIP, External (an external VIP) or NodePort (the node's address)
 	Service string `json:"service,omitempty"` // namespace/name:port, from the agent
 }
 

@@ -140,6 +140,16 @@ spec:
 ---
 apiVersion: v1
 kind: Service
+metadata: {name: echo-nodeport}
+spec:
+  type: NodePort
+  selector: {app: echo}
+  ports:
+  - {name: http, port: 80, targetPort: 8080, protocol: TCP}
+  - {name: udp, port: 80, targetPort: 8080, protocol: UDP}
+---
+apiVersion: v1
+kind: Service
 metadata: {name: remote-only}
 spec:
   internalTrafficPolicy: Local
@@ -190,7 +200,7 @@ func TestScenarios(t *testing.T) {
 	c.kubectl(t, scenarioWorkload, "apply", "-f", "-")
 	c.kubectl(t, "", "rollout", "status", "deployment/echo", "--timeout=60s")
 	c.kubectl(t, "", "wait", "--for=condition=Ready", "pod/client", "pod/client-socket", "--timeout=60s")
-	for _, svc := range []string{"echo", "client-self", "client-socket-self", "echo-affinity", "echo-local"} {
+	for _, svc := range []string{"echo", "client-self", "client-socket-self", "echo-affinity", "echo-local", "echo-nodeport"} {
 		want := 2
 		if strings.HasSuffix(svc, "-self") {
 			want = 1
@@ -250,6 +260,39 @@ func TestScenarios(t *testing.T) {
 
 	t.Run("ProgramsVisibleByNameForEveryPod", func(t *testing.T) {
 		c.checkProgramsByName(t)
+	})
+
+	t.Run("NodePortOnTheNodesAddress", func(t *testing.T) {
+		// A pod reaching its node's address on a NodePort reaches the
+		// Service, as through kube-proxy: balanced at the socket, on both
+		// paths. Nothing on the node listens on the NodePort.
+		node := netip.MustParseAddr(nodebox.NodeIP)
+		echoes := c.podNames(t, "app=echo")
+		balanced := c.verdict(t, "connect", "socket-lb")
+		for _, udp := range []bool{false, true} {
+			port := "http"
+			if udp {
+				port = "udp"
+			}
+			np, err := strconv.Atoi(c.kubectl(t, "", "get", "service", "echo-nodeport", "-o", "jsonpath={.spec.ports[?(@.name==\""+port+"\")].nodePort}"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			ap := netip.AddrPortFrom(node, uint16(np))
+			c.waitFrontend(t, ap, "NodePort")
+			for _, pod := range []string{"client", "client-socket"} {
+				answers, _ := c.askAt(t, pod, ap, udp, 20)
+				t.Logf("%s from %s: %v", targetAt(ap, udp), pod, answers)
+				for _, name := range echoes {
+					if answers[name] == 0 {
+						t.Errorf("%s from %s: backend %s never answered 20 requests (%v)", targetAt(ap, udp), pod, name, answers)
+					}
+				}
+			}
+		}
+		if got := c.verdict(t, "connect", "socket-lb") - balanced; got < 80 {
+			t.Errorf("%d connections and sockets to the NodePorts balanced at the socket, want 80", got)
+		}
 	})
 
 	t.Run("SocketPathPodOfItsRuntimeClass", func(t *testing.T) {
@@ -674,6 +717,35 @@ func (c *cluster) waitProgrammed(t *testing.T, svc string, vip netip.Addr, n int
 	})
 }
 
+// waitFrontend waits until podnicctl service list shows ap as a frontend
+// of type typ.
+func (c *cluster) waitFrontend(t *testing.T, ap netip.AddrPort, typ string) {
+	t.Helper()
+	waitUntil(t, c.ctx, fmt.Sprintf("%v (%s) in podnicctl service list", ap, typ), func() error {
+		out, err := c.box.Podnicctl(c.ctx, "-o", "json", "service", "list")
+		if err != nil {
+			return err
+		}
+		var rows []struct {
+			VIP  netip.Addr
+			Port uint16
+			Type string
+		}
+		if err := json.Unmarshal([]byte(out), &rows); err != nil {
+			return fmt.Errorf("parsing %s: %w", out, err)
+		}
+		for _, r := range rows {
+			if r.VIP == ap.Addr() && r.Port == ap.Port() {
+				if r.Type != typ {
+					return fmt.Errorf("%v is of type %q", ap, r.Type)
+				}
+				return nil
+			}
+		}
+		return errors.New("not listed")
+	})
+}
+
 // waitBackends waits until every ClusterIP of svc has n backends.
 func (c *cluster) waitBackends(t *testing.T, svc string, n int) {
 	t.Helper()
@@ -683,12 +755,14 @@ func (c *cluster) waitBackends(t *testing.T, svc string, n int) {
 }
 
 // target is how podnic-get names vip's port 80.
-func target(vip netip.Addr, udp bool) string {
-	ap := netip.AddrPortFrom(vip, 80).String()
+func target(vip netip.Addr, udp bool) string { return targetAt(netip.AddrPortFrom(vip, 80), udp) }
+
+// targetAt is how podnic-get names ap.
+func targetAt(ap netip.AddrPort, udp bool) string {
 	if udp {
-		return ap
+		return ap.String()
 	}
-	return "http://" + ap + "/"
+	return "http://" + ap.String() + "/"
 }
 
 var youAre = regexp.MustCompile(`you are (\S+)`)
@@ -698,11 +772,17 @@ var youAre = regexp.MustCompile(`you are (\S+)`)
 // backends saw (HTTP only). Any failure fails t.
 func (c *cluster) ask(t *testing.T, pod string, vip netip.Addr, udp bool, n int) (map[string]int, []netip.Addr) {
 	t.Helper()
+	return c.askAt(t, pod, netip.AddrPortFrom(vip, 80), udp, n)
+}
+
+// askAt is ask to ap.
+func (c *cluster) askAt(t *testing.T, pod string, ap netip.AddrPort, udp bool, n int) (map[string]int, []netip.Addr) {
+	t.Helper()
 	args := []string{"exec", pod, "--", "/podnic-get", "-n", strconv.Itoa(n), "-timeout", "2s"}
 	if udp {
 		args = append(args, "-udp")
 	}
-	out := c.kubectl(t, "", append(args, target(vip, udp))...)
+	out := c.kubectl(t, "", append(args, targetAt(ap, udp))...)
 	answers := map[string]int{}
 	var remotes []netip.Addr
 	for _, line := range strings.Split(strings.TrimSpace(out), "\n") {
