@@ -24,6 +24,7 @@ package bpf
 import (
 	"fmt"
 	"net/netip"
+	"strings"
 	"testing"
 
 	"github.com/cilium/ebpf"
@@ -167,15 +168,22 @@ func BenchmarkPassThrough(b *testing.B) {
 			bits = 112
 		}
 		client, backend := ap(fam.client, clientPort), ap(fam.backends[0], backendPort)
-		for _, dir := range []string{"egress", "egress-guard", "ingress"} {
+		for _, dir := range []string{"egress", "egress-guard", "egress-nodeports", "egress-guard-nodeports", "ingress"} {
 			b.Run(fam.name+"/"+dir, func(b *testing.B) {
 				d := loadTest(b)
 				if err := d.Maps.SetServiceCIDRs([]netip.Prefix{netip.PrefixFrom(fam.vip, bits).Masked()}); err != nil {
 					b.Fatal(err)
 				}
+				if strings.HasSuffix(dir, "-nodeports") {
+					// Some Service has a NodePort: the node's two
+					// addresses are compared with every destination.
+					if err := d.Maps.SetNodePortAddrs([]netip.Addr{fam.router, fam.router.Next()}); err != nil {
+						b.Fatal(err)
+					}
+				}
 				prog, p, reason := d.Programs.FromPod, pkt{src: client, dst: backend, proto: TCP, flags: "A", payload: make([]byte, 64)}, DirFromPod
 				switch dir {
-				case "egress-guard": // the socket path's egress program
+				case "egress-guard", "egress-guard-nodeports": // the socket path's egress program
 					prog = d.Programs.Guard
 				case "ingress":
 					prog, p, reason = d.Programs.ToPod, pkt{src: backend, dst: client, proto: TCP, flags: "A", payload: make([]byte, 64)}, DirToPod
