@@ -53,7 +53,23 @@ struct pn_pkt {
 	__u32 l4off;
 };
 
+#define PN_IPPROTO_HOPOPTS  0
+#define PN_IPPROTO_ROUTING  43
 #define PN_IPPROTO_FRAGMENT 44
+#define PN_IPPROTO_DSTOPTS  60
+/* IPv6 extension headers walked before the upper-layer header, and how far
+ * into the packet that header may start. */
+#define PN_EXT6_MAX	4
+#define PN_EXT6_MAX_OFF 512
+
+/* The first bytes of an IPv6 extension header: hop-by-hop and destination
+ * options, routing (then segments_left). */
+struct pn_ext6 {
+	__u8 nexthdr;
+	__u8 hdrlen; /* in 8-byte units, not counting the first 8 bytes */
+	__u8 type;   /* routing */
+	__u8 segments_left;
+};
 
 /* The IPv6 fragment header. */
 struct pn_frag6 {
@@ -127,6 +143,63 @@ static __always_inline int pn_parse_l4(struct __sk_buff *skb, struct pn_pkt *p, 
 	}
 }
 
+/* pn_parse_ext6 walks the IPv6 extension headers after the fixed header,
+ * whose next header is next: hop-by-hop and destination options, and a
+ * routing header with no segment left (the destination is then the
+ * final one), up to PN_EXT6_MAX of them, then a fragment header or the
+ * upper-layer header. A routing header with segments left (the
+ * destination is a waypoint; the Service address would be further in)
+ * and whatever follows an unknown header (AH, ESP, ...) is left alone:
+ * its proto is that header's, which podnic does not translate. */
+static __always_inline int pn_parse_ext6(struct __sk_buff *skb, struct pn_pkt *p, __u8 next)
+{
+	__u32 off = sizeof(struct ethhdr) + sizeof(struct ipv6hdr);
+	void *data, *end;
+	int i;
+
+#pragma unroll
+	for (i = 0; i < PN_EXT6_MAX; i++) {
+		struct pn_ext6 *eh;
+
+		if (next != PN_IPPROTO_HOPOPTS && next != PN_IPPROTO_DSTOPTS &&
+		    next != PN_IPPROTO_ROUTING)
+			break;
+		if (pn_ensure(skb, off + sizeof(*eh)) < 0)
+			return PN_PARSE_BAD;
+		data = (void *)(long)skb->data;
+		end = (void *)(long)skb->data_end;
+		eh = data + off;
+		if ((void *)(eh + 1) > end)
+			return PN_PARSE_BAD;
+		if (next == PN_IPPROTO_ROUTING && eh->segments_left != 0)
+			break;
+		next = eh->nexthdr;
+		off += ((__u32)eh->hdrlen + 1) * 8;
+		if (off > PN_EXT6_MAX_OFF)
+			return PN_PARSE_SKIP;
+	}
+	p->proto = next;
+	p->l4off = off;
+	if (next == PN_IPPROTO_FRAGMENT) {
+		struct pn_frag6 *fh;
+
+		if (pn_ensure(skb, off + sizeof(*fh)) < 0)
+			return PN_PARSE_BAD;
+		data = (void *)(long)skb->data;
+		end = (void *)(long)skb->data_end;
+		fh = data + off;
+		if ((void *)(fh + 1) > end)
+			return PN_PARSE_BAD;
+		p->proto = fh->nexthdr;
+		p->fragment = 1;
+		p->frag_later = (fh->frag_off & bpf_htons(0xfff8)) != 0;
+		p->frag_id = fh->id;
+		off += sizeof(*fh);
+		p->l4off = off;
+	}
+	return pn_parse_l4(skb, p, off);
+}
+
 static __always_inline int pn_parse(struct __sk_buff *skb, struct pn_pkt *p)
 {
 	void *data, *end;
@@ -179,28 +252,7 @@ static __always_inline int pn_parse(struct __sk_buff *skb, struct pn_pkt *p)
 		p->proto = ip6->nexthdr;
 		__builtin_memcpy(&p->saddr, &ip6->saddr, 16);
 		__builtin_memcpy(&p->daddr, &ip6->daddr, 16);
-		p->l4off = sizeof(*eth) + sizeof(*ip6);
-		/* Extension headers are not walked, but for a fragment header
-		 * right after the fixed one, the way the stack fragments. */
-		if (ip6->nexthdr == PN_IPPROTO_FRAGMENT) {
-			const __u32 fo = sizeof(*eth) + sizeof(*ip6);
-			struct pn_frag6 *fh;
-
-			if (pn_ensure(skb, fo + sizeof(*fh)) < 0)
-				return PN_PARSE_BAD;
-			data = (void *)(long)skb->data;
-			end = (void *)(long)skb->data_end;
-			fh = data + fo;
-			if ((void *)(fh + 1) > end)
-				return PN_PARSE_BAD;
-			p->proto = fh->nexthdr;
-			p->fragment = 1;
-			p->frag_later = (fh->frag_off & bpf_htons(0xfff8)) != 0;
-			p->frag_id = fh->id;
-			p->l4off = fo + sizeof(*fh);
-			return pn_parse_l4(skb, p, fo + sizeof(*fh));
-		}
-		return pn_parse_l4(skb, p, sizeof(*eth) + sizeof(*ip6));
+		return pn_parse_ext6(skb, p, ip6->nexthdr);
 	}
 	return PN_PARSE_SKIP;
 }

@@ -161,19 +161,27 @@ static __always_inline int pn_reject6(struct __sk_buff *skb, const struct pn_pkt
 	struct ethhdr *eth = data;
 	struct ipv6hdr *ip = data + sizeof(*eth);
 	struct pn_pseudo6 ph = {};
+	/* Extension headers (lib/parse.h) sit between ip and the L4 header:
+	 * ext bytes of them. Bounded again here, as p lives on the stack. */
+	__u32 l4off = p->l4off, ext;
 	__s64 sum;
 
 	if ((void *)(ip + 1) > end)
 		return -1;
+	if (l4off < sizeof(*eth) + sizeof(*ip) || l4off > PN_EXT6_MAX_OFF + sizeof(struct pn_frag6))
+		return -1;
+	ext = l4off - sizeof(*eth) - sizeof(*ip);
 
+	/* The L4 header is copied out: the verifier of older kernels (6.1)
+	 * loses the range of a packet pointer at a variable offset. */
 	if (p->proto == IPPROTO_TCP) {
-		struct tcphdr *th = data + sizeof(*eth) + sizeof(*ip);
 		struct pn_ip6_rst out = {};
+		struct tcphdr tcp, *th = &tcp;
 		__u32 payload;
 
-		if ((void *)(th + 1) > end)
+		if (bpf_skb_load_bytes(skb, l4off, &tcp, sizeof(tcp)) < 0)
 			return -1;
-		payload = bpf_ntohs(ip->payload_len) - th->doff * 4;
+		payload = bpf_ntohs(ip->payload_len) - ext - th->doff * 4;
 		pn_swap_eth(&out.eth, eth);
 		out.ip.version = 6;
 		out.ip.payload_len = bpf_htons(sizeof(out.tcp));
@@ -196,14 +204,18 @@ static __always_inline int pn_reject6(struct __sk_buff *skb, const struct pn_pkt
 		return bpf_skb_store_bytes(skb, 0, &out.eth, PN_FRAME_LEN(out), 0);
 	} else {
 		struct pn_ip6_unreach out = {};
-		__u8 *l4 = data + sizeof(*eth) + sizeof(*ip);
 		__u32 icmp_len = PN_FRAME_LEN(out) - sizeof(out.eth) - sizeof(out.ip);
 
-		if ((void *)(l4 + PN_ICMP_QUOTE) > end)
+		if (bpf_skb_load_bytes(skb, l4off, out.quote, PN_ICMP_QUOTE) < 0)
 			return -1;
 		pn_swap_eth(&out.eth, eth);
+		/* The quote holds the fixed header and the L4 header's first
+		 * bytes, without extension headers between them: the error goes
+		 * to the pod's own stack, which needs the ports to find the
+		 * socket. */
 		out.orig = *ip;
-		__builtin_memcpy(out.quote, l4, PN_ICMP_QUOTE);
+		out.orig.nexthdr = p->proto;
+		out.orig.payload_len = bpf_htons(bpf_ntohs(ip->payload_len) - ext);
 		out.ip.version = 6;
 		out.ip.payload_len = bpf_htons(icmp_len);
 		out.ip.nexthdr = IPPROTO_ICMPV6;
