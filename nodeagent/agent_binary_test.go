@@ -1,6 +1,7 @@
 package nodeagent_test
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -17,6 +18,7 @@ import (
 	"github.com/podnic/podnic/bpf"
 	"github.com/podnic/podnic/nodeagent/localapi"
 	"github.com/podnic/podnic/test/k8s"
+	"github.com/podnic/podnic/test/simnode"
 )
 
 // buildCommands builds podnic-agent, podnicctl and the podnic CNI plugin
@@ -265,4 +267,74 @@ func mustOpen(t *testing.T, root string) *bpf.Datapath {
 	}
 	t.Cleanup(d.Close)
 	return d
+}
+
+// TestAgentBinaryInACgroupNamespaceNeedsTheNodesCgroupRoot runs the agent
+// as a container on a cgroup v2 node runs it: in a cgroup namespace of its
+// own. Without --cgroup-root it refuses to start, naming the flag, rather
+// than balance only its own cgroup's sockets; with the node's cgroup v2
+// root mounted in (deploy/podnic.yaml's /host/sys/fs/cgroup) it attaches
+// the socket programs there.
+func TestAgentBinaryInACgroupNamespaceNeedsTheNodesCgroupRoot(t *testing.T) {
+	if os.Getuid() != 0 {
+		t.Skip("needs root for BPF and cgroup namespaces")
+	}
+	if _, err := exec.LookPath("unshare"); err != nil {
+		t.Skip("no unshare(1)")
+	}
+	bin := buildCommands(t)
+	root := filepath.Join("/sys/fs/bpf", fmt.Sprintf("podnic-agent-cgroupns-%d", os.Getpid()))
+	t.Cleanup(func() { _ = bpf.Unpin(root) })
+	services := filepath.Join(t.TempDir(), "services.yaml")
+	if err := os.WriteFile(services, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	agent := func(ctx context.Context, extra ...string) *exec.Cmd {
+		args := append([]string{"--cgroup", filepath.Join(bin, "podnic-agent"), "--bpf-root=" + root,
+			"--services-file=" + services, "--socket=" + filepath.Join(t.TempDir(), "agent.sock"), "--ops-address="}, extra...)
+		cmd := exec.CommandContext(ctx, "unshare", args...)
+		cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+		return cmd
+	}
+
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	out, err := agent(ctx).CombinedOutput()
+	if err == nil || !strings.Contains(string(out), "cgroup namespace of its own") || !strings.Contains(string(out), "--cgroup-root") {
+		t.Errorf("podnic-agent in a cgroup namespace without --cgroup-root: %v\n%s\nwant a refusal naming --cgroup-root", err, out)
+	}
+	if names, _ := bpf.SocketLBAttached(root); len(names) != 0 {
+		t.Errorf("socket programs attached after the refusal: %v", names)
+	}
+
+	// The node's root, mounted before the namespace (so it shows the whole
+	// hierarchy), as a hostPath mount gives it to a container.
+	cg := simnode.CgroupV2(t, bpf.CgroupV2Mount)
+	var log bytes.Buffer
+	cmd := agent(ctx, "--cgroup-root="+cg)
+	cmd.Stdout, cmd.Stderr = &log, &log
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	eventually(t, "socket programs attached to the node's cgroup root", func() error {
+		select {
+		case err := <-exited:
+			exited <- err
+			return fmt.Errorf("podnic-agent exited: %v\n%s", err, log.String())
+		default:
+		}
+		names, err := bpf.SocketLBAttached(root)
+		if err != nil || len(names) == 0 {
+			return fmt.Errorf("attached: %v, %v", names, err)
+		}
+		return nil
+	})
+	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-exited; err != nil {
+		t.Errorf("podnic-agent after SIGTERM: %v\n%s", err, log.String())
+	}
 }

@@ -332,14 +332,14 @@ func endpointsFor(sl map[string]*sliceInfo, port servicePort, ipv6 bool, node To
 func desiredFrontends(name ServiceName, svc *serviceInfo, sl map[string]*sliceInfo, node Topology, nodeIPs []netip.Addr) []*desiredService {
 	out := make([]*desiredService, 0, (len(svc.VIPs)+len(svc.ExternalVIPs))*len(svc.Ports))
 	vips := append(slices.Clip(svc.VIPs), svc.ExternalVIPs...)
-	nodePorts := len(vips)
+	firstNodeIP := len(vips)
 	for _, ip := range nodeIPs {
 		if slices.ContainsFunc(svc.VIPs, func(v netip.Addr) bool { return v.Is4() == ip.Is4() }) {
 			vips = append(vips, ip)
 		}
 	}
 	for i, vip := range vips {
-		external, nodePort := i >= len(svc.VIPs) && i < nodePorts, i >= nodePorts
+		external, nodePort := i >= len(svc.VIPs) && i < firstNodeIP, i >= firstNodeIP
 		for _, port := range svc.Ports {
 			if nodePort && port.NodePort == 0 {
 				continue

@@ -3,6 +3,8 @@
 # runs commands in it, and takes it down. Run as root.
 #
 #   scripts/nodebox.sh up                 build what is missing, start the box
+#   scripts/nodebox.sh up -daemonset      the same, podnic installed from deploy/
+#                                         (podnic-agent as a DaemonSet)
 #   scripts/nodebox.sh down               stop it and remove everything it made
 #   scripts/nodebox.sh kubectl ARGS...    kubectl as admin against the box
 #   scripts/nodebox.sh podnicctl ARGS...  podnicctl against the box's agent
@@ -55,7 +57,7 @@ status)
 	if [[ -e $dir/state.json ]]; then echo "nodebox: up in $dir"; else echo "nodebox: down"; fi
 	;;
 *)
-	sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//' >&2
+	sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//' >&2
 	exit 2
 	;;
 esac

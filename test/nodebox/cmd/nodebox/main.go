@@ -39,6 +39,7 @@ func run(args []string) error {
 	k8sBin := fs.String("k8s-bin", "", "directory of the Kubernetes binaries (up)")
 	crictl := fs.String("crictl", "", "crictl binary (up)")
 	noAgent := fs.Bool("no-agent", false, "do not run podnic-agent (up)")
+	daemonSet := fs.Bool("daemonset", false, "install podnic from deploy/ as a cluster admin would: podnic-agent as a DaemonSet (up)")
 	if err := fs.Parse(args[1:]); err != nil {
 		return err
 	}
@@ -50,7 +51,7 @@ func run(args []string) error {
 		defer stop()
 		b, err := nodebox.Up(ctx, nodebox.Options{
 			Repo: *repo, K8sBin: *k8sBin, Crictl: *crictl, Dir: *dir,
-			Detached: true, NoAgent: *noAgent, Logf: logf,
+			Detached: true, NoAgent: *noAgent, AgentDaemonSet: *daemonSet, Logf: logf,
 		})
 		if err != nil {
 			return err
