@@ -322,12 +322,12 @@ func TestAgentBinaryInACgroupNamespaceNeedsTheNodesCgroupRoot(t *testing.T) {
 		select {
 		case err := <-exited:
 			exited <- err
-			return fmt.Errorf("podnic-agent exited: %v\n%s", err, log.String())
+			return fmt.Errorf("podnic-agent exited: %w\n%s", err, log.String())
 		default:
 		}
 		names, err := bpf.SocketLBAttached(root)
 		if err != nil || len(names) == 0 {
-			return fmt.Errorf("attached: %v, %v", names, err)
+			return fmt.Errorf("attached: %v, %w", names, err)
 		}
 		return nil
 	})
