@@ -917,13 +917,7 @@ func TestAddressInAServiceCIDRWithoutAServiceIsRejected(t *testing.T) {
 		t.Run(fam.name, func(t *testing.T) {
 			d := loadTest(t)
 			service(t, d, Frontend{VIP: fam.vip, Port: servicePort, Proto: TCP}, 1, backendPort, fam.backends[0])
-			cidr := netip.PrefixFrom(fam.vip, 24)
-			if fam.vip.Is6() {
-				cidr = netip.PrefixFrom(fam.vip, 64)
-			}
-			if err := d.Maps.SetServiceCIDRs([]netip.Prefix{cidr.Masked()}); err != nil {
-				t.Fatal(err)
-			}
+			setFamilyCIDR(t, d, fam)
 			gone := fam.vip.Next().Next().Next() // in the CIDR, no Service
 			syn := pkt{src: ap(fam.client, clientPort), dst: ap(gone, servicePort), proto: TCP, flags: "S", seq: 5}
 			ret, got := run(t, d.Programs.FromPod, syn.bytes(t))
@@ -1008,13 +1002,7 @@ func TestExternalVIPsOutsideTheServiceCIDRsAreTranslated(t *testing.T) {
 			d := loadTest(t)
 			ext := fam.router // outside the CIDR below
 			service(t, d, Frontend{VIP: ext, Port: servicePort, Proto: TCP}, 1, backendPort, fam.backends[0])
-			cidr := netip.PrefixFrom(fam.vip, 24)
-			if fam.vip.Is6() {
-				cidr = netip.PrefixFrom(fam.vip, 64)
-			}
-			if err := d.Maps.SetServiceCIDRs([]netip.Prefix{cidr.Masked()}); err != nil {
-				t.Fatal(err)
-			}
+			setFamilyCIDR(t, d, fam)
 			client, vip, backend := ap(fam.client, clientPort), ap(ext, servicePort), ap(fam.backends[0], backendPort)
 			syn := pkt{src: client, dst: vip, proto: TCP, flags: "S"}
 			if ret, got := run(t, d.Programs.FromPod, syn.bytes(t)); ret != actUnspec || !equalPacket(got, syn.bytes(t)) {
@@ -1060,13 +1048,7 @@ func TestNodeAddressOnANodePortIsTranslated(t *testing.T) {
 			d := loadTest(t)
 			node := fam.router.Next() // outside the CIDR below
 			service(t, d, Frontend{VIP: node, Port: nodePort, Proto: TCP}, 1, backendPort, fam.backends[0])
-			cidr := netip.PrefixFrom(fam.vip, 24)
-			if fam.vip.Is6() {
-				cidr = netip.PrefixFrom(fam.vip, 64)
-			}
-			if err := d.Maps.SetServiceCIDRs([]netip.Prefix{cidr.Masked()}); err != nil {
-				t.Fatal(err)
-			}
+			setFamilyCIDR(t, d, fam)
 			client, vip, backend := ap(fam.client, clientPort), ap(node, nodePort), ap(fam.backends[0], backendPort)
 			syn := pkt{src: client, dst: vip, proto: TCP, flags: "S"}
 			if ret, got := run(t, d.Programs.FromPod, syn.bytes(t)); ret != actUnspec || !equalPacket(got, syn.bytes(t)) {
@@ -1081,6 +1063,16 @@ func TestNodeAddressOnANodePortIsTranslated(t *testing.T) {
 			}
 			if on, _ := d.Maps.ExternalVIPs(); on {
 				t.Fatal("the external-VIP lookup is on")
+			}
+			nodePortFlag := func() bool {
+				cfg, err := d.Maps.readConfig()
+				if err != nil {
+					t.Fatal(err)
+				}
+				return cfg.Flags&uint32(podnicPnCfgFlagsPN_CFG_NODEPORT) != 0
+			}
+			if !nodePortFlag() {
+				t.Fatal("the node addresses are set, the NodePort flag is off")
 			}
 			if got := dnatTarget(t, d, syn); got != backend {
 				t.Fatalf("SYN to the NodePort went to %s, want %s", got, backend)
@@ -1113,6 +1105,9 @@ func TestNodeAddressOnANodePortIsTranslated(t *testing.T) {
 
 			if err := d.Maps.SetNodePortAddrs(nil); err != nil {
 				t.Fatal(err)
+			}
+			if nodePortFlag() {
+				t.Error("the node addresses are cleared, the NodePort flag is on")
 			}
 			syn.src = ap(fam.client, clientPort+1) // a new flow
 			if ret, got := run(t, d.Programs.FromPod, syn.bytes(t)); ret != actUnspec || !equalPacket(got, syn.bytes(t)) {

@@ -430,8 +430,19 @@ func (m *Maps) SetNodePortAddrs(addrs []netip.Addr) error {
 		n.Addr[i] = AddrFrom(a)
 	}
 	n.Count = uint32(len(addrs))
+	// The flag that makes packets read the addresses goes on after them
+	// and off before they go.
+	flag := uint32(podnicPnCfgFlagsPN_CFG_NODEPORT)
+	if n.Count == 0 {
+		if err := m.setConfigFlag(flag, false); err != nil {
+			return err
+		}
+	}
 	if err := m.NodeAddrs.Put(uint32(0), &n); err != nil {
 		return fmt.Errorf("writing the node's addresses: %w", err)
+	}
+	if n.Count > 0 {
+		return m.setConfigFlag(flag, true)
 	}
 	return nil
 }

@@ -65,6 +65,19 @@ var families = []family{
 	},
 }
 
+// setFamilyCIDR gives the datapath the Service CIDR of fam's VIPs (a /24,
+// or a /64), so that fam's router and pod addresses lie outside it.
+func setFamilyCIDR(t *testing.T, d *Datapath, fam family) {
+	t.Helper()
+	bits := 24
+	if fam.vip.Is6() {
+		bits = 64
+	}
+	if err := d.Maps.SetServiceCIDRs([]netip.Prefix{netip.PrefixFrom(fam.vip, bits).Masked()}); err != nil {
+		t.Fatal(err)
+	}
+}
+
 // pkt describes a TCP or UDP packet to build.
 type pkt struct {
 	src, dst netip.AddrPort

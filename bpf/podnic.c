@@ -148,7 +148,8 @@ static __always_inline int pn_pass(struct __sk_buff *skb, const struct pn_pkt *p
  * a hash lookup, only while some exists). */
 static __always_inline int pn_outside_vip(const struct pn_pkt *p)
 {
-	return pn_is_node_addr(&p->daddr) || (pn_cfg_flag(PN_CFG_EXTERNAL) && pn_is_vip(p));
+	return (pn_cfg_flag(PN_CFG_NODEPORT) && pn_is_node_addr(&p->daddr)) ||
+	       (pn_cfg_flag(PN_CFG_EXTERNAL) && pn_is_vip(p));
 }
 
 static __always_inline int pn_from_pod(struct __sk_buff *skb, struct pn_pkt *p, int *reason)
@@ -375,7 +376,7 @@ static __always_inline int pn_guard_pass(struct __sk_buff *skb)
 	}
 	cfg = bpf_map_lookup_elem(&podnic_cfg_v1, &zero);
 	return cfg && !(cfg->flags & PN_CFG_EXTERNAL) && pn_outside_cidrs(cfg, &a) &&
-	       !pn_is_node_addr(&a);
+	       !((cfg->flags & PN_CFG_NODEPORT) && pn_is_node_addr(&a));
 }
 
 /* pn_refuse_unbalanced refuses, as pn_reject does, Service traffic the

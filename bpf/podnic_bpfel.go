@@ -70,6 +70,7 @@ type podnicPnCfgFlags uint32
 const (
 	podnicPnCfgFlagsPN_CFG_PEER_NAME podnicPnCfgFlags = 1
 	podnicPnCfgFlagsPN_CFG_EXTERNAL  podnicPnCfgFlags = 2
+	podnicPnCfgFlagsPN_CFG_NODEPORT  podnicPnCfgFlags = 4
 )
 
 type podnicPnCidrKey struct {

@@ -204,13 +204,7 @@ func TestGuardRefusesWhatTheSocketLeftAndPassesTheRest(t *testing.T) {
 				t.Errorf("truncated segment without the CIDRs known: verdict %d, want dropped as invalid", ret)
 			}
 
-			cidr := netip.PrefixFrom(fam.vip, 24)
-			if fam.vip.Is6() {
-				cidr = netip.PrefixFrom(fam.vip, 64)
-			}
-			if err := d.Maps.SetServiceCIDRs([]netip.Prefix{cidr.Masked()}); err != nil {
-				t.Fatal(err)
-			}
+			setFamilyCIDR(t, d, fam)
 			if ret, got := run(t, d.Programs.Guard, truncated); ret != actUnspec || !equalPacket(got, truncated) {
 				t.Errorf("fast path: truncated segment to a pod: verdict %d, want passed untouched", ret)
 			}

@@ -354,37 +354,44 @@ func (a *Agent) sync() error {
 }
 
 // syncExternalFlag turns the datapath's external-VIP lookup on while some
-// Service has an external VIP and off when none has, writing only on a
-// change (and on every full sync).
+// Service has an external VIP and off when none has.
 func (a *Agent) syncExternalFlag(full bool) error {
-	want := a.externals > 0
-	if !full && a.externalOn != nil && *a.externalOn == want {
+	return syncSetting(full, &a.externalOn, a.externals > 0, func(x, y bool) bool { return x == y }, func(on bool) error {
+		if err := a.syncer.maps.SetExternalVIPs(on); err != nil {
+			return fmt.Errorf("setting the external-VIP lookup: %w", err)
+		}
 		return nil
-	}
-	a.externalOn = nil
-	if err := a.syncer.maps.SetExternalVIPs(want); err != nil {
-		return fmt.Errorf("setting the external-VIP lookup: %w", err)
-	}
-	a.externalOn = &want
-	return nil
+	})
 }
 
 // syncNodePortAddrs gives the datapath the node's addresses while some
 // frontend is a NodePort, and none otherwise (no packet then pays for the
-// check), writing only on a change (and on every full sync).
+// check).
 func (a *Agent) syncNodePortAddrs(full bool) error {
 	var want []netip.Addr
 	if a.nodePorts > 0 {
 		want = a.nodeIPsUsed
 	}
-	if !full && a.nodeAddrsOn != nil && slices.Equal(*a.nodeAddrsOn, want) {
+	return syncSetting(full, &a.nodeAddrsOn, want, slices.Equal, func(addrs []netip.Addr) error {
+		if err := a.syncer.maps.SetNodePortAddrs(addrs); err != nil {
+			return fmt.Errorf("setting the node's NodePort addresses: %w", err)
+		}
+		return nil
+	})
+}
+
+// syncSetting writes a datapath setting with write only when want differs
+// from what *last says was written, or on a full sync. After a failed
+// write nothing is known to be written.
+func syncSetting[T any](full bool, last **T, want T, equal func(T, T) bool, write func(T) error) error {
+	if !full && *last != nil && equal(**last, want) {
 		return nil
 	}
-	a.nodeAddrsOn = nil
-	if err := a.syncer.maps.SetNodePortAddrs(want); err != nil {
-		return fmt.Errorf("setting the node's NodePort addresses: %w", err)
+	*last = nil
+	if err := write(want); err != nil {
+		return err
 	}
-	a.nodeAddrsOn = &want
+	*last = &want
 	return nil
 }
 

@@ -43,6 +43,9 @@ enum pn_cfg_flags {
 	 * its LoadBalancer ingress IPs): a packet to another address is
 	 * looked up as a VIP before it passes. */
 	PN_CFG_EXTERNAL = 1 << 1,
+	/* Some Service has a NodePort: a packet to one of the node's
+	 * addresses (podnic_nodeip_v1) is looked up before it passes. */
+	PN_CFG_NODEPORT = 1 << 2,
 };
 
 struct pn_cfg {
@@ -81,11 +84,12 @@ struct {
 } podnic_live_v1 SEC(".maps");
 
 /* The node's own addresses (its Node's InternalIPs), while some Service
- * has a NodePort: a pod reaching its node's address on a NodePort is
- * translated, as kube-proxy translates it for pods on the node. Checked
- * only for a packet outside the Service CIDRs, against a handful of
- * addresses on one array line, so that the common NodePort Service costs
- * the fast path next to nothing (an external VIP costs a hash lookup). */
+ * has a NodePort (PN_CFG_NODEPORT): a pod reaching its node's address on a
+ * NodePort is translated, as kube-proxy translates it for pods on the
+ * node. Checked only for a packet outside the Service CIDRs, against a
+ * handful of addresses on one array line, so that the common NodePort
+ * Service costs the fast path next to nothing (an external VIP costs a
+ * hash lookup); without NodePorts the line is not even read. */
 #define PN_NODE_ADDRS 4
 
 struct pn_node_addrs {
