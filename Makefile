@@ -8,7 +8,7 @@ GOBIN    := $(shell $(GO) env GOPATH)/bin
 PKGS     := ./...
 CSOURCES := $(wildcard bpf/*.c bpf/lib/*.h)
 
-.PHONY: all setup generate check-generate build test test-unit e2e lint format bench demo demo-down demo-lite demo-lite-down bench-wrk clean
+.PHONY: deploy-manifests all setup generate check-generate build test test-unit e2e lint format bench demo demo-down demo-lite demo-lite-down bench-wrk clean
 
 all: build
 
@@ -26,6 +26,11 @@ check-generate: generate
 build:
 	@mkdir -p $(BIN)
 	CGO_ENABLED=0 $(GO) build -trimpath -o $(BIN)/ $$(ls -d ./cni/cmd/*/ ./nodeagent/cmd/*/ 2>/dev/null)
+
+# deploy/podnic.yaml and deploy/podnic-agent-rbac.yaml: the chart
+# deploy/helm/podnic's defaults rendered (test/deploy checks they are).
+deploy-manifests:
+	scripts/deploy-manifests.sh
 
 # The test command (README, CI): setup, generated files, lint, all tests.
 test: setup check-generate lint

@@ -38,7 +38,11 @@ up)
 	echo "nodebox: Kubernetes v1.36.3 binaries (cached after the first build, which takes minutes)" >&2
 	k8s_bin="$("$root/scripts/k8s-binaries.sh" kube-apiserver kubectl etcd kube-controller-manager kube-scheduler kubelet | tail -n1)"
 	build_cmd
-	"$nodebox" up -repo "$root" -k8s-bin "$k8s_bin" -crictl "$crictl" -dir "$dir" "$@" >/dev/null
+	helm=()
+	if [[ " $* " == *" -daemonset "* ]]; then
+		helm=(-helm "$("$root/scripts/helm-binary.sh" | tail -n1)")
+	fi
+	"$nodebox" up -repo "$root" -k8s-bin "$k8s_bin" -crictl "$crictl" -dir "$dir" "${helm[@]}" "$@" >/dev/null
 	echo "nodebox: up in $dir; try '$0 kubectl get nodes -o wide'; '$0 down' removes it" >&2
 	;;
 down)

@@ -63,11 +63,13 @@ type Options struct {
 	ENIs     int    // ENIs waiting in the node; 4 if 0
 	Detached bool   // processes outlive the caller (for `nodebox up`)
 	NoAgent  bool   // do not run podnic-agent: the caller fills the maps
-	// AgentDaemonSet runs podnic-agent as deploy/podnic.yaml's DaemonSet,
-	// from an image of deploy/Dockerfile's layout, instead of as a process
-	// of the box: the agent installs the CNI plugin and config, and the
-	// node becomes Ready only then (daemonset.go).
+	// AgentDaemonSet runs podnic-agent as the DaemonSet of the chart
+	// deploy/helm/podnic, from an image of deploy/Dockerfile's layout,
+	// instead of as a process of the box: the agent installs the CNI
+	// plugin and config, and the node becomes Ready only then
+	// (daemonset.go).
 	AgentDaemonSet bool
+	Helm           string // helm binary, for AgentDaemonSet (scripts/helm-binary.sh)
 	Logf           func(format string, args ...any)
 }
 
@@ -228,7 +230,7 @@ func Up(ctx context.Context, o Options) (b *Box, err error) {
 		}
 		o.Logf("nodebox: kubelet started, node %s registered in %v", NodeName, time.Since(t0).Round(time.Millisecond))
 		t0 = time.Now()
-		if err := b.deployAgent(ctx, o.Repo); err != nil {
+		if err := b.deployAgent(ctx, o.Repo, o.Helm); err != nil {
 			return b, err
 		}
 		if err := b.waitNodeReady(ctx, b.kubelet()); err != nil {

@@ -3,14 +3,13 @@ package nodebox
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 
 	"golang.org/x/sys/unix"
-	"sigs.k8s.io/yaml"
 )
 
 // AgentImage is the image of deploy/Dockerfile's layout that the box builds
@@ -22,10 +21,12 @@ const AgentImage = "podnic.test/podnic:v1"
 func (b *Box) runPodnic() string { return filepath.Join(b.Dir, "run-podnic") }
 
 // deployAgent runs podnic-agent as a cluster admin would: the image of
-// deploy/Dockerfile, deploy/podnic-agent-rbac.yaml, the API server's address
-// in ConfigMap podnic-api-server, the pool's label on the node, and
-// deploy/podnic.yaml with the box's values (agentManifest).
-func (b *Box) deployAgent(ctx context.Context, repo string) error {
+// deploy/Dockerfile, the chart deploy/helm/podnic rendered with the box's
+// values (chartValues) by `helm template` and applied, the API server's
+// address in ConfigMap podnic-api-server, the pool's label on the node.
+// The chart's defaults are deploy/'s plain manifests (test/deploy checks
+// it), so this is also what applying those, edited, does.
+func (b *Box) deployAgent(ctx context.Context, repo, helm string) error {
 	img, err := dockerfileImage(filepath.Join(repo, "deploy", "Dockerfile"), b.Bin)
 	if err != nil {
 		return err
@@ -33,24 +34,30 @@ func (b *Box) deployAgent(ctx context.Context, repo string) error {
 	if err := b.importImage(ctx, AgentImage, img.files, img.entrypoint, img.env); err != nil {
 		return err
 	}
-	rbac, err := os.ReadFile(filepath.Join(repo, "deploy", "podnic-agent-rbac.yaml"))
-	if err != nil {
-		return fmt.Errorf("reading the agent's RBAC: %w", err)
-	}
-	manifest, err := b.agentManifest(filepath.Join(repo, "deploy", "podnic.yaml"))
+	values, err := b.chartValues()
 	if err != nil {
 		return err
+	}
+	vf := filepath.Join(b.Dir, "podnic-values.json")
+	if err := os.WriteFile(vf, values, 0o600); err != nil {
+		return err
+	}
+	hctx, cancel := context.WithTimeout(ctx, cmdTimeout)
+	defer cancel()
+	manifest, err := exec.CommandContext(hctx, helm, "template", "podnic", filepath.Join(repo, "deploy", "helm", "podnic"),
+		"--namespace", "kube-system", "--values", vf).Output()
+	if err != nil {
+		return fmt.Errorf("rendering the podnic chart: %w", err)
 	}
 	host, port, _ := strings.Cut(strings.TrimPrefix(APIServer, "https://"), ":")
 	for _, step := range []struct {
 		stdin string
 		args  []string
 	}{
-		{string(rbac), []string{"apply", "-f", "-"}},
 		{"", []string{"-n", "kube-system", "create", "configmap", "podnic-api-server",
 			"--from-literal=KUBERNETES_SERVICE_HOST=" + host, "--from-literal=KUBERNETES_SERVICE_PORT=" + port}},
 		{"", []string{"label", "node", NodeName, "node.podnic.io/exclusive-nic=true"}},
-		{manifest, []string{"apply", "-f", "-"}},
+		{string(manifest), []string{"apply", "-f", "-"}},
 	} {
 		if out, err := b.Kubectl(ctx, step.stdin, step.args...); err != nil {
 			return fmt.Errorf("deploying podnic-agent: kubectl %s: %w\n%s", strings.Join(step.args, " "), err, out)
@@ -59,85 +66,37 @@ func (b *Box) deployAgent(ctx context.Context, repo string) error {
 	return nil
 }
 
-// agentManifest returns the manifest at path with what a cluster admin sets
-// for this node pool, as JSON: the box's image (never pulled), its CNI
-// config and Service CIDRs, and the box's folders for the host paths the
-// agent writes (containerd here reads CNI files from the box's folders,
-// and the machine's /opt/cni, /etc/cni and /run/podnic stay untouched).
-// On a cgroup v1 machine the agent mounts cgroup v2 itself: no
-// cgroup-root.
-func (b *Box) agentManifest(path string) (string, error) {
-	data, err := os.ReadFile(path)
-	if err != nil {
-		return "", fmt.Errorf("reading the agent's manifest: %w", err)
+// chartValues are what a cluster admin sets for this node pool: the box's
+// image (never pulled), Service CIDRs and CNI plugin config, and the box's
+// folders for the host paths the agent writes (containerd here reads CNI
+// files from the box's folders, and the machine's /opt/cni, /etc/cni and
+// /run/podnic stay untouched). On a cgroup v1 machine the agent mounts
+// cgroup v2 itself: no cgroupRoot.
+func (b *Box) chartValues() ([]byte, error) {
+	var conf struct {
+		Plugins []map[string]any `json:"plugins"`
 	}
+	if err := json.Unmarshal([]byte(b.conflist("full")), &conf); err != nil || len(conf.Plugins) != 1 {
+		return nil, fmt.Errorf("the box's CNI config: %v", err)
+	}
+	plugin := conf.Plugins[0]
+	delete(plugin, "type")
+	delete(plugin, "serviceCIDRs")
 	var st unix.Statfs_t
-	cgroup2 := unix.Statfs("/sys/fs/cgroup", &st) == nil && st.Type == unix.CGROUP2_SUPER_MAGIC
-	hostPaths := map[string]string{
-		"/opt/cni/bin":   filepath.Join(b.Dir, "cni", "bin"),
-		"/etc/cni/net.d": filepath.Join(b.Dir, "cni", "net.d"),
-		"/run/podnic":    b.runPodnic(),
+	cgroupRoot := "/host/sys/fs/cgroup"
+	if unix.Statfs("/sys/fs/cgroup", &st) != nil || st.Type != unix.CGROUP2_SUPER_MAGIC {
+		cgroupRoot = ""
 	}
-	var items []any
-	for _, doc := range strings.Split(string(data), "\n---\n") {
-		var obj map[string]any
-		if err := yaml.Unmarshal([]byte(doc), &obj); err != nil {
-			return "", fmt.Errorf("parsing %s: %w", path, err)
-		}
-		switch obj["kind"] {
-		case "ConfigMap":
-			d, _ := obj["data"].(map[string]any)
-			agent, _ := d["agent.yaml"].(string)
-			if agent == "" || d["10-podnic.conflist"] == nil {
-				return "", fmt.Errorf("%s: ConfigMap %v has no agent.yaml or 10-podnic.conflist", path, obj["metadata"])
-			}
-			var lines []string
-			for _, l := range strings.Split(agent, "\n") {
-				switch {
-				case strings.HasPrefix(l, "service-cidr:"):
-					l = "service-cidr: " + ServiceV4 + "," + ServiceV6
-				case strings.HasPrefix(l, "cgroup-root:") && !cgroup2:
-					continue
-				}
-				lines = append(lines, l)
-			}
-			d["agent.yaml"] = strings.Join(lines, "\n")
-			d["10-podnic.conflist"] = b.conflist("full")
-		case "DaemonSet":
-			spec, err := podSpec(obj)
-			if err != nil {
-				return "", fmt.Errorf("%s: %w", path, err)
-			}
-			for _, c := range spec["containers"].([]any) {
-				c := c.(map[string]any)
-				c["image"], c["imagePullPolicy"] = AgentImage, "Never"
-			}
-			for _, v := range spec["volumes"].([]any) {
-				if hp, ok := v.(map[string]any)["hostPath"].(map[string]any); ok {
-					if to, ok := hostPaths[hp["path"].(string)]; ok {
-						hp["path"] = to
-					}
-				}
-			}
-		}
-		items = append(items, obj)
-	}
-	out, err := json.Marshal(map[string]any{"apiVersion": "v1", "kind": "List", "items": items})
-	return string(out), err
-}
-
-// podSpec returns a DaemonSet's pod spec, with containers and volumes.
-func podSpec(ds map[string]any) (map[string]any, error) {
-	spec, _ := ds["spec"].(map[string]any)
-	tmpl, _ := spec["template"].(map[string]any)
-	pod, _ := tmpl["spec"].(map[string]any)
-	if _, ok := pod["containers"].([]any); !ok {
-		return nil, errors.New("a DaemonSet without containers")
-	}
-	if _, ok := pod["volumes"].([]any); !ok {
-		return nil, errors.New("a DaemonSet without volumes")
-	}
-	return pod, nil
+	return json.Marshal(map[string]any{
+		"image":        map[string]any{"repository": strings.Split(AgentImage, ":")[0], "tag": strings.Split(AgentImage, ":")[1], "pullPolicy": "Never"},
+		"serviceCIDRs": []string{ServiceV4, ServiceV6},
+		"cgroupRoot":   cgroupRoot,
+		"agentRunDir":  b.runPodnic(),
+		"cni": map[string]any{
+			"binDir": filepath.Join(b.Dir, "cni", "bin"), "confDir": filepath.Join(b.Dir, "cni", "net.d"),
+			"plugin": plugin,
+		},
+	})
 }
 
 // dockerImage is what dockerfileImage read.

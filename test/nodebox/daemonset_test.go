@@ -14,8 +14,9 @@ import (
 )
 
 // TestAgentAsDaemonSet installs podnic as a cluster admin would, from
-// deploy/: the image of deploy/Dockerfile, deploy/podnic-agent-rbac.yaml and
-// deploy/podnic.yaml (the box's image, CNI config and folders set in it).
+// deploy/: the image of deploy/Dockerfile and the chart deploy/helm/podnic
+// with the box's values (image, CNI config, Service CIDRs, folders); the
+// chart's defaults are deploy/'s plain manifests.
 // The agent, in-cluster with its ServiceAccount, installs the CNI plugin
 // and config after its first sync, which is what makes the node Ready;
 // pods then reach Services; and a rolling restart of the DaemonSet (an

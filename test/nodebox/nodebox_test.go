@@ -201,6 +201,9 @@ func upBoxWith(t *testing.T, ctx context.Context, o nodebox.Options) *nodebox.Bo
 
 	start := time.Now()
 	o.Repo, o.K8sBin, o.Crictl, o.Logf = repo, k8sBin, crictl, t.Logf
+	if o.AgentDaemonSet {
+		o.Helm = scriptOutput(t, "PODNIC_HELM", filepath.Join(repo, "scripts", "helm-binary.sh"))
+	}
 	box, err := nodebox.Up(ctx, o)
 	if err != nil {
 		t.Fatalf("bringing the box up: %v", err)

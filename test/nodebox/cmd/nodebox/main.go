@@ -39,7 +39,8 @@ func run(args []string) error {
 	k8sBin := fs.String("k8s-bin", "", "directory of the Kubernetes binaries (up)")
 	crictl := fs.String("crictl", "", "crictl binary (up)")
 	noAgent := fs.Bool("no-agent", false, "do not run podnic-agent (up)")
-	daemonSet := fs.Bool("daemonset", false, "install podnic from deploy/ as a cluster admin would: podnic-agent as a DaemonSet (up)")
+	daemonSet := fs.Bool("daemonset", false, "install podnic from deploy/ as a cluster admin would: podnic-agent as the chart's DaemonSet (up; needs -helm)")
+	helm := fs.String("helm", "", "helm binary, for -daemonset (up)")
 	if err := fs.Parse(args[1:]); err != nil {
 		return err
 	}
@@ -51,7 +52,7 @@ func run(args []string) error {
 		defer stop()
 		b, err := nodebox.Up(ctx, nodebox.Options{
 			Repo: *repo, K8sBin: *k8sBin, Crictl: *crictl, Dir: *dir,
-			Detached: true, NoAgent: *noAgent, AgentDaemonSet: *daemonSet, Logf: logf,
+			Detached: true, NoAgent: *noAgent, AgentDaemonSet: *daemonSet, Helm: *helm, Logf: logf,
 		})
 		if err != nil {
 			return err
