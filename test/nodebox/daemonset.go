@@ -76,8 +76,11 @@ func (b *Box) chartValues() ([]byte, error) {
 	var conf struct {
 		Plugins []map[string]any `json:"plugins"`
 	}
-	if err := json.Unmarshal([]byte(b.conflist("full")), &conf); err != nil || len(conf.Plugins) != 1 {
-		return nil, fmt.Errorf("the box's CNI config: %v", err)
+	if err := json.Unmarshal([]byte(b.conflist("full")), &conf); err != nil {
+		return nil, fmt.Errorf("the box's CNI config: %w", err)
+	}
+	if len(conf.Plugins) != 1 {
+		return nil, fmt.Errorf("the box's CNI config has %d plugins, want 1", len(conf.Plugins))
 	}
 	plugin := conf.Plugins[0]
 	delete(plugin, "type")
