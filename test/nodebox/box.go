@@ -103,6 +103,7 @@ type Box struct {
 	AgentDaemonSet bool `json:"agentDaemonSet,omitempty"`
 
 	detached bool
+	helm     string // helm binary (Options.Helm)
 	logf     func(string, ...any)
 	watchFD  *os.File // write end of the watchdog's pipe
 }

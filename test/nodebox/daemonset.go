@@ -3,9 +3,9 @@ package nodebox
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 
@@ -21,11 +21,10 @@ const AgentImage = "podnic.test/podnic:v1"
 func (b *Box) runPodnic() string { return filepath.Join(b.Dir, "run-podnic") }
 
 // deployAgent runs podnic-agent as a cluster admin would: the image of
-// deploy/Dockerfile, the chart deploy/helm/podnic rendered with the box's
-// values (chartValues) by `helm template` and applied, the API server's
-// address in ConfigMap podnic-api-server, the pool's label on the node.
-// The chart's defaults are deploy/'s plain manifests (test/deploy checks
-// it), so this is also what applying those, edited, does.
+// deploy/Dockerfile, the API server's address in ConfigMap
+// podnic-api-server, the pool's label on the node, and `helm install` of
+// the chart deploy/helm/podnic with the box's values (chartValues). The
+// chart's defaults are deploy/'s plain manifests (test/deploy checks it).
 func (b *Box) deployAgent(ctx context.Context, repo, helm string) error {
 	img, err := dockerfileImage(filepath.Join(repo, "deploy", "Dockerfile"), b.Bin)
 	if err != nil {
@@ -42,28 +41,42 @@ func (b *Box) deployAgent(ctx context.Context, repo, helm string) error {
 	if err := os.WriteFile(vf, values, 0o600); err != nil {
 		return err
 	}
-	hctx, cancel := context.WithTimeout(ctx, cmdTimeout)
-	defer cancel()
-	manifest, err := exec.CommandContext(hctx, helm, "template", "podnic", filepath.Join(repo, "deploy", "helm", "podnic"),
-		"--namespace", "kube-system", "--values", vf).Output()
-	if err != nil {
-		return fmt.Errorf("rendering the podnic chart: %w", err)
-	}
+	b.helm = helm
 	host, port, _ := strings.Cut(strings.TrimPrefix(APIServer, "https://"), ":")
-	for _, step := range []struct {
-		stdin string
-		args  []string
-	}{
-		{"", []string{"-n", "kube-system", "create", "configmap", "podnic-api-server",
-			"--from-literal=KUBERNETES_SERVICE_HOST=" + host, "--from-literal=KUBERNETES_SERVICE_PORT=" + port}},
-		{"", []string{"label", "node", NodeName, "node.podnic.io/exclusive-nic=true"}},
-		{string(manifest), []string{"apply", "-f", "-"}},
+	for _, args := range [][]string{
+		{"-n", "kube-system", "create", "configmap", "podnic-api-server",
+			"--from-literal=KUBERNETES_SERVICE_HOST=" + host, "--from-literal=KUBERNETES_SERVICE_PORT=" + port},
+		{"label", "node", NodeName, "node.podnic.io/exclusive-nic=true"},
 	} {
-		if out, err := b.Kubectl(ctx, step.stdin, step.args...); err != nil {
-			return fmt.Errorf("deploying podnic-agent: kubectl %s: %w\n%s", strings.Join(step.args, " "), err, out)
+		if out, err := b.Kubectl(ctx, "", args...); err != nil {
+			return fmt.Errorf("deploying podnic-agent: %w\n%s", err, out)
 		}
 	}
+	if out, err := b.Helm(ctx, "install", "podnic", ChartDir(repo), "--namespace", "kube-system", "--values", vf); err != nil {
+		return fmt.Errorf("deploying podnic-agent: %w\n%s", err, out)
+	}
 	return nil
+}
+
+// ChartDir is podnic's Helm chart in the repository at repo.
+func ChartDir(repo string) string { return filepath.Join(repo, "deploy", "helm", "podnic") }
+
+// Helm runs helm against the box's API server as admin, with its cache,
+// config and data in the box's folder (Options.AgentDaemonSet only).
+func (b *Box) Helm(ctx context.Context, args ...string) (string, error) {
+	if b.helm == "" {
+		return "", errors.New("the box has no helm (Options.Helm)")
+	}
+	ctx, cancel := context.WithTimeout(ctx, cmdTimeout)
+	defer cancel()
+	cmd := b.nsenter(ctx, false, append([]string{b.helm, "--kubeconfig", b.Kubeconfig()}, args...)...)
+	home := filepath.Join(b.Dir, "helm")
+	cmd.Env = append(os.Environ(), "HELM_CACHE_HOME="+home+"/cache", "HELM_CONFIG_HOME="+home+"/config", "HELM_DATA_HOME="+home+"/data")
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		return string(out), fmt.Errorf("helm %s: %w", strings.Join(args, " "), err)
+	}
+	return string(out), nil
 }
 
 // chartValues are what a cluster admin sets for this node pool: the box's

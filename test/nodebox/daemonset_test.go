@@ -14,13 +14,13 @@ import (
 )
 
 // TestAgentAsDaemonSet installs podnic as a cluster admin would, from
-// deploy/: the image of deploy/Dockerfile and the chart deploy/helm/podnic
-// with the box's values (image, CNI config, Service CIDRs, folders); the
-// chart's defaults are deploy/'s plain manifests.
+// deploy/: the image of deploy/Dockerfile and `helm install` of the chart
+// deploy/helm/podnic with the box's values (image, CNI config, Service
+// CIDRs, folders); the chart's defaults are deploy/'s plain manifests.
 // The agent, in-cluster with its ServiceAccount, installs the CNI plugin
 // and config after its first sync, which is what makes the node Ready;
-// pods then reach Services; and a rolling restart of the DaemonSet (an
-// upgrade) under load fails no request.
+// pods then reach Services; and a `helm upgrade` that rolls the agent
+// under load fails no request.
 func TestAgentAsDaemonSet(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 180*time.Second)
 	defer cancel()
@@ -66,20 +66,27 @@ func TestAgentAsDaemonSet(t *testing.T) {
 	c.checkClusterIPs(t, "client")
 	c.checkProgramsByName(t)
 
-	// An upgrade: the DaemonSet's pod replaced under load.
+	// An upgrade under load: `helm upgrade` with a new agent setting
+	// changes the ConfigMap, whose digest rolls the DaemonSet's pod.
 	vips := c.clusterIPs(t, "echo")
 	l := c.startLoad(t, vips[len(vips)-1], false)
 	time.Sleep(time.Second)
 	before := c.kubectl(t, "", "-n", "kube-system", "get", "pods", "-l", "app.kubernetes.io/name=podnic-agent", "-o", "jsonpath={.items[*].metadata.uid}")
 	t0 := time.Now()
-	c.kubectl(t, "", "-n", "kube-system", "rollout", "restart", "daemonset/podnic-agent")
+	if out, err := c.box.Helm(ctx, "upgrade", "podnic", nodebox.ChartDir(repoRoot(t)), "--namespace", "kube-system",
+		"--reuse-values", "--set", "agentFlags.log-level=debug"); err != nil {
+		t.Fatalf("%v\n%s", err, out)
+	}
 	c.kubectl(t, "", "-n", "kube-system", "rollout", "status", "daemonset/podnic-agent", "--timeout=60s")
 	took := time.Since(t0)
 	time.Sleep(time.Second)
 	s := l.stop(t)
 	after := c.kubectl(t, "", "-n", "kube-system", "get", "pods", "-l", "app.kubernetes.io/name=podnic-agent", "-o", "jsonpath={.items[*].metadata.uid}")
-	t.Logf("DaemonSet restarted (pod %s → %s) in %v; load %s: %d requests, %d failed in %.1fs",
+	t.Logf("helm upgrade rolled the agent (pod %s → %s) in %v; load %s: %d requests, %d failed in %.1fs",
 		before, after, took.Round(time.Millisecond), target(vips[len(vips)-1], false), s.Requests, s.Failures, s.Seconds)
+	if agent := c.kubectl(t, "", "-n", "kube-system", "get", "configmap", "podnic-config", "-o", "jsonpath={.data.agent\\.yaml}"); !strings.Contains(agent, "log-level: debug") {
+		t.Errorf("the upgrade did not reach the agent's flags:\n%s", agent)
+	}
 	if before == after || strings.Contains(after, " ") {
 		t.Errorf("agent pods %q before the restart, %q after: want one new pod", before, after)
 	}

@@ -254,6 +254,9 @@ func (b *Box) startControlPlane(ctx context.Context) error {
 			return err
 		}
 	}
+	if b.AgentDaemonSet {
+		return nil // the chart brings the agent's RBAC
+	}
 	if out, err := b.Kubectl(ctx, b.agentRBAC, "apply", "-f", "-"); err != nil {
 		return fmt.Errorf("granting podnic-agent its role: %w\n%s", err, out)
 	}
