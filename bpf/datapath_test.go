@@ -349,6 +349,21 @@ func dnatTarget(t *testing.T, d *Datapath, p pkt) netip.AddrPort {
 	return ap(dst, port)
 }
 
+// expectTranslatedBothWays checks that syn, from the pod to a frontend,
+// goes to backend, and that the backend's SYN-ACK comes back from the
+// frontend.
+func expectTranslatedBothWays(t *testing.T, d *Datapath, syn pkt, backend netip.AddrPort) {
+	t.Helper()
+	if got := dnatTarget(t, d, syn); got != backend {
+		t.Fatalf("SYN to %s went to %s, want %s", syn.dst, got, backend)
+	}
+	reply := pkt{src: backend, dst: syn.src, proto: TCP, flags: "SA"}
+	ret, got := run(t, d.Programs.ToPod, reply.bytes(t))
+	if want := reply.with(syn.dst, syn.src).bytes(t); ret != actUnspec || !equalPacket(got, want) {
+		t.Errorf("reply from %s not translated back to %s (verdict %d)", backend, syn.dst, ret)
+	}
+}
+
 func TestEstablishedFlowKeepsItsBackendWhenBackendsChange(t *testing.T) {
 	forEach(t, func(t *testing.T, fam family, proto Proto) {
 		d := loadTest(t)
@@ -980,13 +995,7 @@ func TestFastPathsPassOnlyWhatCannotBeServiceTraffic(t *testing.T) {
 			if err := d.Maps.SetServiceCIDRs([]netip.Prefix{netip.PrefixFrom(other, 16), netip.PrefixFrom(fam.vip, bits).Masked()}); err != nil {
 				t.Fatal(err)
 			}
-			if got := dnatTarget(t, d, syn); got != backend {
-				t.Fatalf("SYN went to %s, want %s", got, backend)
-			}
-			ret, got := run(t, d.Programs.ToPod, reply.bytes(t))
-			if want := reply.with(vip, client).bytes(t); ret != actUnspec || !equalPacket(got, want) {
-				t.Errorf("reply of a live flow not translated back (verdict %d)", ret)
-			}
+			expectTranslatedBothWays(t, d, syn, backend)
 		})
 	}
 }
@@ -1015,14 +1024,7 @@ func TestExternalVIPsOutsideTheServiceCIDRsAreTranslated(t *testing.T) {
 			if on, err := d.Maps.ExternalVIPs(); err != nil || !on {
 				t.Fatalf("ExternalVIPs() = %v, %v after SetExternalVIPs(true)", on, err)
 			}
-			if got := dnatTarget(t, d, syn); got != backend {
-				t.Fatalf("SYN to the external VIP went to %s, want %s", got, backend)
-			}
-			reply := pkt{src: backend, dst: client, proto: TCP, flags: "SA"}
-			ret, got := run(t, d.Programs.ToPod, reply.bytes(t))
-			if want := reply.with(vip, client).bytes(t); ret != actUnspec || !equalPacket(got, want) {
-				t.Errorf("reply not translated back to the external VIP (verdict %d)", ret)
-			}
+			expectTranslatedBothWays(t, d, syn, backend)
 			for name, b := range map[string][]byte{
 				"another port":            pkt{src: client, dst: ap(ext, servicePort+1), proto: TCP, flags: "S"}.bytes(t),
 				"UDP on the Service port": pkt{src: client, dst: vip, proto: UDP, payload: []byte("x")}.bytes(t),
@@ -1074,14 +1076,7 @@ func TestNodeAddressOnANodePortIsTranslated(t *testing.T) {
 			if !nodePortFlag() {
 				t.Fatal("the node addresses are set, the NodePort flag is off")
 			}
-			if got := dnatTarget(t, d, syn); got != backend {
-				t.Fatalf("SYN to the NodePort went to %s, want %s", got, backend)
-			}
-			reply := pkt{src: backend, dst: client, proto: TCP, flags: "SA"}
-			ret, got := run(t, d.Programs.ToPod, reply.bytes(t))
-			if want := reply.with(vip, client).bytes(t); ret != actUnspec || !equalPacket(got, want) {
-				t.Errorf("reply not translated back to the node's address (verdict %d)", ret)
-			}
+			expectTranslatedBothWays(t, d, syn, backend)
 			other := map[string][]byte{
 				"another port of the node": pkt{src: client, dst: ap(node, nodePort+1), proto: TCP, flags: "S"}.bytes(t),
 				"UDP on the NodePort":      pkt{src: client, dst: vip, proto: UDP, payload: []byte("x")}.bytes(t),
