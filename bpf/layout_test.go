@@ -27,6 +27,7 @@ func TestMapLayoutsMatchObject(t *testing.T) {
 		{"podnic_cidr_v1", CIDRKey{}, uint8(0)},
 		{"podnic_lbaddr_v1", uint64(0), lbAddrs{}},
 		{"podnic_nodeip_v1", uint32(0), nodeAddrs{}},
+		{"podnic_srcrange_v1", SourceRangeKey{}, uint8(0)},
 	} {
 		ms := spec.Maps[c.m]
 		if ms == nil {

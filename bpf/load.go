@@ -74,6 +74,11 @@ type Maps struct {
 	// NodePort (SetNodePortAddrs). It may be missing under a datapath
 	// loaded by an older build.
 	NodeAddrs *ebpf.Map
+	// SourceRanges holds, by frontend id, the sources a LoadBalancer
+	// ingress IP with loadBalancerSourceRanges takes new flows from
+	// (LPM trie). It may be missing under a datapath loaded by an older
+	// build.
+	SourceRanges *ebpf.Map
 }
 
 // Programs are the datapath's pinned programs.
@@ -171,6 +176,7 @@ func Load(root string) (*Datapath, error) {
 			Config:       objs.PodnicCfgV1,
 			Live:         objs.PodnicLiveV1,
 			NodeAddrs:    objs.PodnicNodeipV1,
+			SourceRanges: objs.PodnicSrcrangeV1,
 		},
 		Programs: Programs{
 			FromPod:  objs.PodnicFromPod,
@@ -252,7 +258,7 @@ func notLoaded(err error) error {
 // optionalMaps may be missing under a root pinned by an older build, which
 // OpenPinned then leaves nil: a CNI plugin updated before the agent still
 // attaches pods.
-var optionalMaps = map[string]bool{"podnic_lbaddr_v1": true, "podnic_frag_v1": true, "podnic_udpsk_v1": true, "podnic_nodeip_v1": true}
+var optionalMaps = map[string]bool{"podnic_lbaddr_v1": true, "podnic_frag_v1": true, "podnic_udpsk_v1": true, "podnic_nodeip_v1": true, "podnic_srcrange_v1": true}
 
 // optionalPrograms may likewise be missing under a root an older build
 // pinned; OpenPinned leaves them nil.
@@ -261,22 +267,23 @@ var optionalPrograms = map[string]bool{ProgGuard: true, ProgSendmsg4: true, Prog
 // mapSlots names every map of the datapath with where it is kept.
 func (d *Datapath) mapSlots() map[string]**ebpf.Map {
 	return map[string]**ebpf.Map{
-		"podnic_svc_v1":    &d.Maps.Services,
-		"podnic_slot_v1":   &d.Maps.Slots,
-		"podnic_be_v1":     &d.Maps.Backends,
-		"podnic_ct_v1":     &d.Maps.Conntrack,
-		"podnic_aff_v1":    &d.Maps.Affinity,
-		"podnic_cnt_v1":    &d.Maps.Counters,
-		"podnic_ev_v1":     &d.Maps.Events,
-		"podnic_cidr_v1":   &d.Maps.ServiceCIDRs,
-		"podnic_lbns_v1":   &d.Maps.LBNetns,
-		"podnic_lbpeer_v2": &d.Maps.LBPeers,
-		"podnic_lbaddr_v1": &d.Maps.LBAddrs,
-		"podnic_frag_v1":   &d.Maps.Frags,
-		"podnic_udpsk_v1":  &d.Maps.UDPSockets,
-		"podnic_cfg_v1":    &d.Maps.Config,
-		"podnic_live_v1":   &d.Maps.Live,
-		"podnic_nodeip_v1": &d.Maps.NodeAddrs,
+		"podnic_svc_v1":      &d.Maps.Services,
+		"podnic_slot_v1":     &d.Maps.Slots,
+		"podnic_be_v1":       &d.Maps.Backends,
+		"podnic_ct_v1":       &d.Maps.Conntrack,
+		"podnic_aff_v1":      &d.Maps.Affinity,
+		"podnic_cnt_v1":      &d.Maps.Counters,
+		"podnic_ev_v1":       &d.Maps.Events,
+		"podnic_cidr_v1":     &d.Maps.ServiceCIDRs,
+		"podnic_lbns_v1":     &d.Maps.LBNetns,
+		"podnic_lbpeer_v2":   &d.Maps.LBPeers,
+		"podnic_lbaddr_v1":   &d.Maps.LBAddrs,
+		"podnic_frag_v1":     &d.Maps.Frags,
+		"podnic_udpsk_v1":    &d.Maps.UDPSockets,
+		"podnic_cfg_v1":      &d.Maps.Config,
+		"podnic_live_v1":     &d.Maps.Live,
+		"podnic_nodeip_v1":   &d.Maps.NodeAddrs,
+		"podnic_srcrange_v1": &d.Maps.SourceRanges,
 	}
 }
 

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"slices"
 	"sort"
 	"time"
 
@@ -49,6 +50,10 @@ type ServiceEntry struct {
 	// none this node may use (internalTrafficPolicy Local): new flows are
 	// dropped, as kube-proxy drops them, instead of rejected.
 	NoLocal bool
+	// SourceRanges, when not empty, are the only sources new flows are
+	// taken from (a LoadBalancer ingress IP's loadBalancerSourceRanges of
+	// the VIP's family); others are dropped.
+	SourceRanges []netip.Prefix
 }
 
 // ErrInvalidService is returned for a ServiceEntry the datapath cannot hold.
@@ -70,6 +75,11 @@ func (s ServiceEntry) validate() error {
 		return fmt.Errorf("%w %s: affinity timeout %s out of range (0 to 24h)", ErrInvalidService, s.Frontend, s.Affinity)
 	case s.NoLocal && len(s.Backends) > 0:
 		return fmt.Errorf("%w %s: no local endpoints, yet %d backends", ErrInvalidService, s.Frontend, len(s.Backends))
+	}
+	for _, p := range s.SourceRanges {
+		if !p.IsValid() || p.Addr().Is4() != s.VIP.Is4() || p.Addr().Is4In6() {
+			return fmt.Errorf("%w %s: source range %s is not a prefix of the VIP's family", ErrInvalidService, s.Frontend, p)
+		}
 	}
 	for _, b := range s.Backends {
 		if b.ID == 0 || !b.Addr.IsValid() || b.Addr.Port() == 0 {
@@ -114,6 +124,15 @@ func (m *Maps) UpsertService(s ServiceEntry) error {
 			return fmt.Errorf("writing slot %d of service %s: %w", i+1, s.Frontend, err)
 		}
 	}
+	oldRanges, err := m.readSourceRanges()
+	if err != nil {
+		return err
+	}
+	for _, p := range s.SourceRanges {
+		if err := m.WriteSourceRange(s.ID, p); err != nil {
+			return err
+		}
+	}
 	v := ServiceValue{ID: s.ID, Count: uint16(len(s.Backends))}
 	if s.Affinity > 0 {
 		v.Flags |= ServiceAffinity
@@ -122,8 +141,18 @@ func (m *Maps) UpsertService(s ServiceEntry) error {
 	if s.NoLocal {
 		v.Flags |= ServiceDrop
 	}
+	if len(s.SourceRanges) > 0 {
+		v.Flags |= ServiceSourceRanges
+	}
 	if err := m.Services.Put(&key, &v); err != nil {
 		return fmt.Errorf("writing service %s: %w", s.Frontend, err)
+	}
+	for _, p := range oldRanges[s.ID] {
+		if !slices.ContainsFunc(s.SourceRanges, func(q netip.Prefix) bool { return q.Masked() == p }) {
+			if err := m.RemoveSourceRange(s.ID, p); err != nil {
+				return err
+			}
+		}
 	}
 	vk := vipKey(s.VIP)
 	if err := m.Services.Put(&vk, &ServiceValue{}); err != nil {
@@ -157,6 +186,15 @@ func (m *Maps) DeleteService(f Frontend) error {
 		k := SlotKey{ServiceID: v.ID, Slot: uint32(i)}
 		if err := m.Slots.Delete(&k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
 			return fmt.Errorf("removing slot %d of service %s: %w", i, f, err)
+		}
+	}
+	ranges, err := m.readSourceRanges()
+	if err != nil {
+		return err
+	}
+	for _, p := range ranges[v.ID] {
+		if err := m.RemoveSourceRange(v.ID, p); err != nil {
+			return err
 		}
 	}
 	return nil
@@ -229,7 +267,10 @@ type ServiceInfo struct {
 	ID       uint32
 	Affinity time.Duration
 	NoLocal  bool // no backend this node may use: new flows are dropped
-	Backends []BackendInfo
+	// SourceRanges: new flows only from these sources
+	// (loadBalancerSourceRanges); empty: from any.
+	SourceRanges []netip.Prefix `json:",omitempty"`
+	Backends     []BackendInfo
 }
 
 // BackendInfo is one backend of a listed Service.
@@ -245,6 +286,10 @@ func (m *Maps) ListServices() ([]ServiceInfo, error) {
 	var out []ServiceInfo
 	var k ServiceKey
 	var v ServiceValue
+	ranges, err := m.readSourceRanges()
+	if err != nil {
+		return nil, err
+	}
 	it := m.Services.Iterate()
 	for it.Next(&k, &v) {
 		if k.Proto == 0 {
@@ -258,6 +303,9 @@ func (m *Maps) ListServices() ([]ServiceInfo, error) {
 			s.Affinity = time.Duration(v.AffinitySeconds) * time.Second
 		}
 		s.NoLocal = v.Flags&ServiceDrop != 0
+		if v.Flags&ServiceSourceRanges != 0 {
+			s.SourceRanges = ranges[v.ID]
+		}
 		for i := 1; i <= int(v.Count); i++ {
 			var id uint32
 			if err := m.Slots.Lookup(&SlotKey{ServiceID: v.ID, Slot: uint32(i)}, &id); err != nil {

@@ -292,6 +292,12 @@ static __always_inline int pn_from_pod(struct __sk_buff *skb, struct pn_pkt *p, 
 			return pn_reject(skb, p, reason);
 		return pn_pass(skb, p);
 	}
+	/* Before the endpoints, as kube-proxy's firewall comes before its
+	 * reject: a source not allowed is dropped, endpoints or not. */
+	if (!pn_source_allowed(svc, &p->saddr)) {
+		*reason = PN_DROP_SOURCE_RANGE;
+		return TC_ACT_SHOT;
+	}
 	if (svc->count == 0) {
 		if (svc->flags & PN_SVC_DROP) {
 			*reason = PN_DROP_NO_LOCAL;
@@ -435,6 +441,10 @@ static __always_inline int pn_guard(struct __sk_buff *skb, struct pn_pkt *p, int
 		if (pn_in_service_cidr(p))
 			return pn_reject(skb, p, reason);
 		return TC_ACT_UNSPEC;
+	}
+	if (!pn_source_allowed(svc, &p->saddr)) {
+		*reason = PN_DROP_SOURCE_RANGE;
+		return TC_ACT_SHOT;
 	}
 	if (svc->count == 0 && (svc->flags & PN_SVC_DROP)) {
 		*reason = PN_DROP_NO_LOCAL;

@@ -236,6 +236,7 @@ const (
 	podnicPnReasonPN_DROP_NAT          podnicPnReason = -7
 	podnicPnReasonPN_DROP_REJECT       podnicPnReason = -8
 	podnicPnReasonPN_DROP_NO_LOCAL     podnicPnReason = -9
+	podnicPnReasonPN_DROP_SOURCE_RANGE podnicPnReason = -10
 )
 
 type podnicPnSlotKey struct {
@@ -244,11 +245,22 @@ type podnicPnSlotKey struct {
 	Slot  uint32
 }
 
+type podnicPnSrcrangeKey struct {
+	_         structs.HostLayout
+	Prefixlen uint32
+	SvcId     uint32
+	Addr      struct {
+		_ structs.HostLayout
+		W [4]uint32
+	}
+}
+
 type podnicPnSvcFlags uint32
 
 const (
-	podnicPnSvcFlagsPN_SVC_AFFINITY podnicPnSvcFlags = 1
-	podnicPnSvcFlagsPN_SVC_DROP     podnicPnSvcFlags = 2
+	podnicPnSvcFlagsPN_SVC_AFFINITY   podnicPnSvcFlags = 1
+	podnicPnSvcFlagsPN_SVC_DROP       podnicPnSvcFlags = 2
+	podnicPnSvcFlagsPN_SVC_SRC_RANGES podnicPnSvcFlags = 4
 )
 
 type podnicPnSvcKey struct {
@@ -312,6 +324,7 @@ const (
 	podnicMapPodnicLiveV1     = "podnic_live_v1"
 	podnicMapPodnicNodeipV1   = "podnic_nodeip_v1"
 	podnicMapPodnicSlotV1     = "podnic_slot_v1"
+	podnicMapPodnicSrcrangeV1 = "podnic_srcrange_v1"
 	podnicMapPodnicSvcV1      = "podnic_svc_v1"
 	podnicMapPodnicUdpskV1    = "podnic_udpsk_v1"
 	podnicProgPodnicConnect4  = "podnic_connect4"
@@ -397,22 +410,23 @@ type podnicProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type podnicMapSpecs struct {
-	PodnicAffV1    *ebpf.MapSpec `ebpf:"podnic_aff_v1"`
-	PodnicBeV1     *ebpf.MapSpec `ebpf:"podnic_be_v1"`
-	PodnicCfgV1    *ebpf.MapSpec `ebpf:"podnic_cfg_v1"`
-	PodnicCidrV1   *ebpf.MapSpec `ebpf:"podnic_cidr_v1"`
-	PodnicCntV1    *ebpf.MapSpec `ebpf:"podnic_cnt_v1"`
-	PodnicCtV1     *ebpf.MapSpec `ebpf:"podnic_ct_v1"`
-	PodnicEvV1     *ebpf.MapSpec `ebpf:"podnic_ev_v1"`
-	PodnicFragV1   *ebpf.MapSpec `ebpf:"podnic_frag_v1"`
-	PodnicLbaddrV1 *ebpf.MapSpec `ebpf:"podnic_lbaddr_v1"`
-	PodnicLbnsV1   *ebpf.MapSpec `ebpf:"podnic_lbns_v1"`
-	PodnicLbpeerV2 *ebpf.MapSpec `ebpf:"podnic_lbpeer_v2"`
-	PodnicLiveV1   *ebpf.MapSpec `ebpf:"podnic_live_v1"`
-	PodnicNodeipV1 *ebpf.MapSpec `ebpf:"podnic_nodeip_v1"`
-	PodnicSlotV1   *ebpf.MapSpec `ebpf:"podnic_slot_v1"`
-	PodnicSvcV1    *ebpf.MapSpec `ebpf:"podnic_svc_v1"`
-	PodnicUdpskV1  *ebpf.MapSpec `ebpf:"podnic_udpsk_v1"`
+	PodnicAffV1      *ebpf.MapSpec `ebpf:"podnic_aff_v1"`
+	PodnicBeV1       *ebpf.MapSpec `ebpf:"podnic_be_v1"`
+	PodnicCfgV1      *ebpf.MapSpec `ebpf:"podnic_cfg_v1"`
+	PodnicCidrV1     *ebpf.MapSpec `ebpf:"podnic_cidr_v1"`
+	PodnicCntV1      *ebpf.MapSpec `ebpf:"podnic_cnt_v1"`
+	PodnicCtV1       *ebpf.MapSpec `ebpf:"podnic_ct_v1"`
+	PodnicEvV1       *ebpf.MapSpec `ebpf:"podnic_ev_v1"`
+	PodnicFragV1     *ebpf.MapSpec `ebpf:"podnic_frag_v1"`
+	PodnicLbaddrV1   *ebpf.MapSpec `ebpf:"podnic_lbaddr_v1"`
+	PodnicLbnsV1     *ebpf.MapSpec `ebpf:"podnic_lbns_v1"`
+	PodnicLbpeerV2   *ebpf.MapSpec `ebpf:"podnic_lbpeer_v2"`
+	PodnicLiveV1     *ebpf.MapSpec `ebpf:"podnic_live_v1"`
+	PodnicNodeipV1   *ebpf.MapSpec `ebpf:"podnic_nodeip_v1"`
+	PodnicSlotV1     *ebpf.MapSpec `ebpf:"podnic_slot_v1"`
+	PodnicSrcrangeV1 *ebpf.MapSpec `ebpf:"podnic_srcrange_v1"`
+	PodnicSvcV1      *ebpf.MapSpec `ebpf:"podnic_svc_v1"`
+	PodnicUdpskV1    *ebpf.MapSpec `ebpf:"podnic_udpsk_v1"`
 }
 
 // podnicVariableSpecs contains global variables before they are loaded into the kernel.
@@ -450,22 +464,23 @@ func (o *podnicObjects) Close() error {
 //
 // It can be passed to loadPodnicObjects or ebpf.CollectionSpec.LoadAndAssign.
 type podnicMaps struct {
-	PodnicAffV1    *ebpf.Map `ebpf:"podnic_aff_v1"`
-	PodnicBeV1     *ebpf.Map `ebpf:"podnic_be_v1"`
-	PodnicCfgV1    *ebpf.Map `ebpf:"podnic_cfg_v1"`
-	PodnicCidrV1   *ebpf.Map `ebpf:"podnic_cidr_v1"`
-	PodnicCntV1    *ebpf.Map `ebpf:"podnic_cnt_v1"`
-	PodnicCtV1     *ebpf.Map `ebpf:"podnic_ct_v1"`
-	PodnicEvV1     *ebpf.Map `ebpf:"podnic_ev_v1"`
-	PodnicFragV1   *ebpf.Map `ebpf:"podnic_frag_v1"`
-	PodnicLbaddrV1 *ebpf.Map `ebpf:"podnic_lbaddr_v1"`
-	PodnicLbnsV1   *ebpf.Map `ebpf:"podnic_lbns_v1"`
-	PodnicLbpeerV2 *ebpf.Map `ebpf:"podnic_lbpeer_v2"`
-	PodnicLiveV1   *ebpf.Map `ebpf:"podnic_live_v1"`
-	PodnicNodeipV1 *ebpf.Map `ebpf:"podnic_nodeip_v1"`
-	PodnicSlotV1   *ebpf.Map `ebpf:"podnic_slot_v1"`
-	PodnicSvcV1    *ebpf.Map `ebpf:"podnic_svc_v1"`
-	PodnicUdpskV1  *ebpf.Map `ebpf:"podnic_udpsk_v1"`
+	PodnicAffV1      *ebpf.Map `ebpf:"podnic_aff_v1"`
+	PodnicBeV1       *ebpf.Map `ebpf:"podnic_be_v1"`
+	PodnicCfgV1      *ebpf.Map `ebpf:"podnic_cfg_v1"`
+	PodnicCidrV1     *ebpf.Map `ebpf:"podnic_cidr_v1"`
+	PodnicCntV1      *ebpf.Map `ebpf:"podnic_cnt_v1"`
+	PodnicCtV1       *ebpf.Map `ebpf:"podnic_ct_v1"`
+	PodnicEvV1       *ebpf.Map `ebpf:"podnic_ev_v1"`
+	PodnicFragV1     *ebpf.Map `ebpf:"podnic_frag_v1"`
+	PodnicLbaddrV1   *ebpf.Map `ebpf:"podnic_lbaddr_v1"`
+	PodnicLbnsV1     *ebpf.Map `ebpf:"podnic_lbns_v1"`
+	PodnicLbpeerV2   *ebpf.Map `ebpf:"podnic_lbpeer_v2"`
+	PodnicLiveV1     *ebpf.Map `ebpf:"podnic_live_v1"`
+	PodnicNodeipV1   *ebpf.Map `ebpf:"podnic_nodeip_v1"`
+	PodnicSlotV1     *ebpf.Map `ebpf:"podnic_slot_v1"`
+	PodnicSrcrangeV1 *ebpf.Map `ebpf:"podnic_srcrange_v1"`
+	PodnicSvcV1      *ebpf.Map `ebpf:"podnic_svc_v1"`
+	PodnicUdpskV1    *ebpf.Map `ebpf:"podnic_udpsk_v1"`
 }
 
 func (m *podnicMaps) Close() error {
@@ -484,6 +499,7 @@ func (m *podnicMaps) Close() error {
 		m.PodnicLiveV1,
 		m.PodnicNodeipV1,
 		m.PodnicSlotV1,
+		m.PodnicSrcrangeV1,
 		m.PodnicSvcV1,
 		m.PodnicUdpskV1,
 	)

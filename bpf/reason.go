@@ -34,6 +34,10 @@ const (
 	DropNAT         = Reason(podnicPnReasonPN_DROP_NAT)
 	DropReject      = Reason(podnicPnReasonPN_DROP_REJECT)
 	DropNoLocal     = Reason(podnicPnReasonPN_DROP_NO_LOCAL)
+	// DropSourceRange: a new flow to a LoadBalancer IP from a source
+	// outside the Service's loadBalancerSourceRanges, dropped as
+	// kube-proxy's firewall drops it.
+	DropSourceRange = Reason(podnicPnReasonPN_DROP_SOURCE_RANGE)
 )
 
 var reasonNames = map[Reason]string{
@@ -56,6 +60,7 @@ var reasonNames = map[Reason]string{
 	DropNAT:          "drop-rewrite-failed",
 	DropReject:       "drop-reject-failed",
 	DropNoLocal:      "drop-no-local-endpoints",
+	DropSourceRange:  "drop-source-range",
 }
 
 // Reasons lists every verdict the datapath can give.

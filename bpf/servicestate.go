@@ -3,6 +3,8 @@ package bpf
 import (
 	"errors"
 	"fmt"
+	"net/netip"
+	"slices"
 
 	"github.com/cilium/ebpf"
 )
@@ -17,6 +19,9 @@ type ServiceState struct {
 	Services map[ServiceKey]ServiceValue // VIP markers included (Proto 0)
 	Slots    map[SlotKey]uint32
 	Backends map[uint32]Backend
+	// SourceRanges are the frontends' source ranges by frontend id,
+	// sorted; empty when the map is missing (an older build's).
+	SourceRanges map[uint32][]netip.Prefix
 }
 
 // ReadServiceState reads the services, slots and backends maps whole.
@@ -26,6 +31,7 @@ func (m *Maps) ReadServiceState() (ServiceState, error) {
 		Slots:    map[SlotKey]uint32{},
 		Backends: map[uint32]Backend{},
 	}
+	var err error
 	if err := readAll(m.Services, st.Services); err != nil {
 		return st, fmt.Errorf("reading services: %w", err)
 	}
@@ -35,7 +41,65 @@ func (m *Maps) ReadServiceState() (ServiceState, error) {
 	if err := readAll(m.Backends, st.Backends); err != nil {
 		return st, fmt.Errorf("reading backends: %w", err)
 	}
+	if st.SourceRanges, err = m.readSourceRanges(); err != nil {
+		return st, err
+	}
 	return st, nil
+}
+
+// readSourceRanges reads the source-range trie by frontend id, each
+// frontend's ranges sorted.
+func (m *Maps) readSourceRanges() (map[uint32][]netip.Prefix, error) {
+	out := map[uint32][]netip.Prefix{}
+	if m.SourceRanges == nil {
+		return out, nil
+	}
+	var k SourceRangeKey
+	var v uint8
+	it := m.SourceRanges.Iterate()
+	for it.Next(&k, &v) {
+		out[k.ServiceID] = append(out[k.ServiceID], k.Prefix())
+	}
+	if err := it.Err(); err != nil {
+		return nil, fmt.Errorf("reading source ranges: %w", err)
+	}
+	for _, ps := range out {
+		slices.SortFunc(ps, comparePrefix)
+	}
+	return out, nil
+}
+
+func comparePrefix(a, b netip.Prefix) int {
+	if c := a.Addr().Compare(b.Addr()); c != 0 {
+		return c
+	}
+	return a.Bits() - b.Bits()
+}
+
+// WriteSourceRange lets the frontend with id take new flows from p, once
+// its service entry carries ServiceSourceRanges.
+func (m *Maps) WriteSourceRange(id uint32, p netip.Prefix) error {
+	if m.SourceRanges == nil {
+		return fmt.Errorf("writing source range %s of service %d: %w", p, id, ErrNotLoaded)
+	}
+	k := SourceRangeKeyFrom(id, p)
+	if err := m.SourceRanges.Put(&k, uint8(1)); err != nil {
+		return fmt.Errorf("writing source range %s of service %d: %w", p, id, err)
+	}
+	return nil
+}
+
+// RemoveSourceRange removes a source range of a frontend; a missing one
+// is not an error.
+func (m *Maps) RemoveSourceRange(id uint32, p netip.Prefix) error {
+	if m.SourceRanges == nil {
+		return nil
+	}
+	k := SourceRangeKeyFrom(id, p)
+	if err := m.SourceRanges.Delete(&k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+		return fmt.Errorf("removing source range %s of service %d: %w", p, id, err)
+	}
+	return nil
 }
 
 func readAll[K comparable, V any](m *ebpf.Map, into map[K]V) error {

@@ -93,6 +93,9 @@ type ServiceKey struct {
 const (
 	ServiceAffinity = uint16(podnicPnSvcFlagsPN_SVC_AFFINITY)
 	ServiceDrop     = uint16(podnicPnSvcFlagsPN_SVC_DROP) // with count 0: drop, not reject
+	// ServiceSourceRanges: new flows only from the frontend's source
+	// ranges (loadBalancerSourceRanges), others are dropped.
+	ServiceSourceRanges = uint16(podnicPnSvcFlagsPN_SVC_SRC_RANGES)
 )
 
 // ServiceValue is the value of the services map.
@@ -220,6 +223,31 @@ func (s BackendState) MarshalText() ([]byte, error) { return []byte(s.String()),
 type CIDRKey struct {
 	PrefixLen uint32
 	Addr      Addr
+}
+
+// SourceRangeKey is the key of the source-range trie: a frontend's id,
+// then a prefix of the 128-bit datapath address; PrefixLen counts the id's
+// 32 bits too.
+type SourceRangeKey struct {
+	PrefixLen uint32
+	ServiceID uint32
+	Addr      Addr
+}
+
+// SourceRangeKeyFrom converts a frontend's source range to the trie's key.
+func SourceRangeKeyFrom(serviceID uint32, p netip.Prefix) SourceRangeKey {
+	k := CIDRKeyFrom(p)
+	return SourceRangeKey{PrefixLen: 32 + k.PrefixLen, ServiceID: serviceID, Addr: k.Addr}
+}
+
+// Prefix returns the source range the key holds.
+func (k SourceRangeKey) Prefix() netip.Prefix {
+	bits := int(k.PrefixLen) - 32
+	a := netip.AddrFrom16(k.Addr)
+	if a.Is4In6() && bits >= 96 {
+		return netip.PrefixFrom(a.Unmap(), bits-96)
+	}
+	return netip.PrefixFrom(a, bits)
 }
 
 // CIDRKeyFrom converts a prefix to the trie's key.

@@ -137,7 +137,7 @@ func (a *Agent) OnService(svc *v1.Service) {
 	}
 	if a.services.Set(key, info) {
 		for _, r := range info.Rejected {
-			a.log.Warn("service port rejected", "service", key, "reason", r)
+			a.log.Warn("part of service not served", "service", key, "reason", r)
 		}
 		a.runner.Run()
 	}

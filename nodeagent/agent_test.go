@@ -124,6 +124,11 @@ func programmed(f *fakeMaps) []string {
 		if v.Flags&bpf.ServiceDrop != 0 {
 			line += "drop"
 		}
+		if v.Flags&bpf.ServiceSourceRanges != 0 {
+			rs := slices.Clone(f.st.SourceRanges[v.ID])
+			slices.SortFunc(rs, func(a, b netip.Prefix) int { return strings.Compare(a.String(), b.String()) })
+			line += fmt.Sprintf(" from %v", rs)
+		}
 		out = append(out, line)
 	}
 	slices.Sort(out)
@@ -357,6 +362,87 @@ func TestExternalIPsAndLoadBalancerIPsServePods(t *testing.T) {
 	expectProgrammed(t, f, "10.96.0.10:80/TCP -> 192.0.2.1:8080")
 	if f.external {
 		t.Error("the external-VIP lookup is still on with no external VIP left")
+	}
+}
+
+// A LoadBalancer's ingress IPs take new flows only from the Service's
+// loadBalancerSourceRanges of their family, as kube-proxy's firewall:
+// ranges trimmed and masked, repeats and non-CIDRs dropped, a /0 allowing
+// every source of its family; ClusterIPs and externalIPs are not limited.
+// A change writes the new ranges before it removes the old ones, and a
+// restart rewrites nothing.
+func TestLoadBalancerSourceRangesLimitTheIngressIPs(t *testing.T) {
+	f := newFakeMaps()
+	a := testAgent(t, f)
+	a.SetReady()
+	s := service("web", []string{"10.96.0.10", "fd00:96::10"})
+	s.Spec.Type = v1.ServiceTypeLoadBalancer
+	s.Spec.ExternalIPs = []string{"203.0.113.7"}
+	s.Spec.LoadBalancerSourceRanges = []string{" 192.0.2.0/24 ", "10.1.0.5/32", "10.1.0.5/32", "bogus", "2001:db8:1::/48"}
+	s.Status.LoadBalancer.Ingress = []v1.LoadBalancerIngress{{IP: "198.51.100.9"}, {IP: "2001:db8:1b::9"}}
+	objs := func(a *Agent, s *v1.Service) {
+		a.OnService(s)
+		a.OnEndpointSlice(slice("web", "web-v4", false, 8080, up("192.0.2.1")))
+		a.OnEndpointSlice(slice("web", "web-v6", true, 8080, up("2001:db8::1")))
+	}
+	objs(a, s)
+	mustSync(t, a)
+	clusterIPs := []string{
+		"10.96.0.10:80/TCP -> 192.0.2.1:8080",
+		"[fd00:96::10]:80/TCP -> [2001:db8::1]:8080",
+		"203.0.113.7:80/TCP -> 192.0.2.1:8080",
+	}
+	expectProgrammed(t, f, append(clusterIPs,
+		"198.51.100.9:80/TCP -> 192.0.2.1:8080 from [10.1.0.5/32 192.0.2.0/24]",
+		"[2001:db8:1b::9]:80/TCP -> [2001:db8::1]:8080 from [2001:db8:1::/48]")...)
+	if info, _ := parseService(s); !slices.ContainsFunc(info.Rejected, func(r string) bool { return strings.Contains(r, `"bogus"`) }) {
+		t.Errorf("the range that is no CIDR is not reported: %q", info.Rejected)
+	}
+
+	// A range replaced: the new one is written before the old one goes,
+	// and nothing else is.
+	s = s.DeepCopy()
+	s.Spec.LoadBalancerSourceRanges = []string{"192.0.2.0/24", "10.1.0.77/24", "2001:db8:1::/48"}
+	f.ops = nil
+	objs(a, s)
+	if w := mustSync(t, a); w.Ranges != 1 || w.Removed != 1 || w.Total() != 2 {
+		t.Errorf("replacing a range wrote %+v: %q", w, f.ops)
+	}
+	if len(f.ops) != 2 || !strings.HasPrefix(f.ops[0], "source range") || !strings.HasSuffix(f.ops[0], "10.1.0.0/24") ||
+		!strings.HasPrefix(f.ops[1], "delete source range") {
+		t.Errorf("ops %q, want the new range written, then the old one removed", f.ops)
+	}
+	expectProgrammed(t, f, append(clusterIPs,
+		"198.51.100.9:80/TCP -> 192.0.2.1:8080 from [10.1.0.0/24 192.0.2.0/24]",
+		"[2001:db8:1b::9]:80/TCP -> [2001:db8::1]:8080 from [2001:db8:1::/48]")...)
+
+	// A restart on the same maps writes nothing but the removal of a
+	// range no frontend has (an agent stopped between the two writes).
+	f.st.SourceRanges[9999] = []netip.Prefix{netip.MustParsePrefix("10.9.0.0/16")}
+	f.ops = nil
+	b := testAgent(t, f)
+	objs(b, s)
+	b.SetReady()
+	if w := mustSync(t, b); w.Total() != 1 || len(f.ops) != 1 || f.ops[0] != "delete source range 9999 10.9.0.0/16" {
+		t.Errorf("restart wrote %+v: %q", w, f.ops)
+	}
+
+	// 0.0.0.0/0 lets every IPv4 source in: that frontend is no longer
+	// limited, and its ranges go once its entry says so.
+	s = s.DeepCopy()
+	s.Spec.LoadBalancerSourceRanges = append(s.Spec.LoadBalancerSourceRanges, "0.0.0.0/0")
+	objs(b, s)
+	mustSync(t, b)
+	expectProgrammed(t, f, append(clusterIPs,
+		"198.51.100.9:80/TCP -> 192.0.2.1:8080",
+		"[2001:db8:1b::9]:80/TCP -> [2001:db8::1]:8080 from [2001:db8:1::/48]")...)
+
+	// The Service gone: no range is left behind.
+	b.OnServiceDelete("default", "web")
+	mustSync(t, b)
+	expectProgrammed(t, f)
+	if len(f.st.SourceRanges) != 0 {
+		t.Errorf("source ranges left: %v", f.st.SourceRanges)
 	}
 }
 

@@ -26,9 +26,10 @@ type fakeMaps struct {
 
 func newFakeMaps() *fakeMaps {
 	return &fakeMaps{check: true, st: bpf.ServiceState{
-		Services: map[bpf.ServiceKey]bpf.ServiceValue{},
-		Slots:    map[bpf.SlotKey]uint32{},
-		Backends: map[uint32]bpf.Backend{},
+		Services:     map[bpf.ServiceKey]bpf.ServiceValue{},
+		Slots:        map[bpf.SlotKey]uint32{},
+		Backends:     map[uint32]bpf.Backend{},
+		SourceRanges: map[uint32][]netip.Prefix{},
 	}}
 }
 
@@ -53,6 +54,9 @@ func (f *fakeMaps) verify() {
 		if k.Proto == 0 {
 			continue
 		}
+		if v.Flags&bpf.ServiceSourceRanges != 0 && len(f.st.SourceRanges[v.ID]) == 0 {
+			f.violations = append(f.violations, fmt.Sprintf("after %q: %s takes source ranges and has none", f.ops[len(f.ops)-1], k))
+		}
 		for i := uint32(1); i <= uint32(v.Count); i++ {
 			id, ok := f.st.Slots[bpf.SlotKey{ServiceID: v.ID, Slot: i}]
 			if !ok {
@@ -68,10 +72,34 @@ func (f *fakeMaps) verify() {
 
 func (f *fakeMaps) ReadServiceState() (bpf.ServiceState, error) {
 	return bpf.ServiceState{
-		Services: maps.Clone(f.st.Services),
-		Slots:    maps.Clone(f.st.Slots),
-		Backends: maps.Clone(f.st.Backends),
+		Services:     maps.Clone(f.st.Services),
+		Slots:        maps.Clone(f.st.Slots),
+		Backends:     maps.Clone(f.st.Backends),
+		SourceRanges: maps.Clone(f.st.SourceRanges),
 	}, nil
+}
+
+func (f *fakeMaps) WriteSourceRange(id uint32, p netip.Prefix) error {
+	if err := f.op("source range %d %s", id, p); err != nil {
+		return err
+	}
+	if !slices.Contains(f.st.SourceRanges[id], p) {
+		f.st.SourceRanges[id] = append(slices.Clone(f.st.SourceRanges[id]), p)
+	}
+	f.verify()
+	return nil
+}
+
+func (f *fakeMaps) RemoveSourceRange(id uint32, p netip.Prefix) error {
+	if err := f.op("delete source range %d %s", id, p); err != nil {
+		return err
+	}
+	f.st.SourceRanges[id] = slices.DeleteFunc(slices.Clone(f.st.SourceRanges[id]), func(q netip.Prefix) bool { return q == p })
+	if len(f.st.SourceRanges[id]) == 0 {
+		delete(f.st.SourceRanges, id)
+	}
+	f.verify()
+	return nil
 }
 
 func (f *fakeMaps) WriteBackend(id uint32, b bpf.Backend) error {

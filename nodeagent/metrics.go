@@ -96,6 +96,7 @@ func (m *Metrics) observeSync(st SyncStatus, err error) {
 	m.writes.WithLabelValues("write_slot").Add(float64(w.Slots))
 	m.writes.WithLabelValues("write_service").Add(float64(w.Services))
 	m.writes.WithLabelValues("write_vip_marker").Add(float64(w.Markers))
+	m.writes.WithLabelValues("write_source_range").Add(float64(w.Ranges))
 	m.writes.WithLabelValues("remove").Add(float64(w.Removed))
 	m.services.Set(float64(st.Services))
 	m.frontends.Set(float64(st.Frontends))

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net/netip"
 	"slices"
+	"strings"
 	"time"
 
 	v1 "k8s.io/api/core/v1"
@@ -42,14 +43,22 @@ type serviceInfo struct {
 	// IPs (unless its ipMode is Proxy): kube-proxy sends a pod's traffic
 	// to them straight to the Service's endpoints, and so does podnic.
 	ExternalVIPs []netip.Addr
+	// LoadBalancerVIPs are the ExternalVIPs that are the LoadBalancer's
+	// ingress IPs: those SourceRanges apply to.
+	LoadBalancerVIPs []netip.Addr
+	// SourceRanges are spec.loadBalancerSourceRanges, masked, without
+	// repeats; a LoadBalancer ingress IP takes new flows only from those
+	// of its family, as kube-proxy's firewall lets them through.
+	SourceRanges []netip.Prefix
 	Ports        []servicePort
 	Affinity     time.Duration // ClientIP timeout; 0 without affinity
 	Policy       TrafficPolicy
-	Rejected     []string // ports the datapath cannot serve, with the reason
+	Rejected     []string // what of the Service the datapath cannot serve, with the reason
 }
 
 func (a *serviceInfo) equal(b *serviceInfo) bool {
-	return a.Type == b.Type && slices.Equal(a.VIPs, b.VIPs) && slices.Equal(a.ExternalVIPs, b.ExternalVIPs) && slices.Equal(a.Ports, b.Ports) &&
+	return a.Type == b.Type && slices.Equal(a.VIPs, b.VIPs) && slices.Equal(a.ExternalVIPs, b.ExternalVIPs) &&
+		slices.Equal(a.LoadBalancerVIPs, b.LoadBalancerVIPs) && slices.Equal(a.SourceRanges, b.SourceRanges) && slices.Equal(a.Ports, b.Ports) &&
 		a.Affinity == b.Affinity && a.Policy == b.Policy && slices.Equal(a.Rejected, b.Rejected)
 }
 
@@ -77,7 +86,8 @@ func parseService(svc *v1.Service) (*serviceInfo, string) {
 		}
 		info.VIPs = append(info.VIPs, a.Unmap())
 	}
-	info.ExternalVIPs = externalVIPs(svc, info.VIPs)
+	info.ExternalVIPs, info.LoadBalancerVIPs = externalVIPs(svc, info.VIPs)
+	info.SourceRanges, info.Rejected = sourceRanges(svc)
 	for _, p := range svc.Spec.Ports {
 		sp := servicePort{Name: p.Name, Port: uint16(p.Port)}
 		switch p.Protocol {
@@ -118,15 +128,18 @@ func parseService(svc *v1.Service) (*serviceInfo, string) {
 // it at, as kube-proxy serves them to pods: spec.externalIPs, and for a
 // LoadBalancer its status' ingress IPs, except those with ipMode Proxy
 // (the load balancer must see that traffic). Unparsable addresses and
-// ClusterIPs are skipped; the order is the spec's, without repeats.
-func externalVIPs(svc *v1.Service, clusterIPs []netip.Addr) []netip.Addr {
-	var out []netip.Addr
-	add := func(s string) {
+// ClusterIPs are skipped; the order is the spec's, without repeats. lb
+// lists those of them that are ingress IPs.
+func externalVIPs(svc *v1.Service, clusterIPs []netip.Addr) (out, lb []netip.Addr) {
+	add := func(s string) (netip.Addr, bool) {
 		a, err := netip.ParseAddr(s)
-		if err != nil || slices.Contains(clusterIPs, a.Unmap()) || slices.Contains(out, a.Unmap()) {
-			return
+		if err != nil || slices.Contains(clusterIPs, a.Unmap()) {
+			return netip.Addr{}, false
 		}
-		out = append(out, a.Unmap())
+		if !slices.Contains(out, a.Unmap()) {
+			out = append(out, a.Unmap())
+		}
+		return a.Unmap(), true
 	}
 	for _, s := range svc.Spec.ExternalIPs {
 		add(s)
@@ -136,8 +149,61 @@ func externalVIPs(svc *v1.Service, clusterIPs []netip.Addr) []netip.Addr {
 			if in.IP == "" || (in.IPMode != nil && *in.IPMode == v1.LoadBalancerIPModeProxy) {
 				continue
 			}
-			add(in.IP)
+			if a, ok := add(in.IP); ok && !slices.Contains(lb, a) {
+				lb = append(lb, a)
+			}
 		}
+	}
+	return out, lb
+}
+
+// sourceRanges reads spec.loadBalancerSourceRanges as kube-proxy does:
+// entries trimmed of spaces, masked, sorted, without repeats; one that is
+// no CIDR is ignored, with a reason added to rejected.
+func sourceRanges(svc *v1.Service) (out []netip.Prefix, rejected []string) {
+	for _, s := range svc.Spec.LoadBalancerSourceRanges {
+		s = strings.TrimSpace(s)
+		if s == "" {
+			continue
+		}
+		p, err := netip.ParsePrefix(s)
+		if err != nil {
+			rejected = append(rejected, fmt.Sprintf("loadBalancerSourceRanges %q: not a CIDR, ignored", s))
+			continue
+		}
+		if p.Addr().Is4In6() && p.Bits() >= 96 {
+			p = netip.PrefixFrom(p.Addr().Unmap(), p.Bits()-96)
+		}
+		p = p.Masked()
+		if !slices.Contains(out, p) {
+			out = append(out, p)
+		}
+	}
+	slices.SortFunc(out, func(a, b netip.Prefix) int {
+		if c := a.Addr().Compare(b.Addr()); c != 0 {
+			return c
+		}
+		return a.Bits() - b.Bits()
+	})
+	return out, rejected
+}
+
+// rangesFor returns the source ranges of vip's family that apply to it
+// (an ingress IP of a LoadBalancer); none when the family has none, or
+// allows every address (a /0), as kube-proxy reads them.
+func rangesFor(svc *serviceInfo, vip netip.Addr) []netip.Prefix {
+	if !slices.Contains(svc.LoadBalancerVIPs, vip) {
+		return nil
+	}
+	var out []netip.Prefix
+	for _, p := range svc.SourceRanges {
+		if p.Addr().Is4() != vip.Is4() {
+			continue
+		}
+		if p.Bits() == 0 {
+			return nil
+		}
+		out = append(out, p)
 	}
 	return out
 }
@@ -263,6 +329,9 @@ type desiredService struct {
 	// NodePort: the VIP is one of the node's addresses and the port a
 	// NodePort, outside the Service CIDRs too.
 	NodePort bool
+	// SourceRanges, when not empty: new flows only from these sources
+	// (a LoadBalancer ingress IP's loadBalancerSourceRanges).
+	SourceRanges []netip.Prefix
 }
 
 // Kind names what kind of frontend d is, as podnicctl shows it.
@@ -365,6 +434,9 @@ func desiredFrontends(name ServiceName, svc *serviceInfo, sl map[string]*sliceIn
 				NoLocal:  len(use) == 0 && hasAny,
 				External: external,
 				NodePort: nodePort,
+			}
+			if external {
+				d.SourceRanges = rangesFor(svc, vip)
 			}
 			for _, ep := range use {
 				st := bpf.BackendActive

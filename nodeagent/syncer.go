@@ -26,14 +26,17 @@ type ServiceMaps interface {
 	// SetNodePortAddrs gives the node's addresses on which NodePorts
 	// are translated; empty while no Service has one.
 	SetNodePortAddrs(addrs []netip.Addr) error
+	WriteSourceRange(serviceID uint32, p netip.Prefix) error
+	RemoveSourceRange(serviceID uint32, p netip.Prefix) error
 }
 
 var _ ServiceMaps = (*bpf.Maps)(nil)
 
 // appliedService is a service entry as the maps hold it.
 type appliedService struct {
-	Value bpf.ServiceValue
-	Slots []uint32 // backend id of slot 1..n
+	Value  bpf.ServiceValue
+	Slots  []uint32       // backend id of slot 1..n
+	Ranges []netip.Prefix // source ranges, under Value.ID
 }
 
 type appliedBackend struct {
@@ -44,12 +47,14 @@ type appliedBackend struct {
 
 // WriteStats counts the map operations of one Apply.
 type WriteStats struct {
-	Backends, Slots, Services, Markers int // written
-	Removed                            int // entries removed, all maps
+	Backends, Slots, Services, Markers, Ranges int // written
+	Removed                                    int // entries removed, all maps
 }
 
 // Total is the number of map operations.
-func (w WriteStats) Total() int { return w.Backends + w.Slots + w.Services + w.Markers + w.Removed }
+func (w WriteStats) Total() int {
+	return w.Backends + w.Slots + w.Services + w.Markers + w.Ranges + w.Removed
+}
 
 // Syncer keeps a mirror of the Service maps and writes the difference
 // between it and a desired state. It never flushes: on start (and after a
@@ -68,8 +73,11 @@ type Syncer struct {
 	idByAddr  map[netip.AddrPort]uint32
 	serviceID map[uint32]bool // ids in use
 	orphans   []bpf.SlotKey   // slots no service entry reaches, found on load
-	lastSvcID uint32
-	lastBeID  uint32
+	// orphanRanges are source ranges of ids no service entry has,
+	// found on load.
+	orphanRanges map[uint32][]netip.Prefix
+	lastSvcID    uint32
+	lastBeID     uint32
 }
 
 // NewSyncer returns a syncer writing to m; it reads m on the first Apply.
@@ -93,6 +101,7 @@ func (s *Syncer) Load() error {
 	s.idByAddr = map[netip.AddrPort]uint32{}
 	s.serviceID = map[uint32]bool{}
 	s.orphans = nil
+	s.orphanRanges = maps.Clone(st.SourceRanges)
 	s.lastSvcID, s.lastBeID = 0, 0
 	for id, b := range st.Backends {
 		ap := netip.AddrPortFrom(b.Addr.IP(), b.Port.Host())
@@ -110,7 +119,8 @@ func (s *Syncer) Load() error {
 			s.markers[k.Addr] = true
 			continue
 		}
-		a := &appliedService{Value: v, Slots: make([]uint32, v.Count)}
+		a := &appliedService{Value: v, Slots: make([]uint32, v.Count), Ranges: st.SourceRanges[v.ID]}
+		delete(s.orphanRanges, v.ID)
 		for i := range a.Slots {
 			sk := bpf.SlotKey{ServiceID: v.ID, Slot: uint32(i + 1)}
 			id, ok := st.Slots[sk]
@@ -245,11 +255,27 @@ func (s *Syncer) apply(desired map[bpf.ServiceKey]*desiredService, keys []bpf.Se
 		if d.NoLocal && len(slotIDs) == 0 {
 			v.Flags |= bpf.ServiceDrop
 		}
+		// Source ranges: new ones before the entry that may turn them
+		// on, old ones after it, so no allowed source is ever dropped.
+		for _, p := range d.SourceRanges {
+			if !slices.Contains(a.Ranges, p) {
+				if err := s.maps.WriteSourceRange(v.ID, p); err != nil {
+					return err
+				}
+				st.Ranges++
+			}
+		}
+		if len(d.SourceRanges) > 0 {
+			v.Flags |= bpf.ServiceSourceRanges
+		}
 		if s.services[k] == nil || a.Value != v {
 			if err := s.maps.WriteServiceEntry(k, v); err != nil {
 				return err
 			}
 			st.Services++
+		}
+		if err := s.removeRanges(v.ID, a.Ranges, d.SourceRanges, st); err != nil {
+			return err
 		}
 		if len(a.Slots) > len(slotIDs) {
 			shrinks = append(shrinks, shrink{id: v.ID, from: len(slotIDs), to: len(a.Slots), slots: a.Slots})
@@ -257,7 +283,7 @@ func (s *Syncer) apply(desired map[bpf.ServiceKey]*desiredService, keys []bpf.Se
 		if s.services[k] == nil {
 			s.ports[k.Addr]++
 		}
-		s.services[k] = &appliedService{Value: v, Slots: slotIDs}
+		s.services[k] = &appliedService{Value: v, Slots: slotIDs, Ranges: slices.Clone(d.SourceRanges)}
 		s.serviceID[v.ID] = true
 		if !s.markers[k.Addr] {
 			newVIPs[k.Addr] = true
@@ -298,6 +324,9 @@ func (s *Syncer) apply(desired map[bpf.ServiceKey]*desiredService, keys []bpf.Se
 			return err
 		}
 		st.Removed++
+		if err := s.removeRanges(a.Value.ID, a.Ranges, nil, st); err != nil {
+			return err
+		}
 		delete(s.services, k)
 		delete(s.serviceID, a.Value.ID)
 		shrinks = append(shrinks, shrink{id: a.Value.ID, from: 0, to: len(a.Slots), slots: a.Slots})
@@ -319,6 +348,12 @@ func (s *Syncer) apply(desired map[bpf.ServiceKey]*desiredService, keys []bpf.Se
 			st.Removed++
 		}
 		s.orphans = nil
+		for id, ps := range s.orphanRanges {
+			if err := s.removeRanges(id, ps, nil, st); err != nil {
+				return err
+			}
+			delete(s.orphanRanges, id)
+		}
 	}
 	for id := range s.unused {
 		b := s.backends[id]
@@ -335,6 +370,21 @@ func (s *Syncer) apply(desired map[bpf.ServiceKey]*desiredService, keys []bpf.Se
 		if s.idByAddr[b.Addr] == id {
 			delete(s.idByAddr, b.Addr)
 		}
+	}
+	return nil
+}
+
+// removeRanges removes the source ranges of service id in have but not
+// in keep.
+func (s *Syncer) removeRanges(id uint32, have, keep []netip.Prefix, st *WriteStats) error {
+	for _, p := range have {
+		if slices.Contains(keep, p) {
+			continue
+		}
+		if err := s.maps.RemoveSourceRange(id, p); err != nil {
+			return err
+		}
+		st.Removed++
 	}
 	return nil
 }

@@ -32,15 +32,16 @@ enum pn_reason {
 	PN_SOCK_LB = 9,	    /* connect() to a Service sent straight to a backend */
 	PN_UNBALANCED = 10, /* socket path: Service traffic the socket left, refused */
 
-	PN_DROP_INVALID = -1,	   /* truncated or malformed headers */
-	PN_DROP_UNKNOWN_PORT = -2, /* known Service VIP, unknown port */
-	PN_DROP_NO_BACKEND = -3,   /* slot or backend entry missing */
-	PN_DROP_FRAGMENT = -4,	   /* IP fragment to a Service VIP */
-	PN_DROP_PROTO = -5,	   /* protocol other than TCP/UDP to a VIP */
-	PN_DROP_CT_CREATE = -6,	   /* conntrack entry could not be written */
-	PN_DROP_NAT = -7,	   /* header rewrite failed */
-	PN_DROP_REJECT = -8,	   /* building the reject reply failed */
-	PN_DROP_NO_LOCAL = -9,	   /* internalTrafficPolicy Local, no local endpoint */
+	PN_DROP_INVALID = -1,	    /* truncated or malformed headers */
+	PN_DROP_UNKNOWN_PORT = -2,  /* known Service VIP, unknown port */
+	PN_DROP_NO_BACKEND = -3,    /* slot or backend entry missing */
+	PN_DROP_FRAGMENT = -4,	    /* IP fragment to a Service VIP */
+	PN_DROP_PROTO = -5,	    /* protocol other than TCP/UDP to a VIP */
+	PN_DROP_CT_CREATE = -6,	    /* conntrack entry could not be written */
+	PN_DROP_NAT = -7,	    /* header rewrite failed */
+	PN_DROP_REJECT = -8,	    /* building the reject reply failed */
+	PN_DROP_NO_LOCAL = -9,	    /* internalTrafficPolicy Local, no local endpoint */
+	PN_DROP_SOURCE_RANGE = -10, /* loadBalancerSourceRanges: source not allowed */
 };
 
 /* Counter slots: direction * PN_REASON_SLOTS + index, where index is the
@@ -79,6 +80,10 @@ enum pn_svc_flags {
 	 * (internalTrafficPolicy Local): drop, as kube-proxy does, rather
 	 * than reject. */
 	PN_SVC_DROP = 1 << 1,
+	/* A LoadBalancer ingress IP with loadBalancerSourceRanges: new flows
+	 * only from a source in podnic_srcrange_v1 under this frontend's id,
+	 * others are dropped, as kube-proxy's firewall chain drops them. */
+	PN_SVC_SRC_RANGES = 1 << 2,
 };
 
 struct pn_svc_val {
@@ -184,6 +189,7 @@ struct pn_event {
 #define PN_LB_NETNS_MAX	 16384
 #define PN_LB_PEER_SLOTS 262144 /* a power of two */
 #define PN_UDP_SK_MAX	 65536
+#define PN_SRCRANGE_MAX	 65536
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
@@ -238,6 +244,24 @@ struct {
 	__type(key, struct pn_cidr_key);
 	__type(value, __u8);
 } podnic_cidr_v1 SEC(".maps");
+
+/* The sources a frontend flagged PN_SVC_SRC_RANGES takes new flows from:
+ * its Service's loadBalancerSourceRanges of the frontend's family, keyed by
+ * the frontend's id. prefixlen counts svc_id's 32 bits and then the
+ * address's, IPv4 mapped as ::ffff:0:0/96. */
+struct pn_srcrange_key {
+	__u32 prefixlen;
+	__u32 svc_id;
+	struct pn_addr addr;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(max_entries, PN_SRCRANGE_MAX);
+	__type(key, struct pn_srcrange_key);
+	__type(value, __u8);
+} podnic_srcrange_v1 SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);

@@ -36,6 +36,25 @@ static __always_inline int pn_in_service_cidr(const struct pn_pkt *p)
 	return bpf_map_lookup_elem(&podnic_cidr_v1, &k) != NULL;
 }
 
+/* pn_source_allowed reports whether client may open a new flow to the
+ * frontend svc: any client, unless the frontend is a LoadBalancer ingress IP
+ * whose Service lists loadBalancerSourceRanges of its family; then only one
+ * in them. Flows already open are not judged again, as kube-proxy judges
+ * only new connections. */
+static __always_inline int pn_source_allowed(const struct pn_svc_val *svc,
+					     const struct pn_addr *client)
+{
+	struct pn_srcrange_key k = {
+		.prefixlen = 32 + 128,
+		.svc_id = svc->id,
+	};
+
+	if (!(svc->flags & PN_SVC_SRC_RANGES))
+		return 1;
+	k.addr = *client;
+	return bpf_map_lookup_elem(&podnic_srcrange_v1, &k) != NULL;
+}
+
 /* pn_random_backend picks one of the Service's slots at random, as
  * kube-proxy's iptables mode does, and returns its backend. */
 static __always_inline struct pn_backend *pn_random_backend(const struct pn_svc_val *svc,

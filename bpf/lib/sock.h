@@ -20,7 +20,9 @@
  * leave alone goes on to the tc programs: other protocols, VIPs of an
  * address family the socket cannot reach, affinity where the pod's address
  * is not known, a Service whose only endpoints are on other nodes under
- * internalTrafficPolicy Local (dropped), a VIP no Service has any more (the
+ * internalTrafficPolicy Local (dropped), a LoadBalancer IP whose
+ * loadBalancerSourceRanges do not hold the client (dropped by tc, which sees
+ * the packet's source), a VIP no Service has any more (the
  * tc path answers with a RST or an ICMP error), UDP to a Service without
  * endpoints (an ICMP error). A TCP connect() to a Service without endpoints
  * is refused at connect(). getpeername() answers with the Service, as it
@@ -323,6 +325,22 @@ static __always_inline struct pn_svc_val *pn_sock_service(struct bpf_sock_addr *
 
 #define PN_ECONNREFUSED 111
 
+/* pn_sock_source_allowed reports whether the socket may be balanced to the
+ * frontend svc at addr under its loadBalancerSourceRanges (lib/lb.h). Where
+ * the client address is not known, or not allowed, the flow is left to tc,
+ * which sees the packet's source: it drops what is not allowed, as
+ * kube-proxy does, rather than failing the call here. */
+static __always_inline int pn_sock_source_allowed(struct bpf_sock_addr *ctx, __u64 netns,
+						  const struct pn_addr *addr,
+						  const struct pn_svc_val *svc)
+{
+	struct pn_addr client;
+
+	if (!(svc->flags & PN_SVC_SRC_RANGES))
+		return 1;
+	return pn_sock_client(ctx, netns, addr, &client) && pn_source_allowed(svc, &client);
+}
+
 /* pn_sock_pick chooses the backend of a new flow from the socket to the
  * Service svc at addr: the client's affinity backend or a random one. It
  * returns NULL to leave the flow to tc: affinity without a known client
@@ -372,7 +390,7 @@ static __always_inline int pn_sock_lb(struct bpf_sock_addr *ctx, struct pn_addr 
 	if (proto != IPPROTO_TCP && proto != IPPROTO_UDP)
 		return 0;
 	svc = pn_sock_service(ctx, addr, *port, proto, &cookie);
-	if (!svc)
+	if (!svc || !pn_sock_source_allowed(ctx, cookie, addr, svc))
 		goto unchanged;
 	if (svc->count == 0) {
 		if ((svc->flags & PN_SVC_DROP) || proto == IPPROTO_UDP)
@@ -435,7 +453,7 @@ static __always_inline int pn_sock_sendmsg(struct bpf_sock_addr *ctx, struct pn_
 	__u32 id;
 
 	svc = pn_sock_service(ctx, addr, *port, IPPROTO_UDP, &netns);
-	if (!svc || svc->count == 0)
+	if (!svc || svc->count == 0 || !pn_sock_source_allowed(ctx, netns, addr, svc))
 		return 0;
 
 	cookie = bpf_get_socket_cookie(ctx);

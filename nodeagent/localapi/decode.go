@@ -51,7 +51,9 @@ func (r *ServiceRow) UnmarshalJSON(b []byte) error {
 		ID       uint32
 		Affinity time.Duration
 		NoLocal  bool
-		Backends []struct {
+		// SourceRanges []netip.Prefix decodes as it is written.
+		SourceRanges []netip.Prefix
+		Backends     []struct {
 			ID    uint32
 			Addr  netip.AddrPort
 			State string
@@ -69,7 +71,8 @@ func (r *ServiceRow) UnmarshalJSON(b []byte) error {
 	*r = ServiceRow{
 		ServiceInfo: bpf.ServiceInfo{
 			Frontend: bpf.Frontend{VIP: w.VIP, Port: w.Port, Proto: proto},
-			ID:       w.ID, Affinity: w.Affinity, NoLocal: w.NoLocal, Backends: make([]bpf.BackendInfo, 0, len(w.Backends)),
+			ID:       w.ID, Affinity: w.Affinity, NoLocal: w.NoLocal, SourceRanges: w.SourceRanges,
+			Backends: make([]bpf.BackendInfo, 0, len(w.Backends)),
 		},
 		Type: w.Type, Service: w.Service,
 	}

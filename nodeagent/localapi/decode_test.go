@@ -19,6 +19,9 @@ func TestServiceRowsRoundTripThroughJSON(t *testing.T) {
 			Type: "ClusterIP", Service: "default/web:http"},
 		{ServiceInfo: bpf.ServiceInfo{Frontend: bpf.Frontend{VIP: netip.MustParseAddr("fd00:96::10"), Port: 53, Proto: bpf.UDP}, ID: 2,
 			NoLocal: true, Backends: []bpf.BackendInfo{}}, Type: "ClusterIP"},
+		{ServiceInfo: bpf.ServiceInfo{Frontend: bpf.Frontend{VIP: netip.MustParseAddr("203.0.113.50"), Port: 80, Proto: bpf.TCP}, ID: 3,
+			SourceRanges: []netip.Prefix{netip.MustParsePrefix("10.1.0.0/24"), netip.MustParsePrefix("192.0.2.7/32")},
+			Backends:     []bpf.BackendInfo{}}, Type: "External", Service: "default/web-lb:http"},
 	}
 	b, err := json.Marshal(rows)
 	if err != nil {

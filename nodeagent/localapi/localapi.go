@@ -184,9 +184,10 @@ func KubeProxyReplacement() []Feature {
 		{"TopologyAwareRouting", "enabled", "hints: PreferSameNode, PreferSameZone"},
 		{"TerminatingEndpoints", "enabled", "serving-terminating fallback"},
 		{"SCTP", "disabled", "ports rejected with a logged reason"},
-		{"NodePort", "disabled", "later issue (scope external)"},
+		{"NodePort", "enabled", "a pod's traffic to its node's InternalIPs on a NodePort, straight to the endpoints; traffic from outside: later issue"},
 		{"ExternalIPs", "enabled", "a pod's traffic to spec.externalIPs, straight to the endpoints; traffic from outside: later issue"},
 		{"LoadBalancer", "enabled", "a pod's traffic to the ingress IPs (not ipMode Proxy), straight to the endpoints; traffic from outside: later issue"},
+		{"LoadBalancerSourceRanges", "enabled", "a pod's new flows to the ingress IPs only from the ranges of their family; others dropped"},
 	}
 }
 

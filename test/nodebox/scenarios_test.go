@@ -150,6 +150,14 @@ spec:
 ---
 apiVersion: v1
 kind: Service
+metadata: {name: echo-lb}
+spec:
+  type: LoadBalancer
+  selector: {app: echo}
+  ports: [{name: http, port: 80, targetPort: 8080, protocol: TCP}]
+---
+apiVersion: v1
+kind: Service
 metadata: {name: remote-only}
 spec:
   internalTrafficPolicy: Local
@@ -200,7 +208,7 @@ func TestScenarios(t *testing.T) {
 	c.kubectl(t, scenarioWorkload, "apply", "-f", "-")
 	c.kubectl(t, "", "rollout", "status", "deployment/echo", "--timeout=60s")
 	c.kubectl(t, "", "wait", "--for=condition=Ready", "pod/client", "pod/client-socket", "--timeout=60s")
-	for _, svc := range []string{"echo", "client-self", "client-socket-self", "echo-affinity", "echo-local", "echo-nodeport"} {
+	for _, svc := range []string{"echo", "client-self", "client-socket-self", "echo-affinity", "echo-local", "echo-nodeport", "echo-lb"} {
 		want := 2
 		if strings.HasSuffix(svc, "-self") {
 			want = 1
@@ -292,6 +300,40 @@ func TestScenarios(t *testing.T) {
 		}
 		if got := c.verdict(t, "connect", "socket-lb") - balanced; got < 80 {
 			t.Errorf("%d connections and sockets to the NodePorts balanced at the socket, want 80", got)
+		}
+	})
+
+	t.Run("LoadBalancerSourceRanges", func(t *testing.T) {
+		// No cloud here: the test writes the ingress IP into echo-lb's
+		// status, as a cloud's controller would. Its
+		// loadBalancerSourceRanges then let one pod in and not the
+		// other: the allowed pod reaches the endpoints, the other's new
+		// connection is dropped (a timeout), as by kube-proxy's firewall.
+		// Then the other way round, so each path is tried both ways.
+		lb := netip.MustParseAddr("203.0.113.50")
+		c.kubectl(t, "", "patch", "service", "echo-lb", "--subresource=status", "--type=merge",
+			"-p", `{"status":{"loadBalancer":{"ingress":[{"ip":"`+lb.String()+`"}]}}}`)
+		ap := netip.AddrPortFrom(lb, 80)
+		c.waitFrontend(t, ap, "External")
+		pods := []string{"client", "client-socket"}
+		for i, allowed := range pods {
+			denied := pods[1-i]
+			addrs := c.podAddrs(t, allowed)
+			source := netip.PrefixFrom(addrs[slices.IndexFunc(addrs, netip.Addr.Is4)], 32)
+			c.kubectl(t, "", "patch", "service", "echo-lb", "--type=merge",
+				"-p", `{"spec":{"loadBalancerSourceRanges":["`+source.String()+`"]}}`)
+			c.waitSourceRanges(t, ap, source)
+			answers, _ := c.askAt(t, allowed, ap, false, 10)
+			t.Logf("%s from %s (allowed): %v", targetAt(ap, false), allowed, answers)
+			dropped := c.verdict(t, "from-pod", "drop-source-range")
+			took, err := c.failOnce(t, denied, lb, time.Second)
+			t.Logf("%s from %s (not allowed): failed after %v: %v", targetAt(ap, false), denied, took, err)
+			if strings.Contains(err.Error(), "connection refused") || took < 900*time.Millisecond {
+				t.Errorf("want %s's request dropped (a timeout), have %v after %v", denied, err, took)
+			}
+			if c.verdict(t, "from-pod", "drop-source-range") == dropped {
+				t.Errorf("%s's SYNs were not counted as drop-source-range", denied)
+			}
 		}
 	})
 
@@ -738,6 +780,35 @@ func (c *cluster) waitFrontend(t *testing.T, ap netip.AddrPort, typ string) {
 			if r.VIP == ap.Addr() && r.Port == ap.Port() {
 				if r.Type != typ {
 					return fmt.Errorf("%v is of type %q", ap, r.Type)
+				}
+				return nil
+			}
+		}
+		return errors.New("not listed")
+	})
+}
+
+// waitSourceRanges waits until podnicctl service list shows ap taking new
+// flows from want alone.
+func (c *cluster) waitSourceRanges(t *testing.T, ap netip.AddrPort, want ...netip.Prefix) {
+	t.Helper()
+	waitUntil(t, c.ctx, fmt.Sprintf("%v with source ranges %v", ap, want), func() error {
+		out, err := c.box.Podnicctl(c.ctx, "-o", "json", "service", "list")
+		if err != nil {
+			return err
+		}
+		var rows []struct {
+			VIP          netip.Addr
+			Port         uint16
+			SourceRanges []netip.Prefix
+		}
+		if err := json.Unmarshal([]byte(out), &rows); err != nil {
+			return fmt.Errorf("parsing %s: %w", out, err)
+		}
+		for _, r := range rows {
+			if r.VIP == ap.Addr() && r.Port == ap.Port() {
+				if !slices.Equal(r.SourceRanges, want) {
+					return fmt.Errorf("%v takes %v", ap, r.SourceRanges)
 				}
 				return nil
 			}

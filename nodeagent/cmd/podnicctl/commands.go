@@ -197,6 +197,18 @@ func (b *backendFlags) Set(s string) error {
 	return nil
 }
 
+type prefixFlags []netip.Prefix
+
+func (p *prefixFlags) String() string { return fmt.Sprint(*p) }
+func (p *prefixFlags) Set(s string) error {
+	pf, err := netip.ParsePrefix(s)
+	if err != nil {
+		return fmt.Errorf("source range %q: want a CIDR, e.g. 192.0.2.0/24", s)
+	}
+	*p = append(*p, pf.Masked())
+	return nil
+}
+
 func parseProto(s string) (bpf.Proto, error) {
 	switch strings.ToLower(s) {
 	case "tcp":
@@ -245,6 +257,8 @@ func cmdServiceSet(g globals, args []string) error {
 	affinity := fs.Duration("affinity", 0, "session affinity ClientIP timeout, e.g. 3h (0: none)")
 	var backends backendFlags
 	fs.Var(&backends, "backend", "backend IP:PORT; repeat for more (none: connections are rejected)")
+	var ranges prefixFlags
+	fs.Var(&ranges, "source-range", "CIDR new flows may come from (loadBalancerSourceRanges); repeat for more (none: any source)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -258,7 +272,7 @@ func cmdServiceSet(g globals, args []string) error {
 	if *id == 0 || *id > 1<<32-1 {
 		return errors.New("service set: --id must be 1 to 4294967295")
 	}
-	s := bpf.ServiceEntry{Frontend: f, ID: uint32(*id), Affinity: *affinity}
+	s := bpf.ServiceEntry{Frontend: f, ID: uint32(*id), Affinity: *affinity, SourceRanges: ranges}
 	for _, b := range backends {
 		s.Backends = append(s.Backends, bpf.BackendEntry{ID: backendID(b, f.Proto), Addr: netip.AddrPortFrom(b.Addr().Unmap(), b.Port())})
 	}
@@ -326,11 +340,18 @@ func cmdServiceList(g globals, args []string) error {
 		rows = []localapi.ServiceRow{}
 	}
 	return g.emit(rows, func(w *tabwriter.Writer) {
-		fmt.Fprintln(w, "ID\tFRONTEND\tTYPE\tSERVICE\tAFFINITY\tBACKENDS")
+		fmt.Fprintln(w, "ID\tFRONTEND\tTYPE\tSERVICE\tAFFINITY\tSOURCES\tBACKENDS")
 		for _, s := range rows {
-			aff, svc := "-", s.Service
+			aff, svc, src := "-", s.Service, "-"
 			if s.Affinity > 0 {
 				aff = s.Affinity.String()
+			}
+			if len(s.SourceRanges) > 0 {
+				var ps []string
+				for _, p := range s.SourceRanges {
+					ps = append(ps, p.String())
+				}
+				src = strings.Join(ps, ",")
 			}
 			if svc == "" {
 				svc = "-"
@@ -345,7 +366,7 @@ func cmdServiceList(g globals, args []string) error {
 			case len(bs) == 0:
 				bs = []string{"none: rejected"}
 			}
-			fmt.Fprintf(w, "%d\t%s\t%s\t%s\t%s\t%s\n", s.ID, s.String(), s.Type, svc, aff, strings.Join(bs, ", "))
+			fmt.Fprintf(w, "%d\t%s\t%s\t%s\t%s\t%s\t%s\n", s.ID, s.String(), s.Type, svc, aff, src, strings.Join(bs, ", "))
 		}
 	})
 }

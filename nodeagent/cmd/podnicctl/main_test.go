@@ -36,7 +36,7 @@ func TestServicesRoundTripThroughTheMaps(t *testing.T) {
 	for _, args := range [][]string{
 		{"service", "set", "--id", "1", "--vip", "10.96.0.10", "--port", "80", "--backend", "192.0.2.20:8080", "--backend", "192.0.2.21:8080"},
 		{"service", "set", "--id", "2", "--vip", "fd00:96::10", "--port", "53", "--proto", "udp", "--backend", "[fd00::20]:5353", "--affinity", "3h"},
-		{"service", "set", "--id", "3", "--vip", "10.96.0.12", "--port", "80"},
+		{"service", "set", "--id", "3", "--vip", "10.96.0.12", "--port", "80", "--source-range", "192.0.2.7/24", "--source-range", "198.51.100.0/24"},
 	} {
 		if out, err := ctl(t, root, args...); err != nil {
 			t.Fatalf("%v: %v (%s)", args, err, out)
@@ -68,8 +68,14 @@ func TestServicesRoundTripThroughTheMaps(t *testing.T) {
 	}
 
 	table, err := ctl(t, root, "service", "list")
-	if err != nil || !strings.Contains(table, "none: rejected") {
-		t.Errorf("table without the rejecting service (%v):\n%s", err, table)
+	if err != nil || !strings.Contains(table, "none: rejected") || !strings.Contains(table, "192.0.2.0/24,198.51.100.0/24") {
+		t.Errorf("table without the rejecting service and its source ranges (%v):\n%s", err, table)
+	}
+	if out, err := ctl(t, root, "service", "set", "--id", "4", "--vip", "10.96.0.13", "--port", "80", "--source-range", "fd00::/8"); err == nil {
+		t.Errorf("an IPv6 source range on an IPv4 VIP was taken: %s", out)
+	}
+	if out, err := ctl(t, root, "service", "set", "--id", "4", "--vip", "10.96.0.13", "--port", "80", "--source-range", "nonsense"); err == nil || !strings.Contains(err.Error(), "want a CIDR") {
+		t.Errorf("a source range that is no CIDR: %v %s", err, out)
 	}
 	if out, err := ctl(t, root, "service", "delete", "--vip", "10.96.0.12", "--port", "80"); err != nil || !strings.Contains(out, "no VIP any more") {
 		t.Errorf("delete: %v %s", err, out)
