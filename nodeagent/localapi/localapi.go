@@ -109,7 +109,8 @@ type CTRow struct {
 }
 
 // MapFill reports entries and capacity of the Service, conntrack,
-// affinity and socket maps; known holds counts already known, by map name.
+// affinity, socket and source-range maps; known holds counts already
+// known, by map name.
 func MapFill(d *bpf.Datapath, known map[string]int) []MapInfo {
 	var out []MapInfo
 	for _, m := range []struct {
@@ -118,7 +119,7 @@ func MapFill(d *bpf.Datapath, known map[string]int) []MapInfo {
 	}{
 		{"podnic_svc_v1", d.Maps.Services}, {"podnic_slot_v1", d.Maps.Slots}, {"podnic_be_v1", d.Maps.Backends},
 		{"podnic_ct_v1", d.Maps.Conntrack}, {"podnic_aff_v1", d.Maps.Affinity},
-		{"podnic_lbns_v1", d.Maps.LBNetns}, {"podnic_udpsk_v1", d.Maps.UDPSockets},
+		{"podnic_lbns_v1", d.Maps.LBNetns}, {"podnic_udpsk_v1", d.Maps.UDPSockets}, {"podnic_srcrange_v1", d.Maps.SourceRanges},
 	} {
 		if m.m == nil {
 			continue // an older build's datapath, without it

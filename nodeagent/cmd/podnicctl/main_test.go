@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 )
@@ -70,6 +71,17 @@ func TestServicesRoundTripThroughTheMaps(t *testing.T) {
 	table, err := ctl(t, root, "service", "list")
 	if err != nil || !strings.Contains(table, "none: rejected") || !strings.Contains(table, "192.0.2.0/24,198.51.100.0/24") {
 		t.Errorf("table without the rejecting service and its source ranges (%v):\n%s", err, table)
+	}
+	type mapRow struct {
+		Name              string
+		Entries, Capacity int
+	}
+	var st struct{ Maps []mapRow }
+	if out, err := ctl(t, root, "-o", "json", "status"); err != nil || json.Unmarshal([]byte(out), &st) != nil {
+		t.Errorf("status: %v %s", err, out)
+	}
+	if !slices.Contains(st.Maps, mapRow{Name: "podnic_srcrange_v1", Entries: 2, Capacity: 65536}) {
+		t.Errorf("status does not count the two source ranges: %+v", st.Maps)
 	}
 	if out, err := ctl(t, root, "service", "set", "--id", "4", "--vip", "10.96.0.13", "--port", "80", "--source-range", "fd00::/8"); err == nil {
 		t.Errorf("an IPv6 source range on an IPv4 VIP was taken: %s", out)
