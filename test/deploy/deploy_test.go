@@ -104,3 +104,39 @@ func TestChartValuesReachTheManifest(t *testing.T) {
 		}
 	}
 }
+
+// The chart's schema stops malformed values before anything is rendered,
+// naming the value: a mistyped key, a value out of its set or range, a
+// relative path, a flag or plugin field the chart sets itself.
+func TestChartRefusesMalformedValues(t *testing.T) {
+	h := helmBinary(t)
+	chart := filepath.Join(repoRoot(t), "deploy", "helm", "podnic")
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--set", "serviceCIDR=10.96.0.0/12"}, "additional properties 'serviceCIDR' not allowed"},
+		{[]string{"--set", "image.pullPolicy=Sometimes"}, "at '/image/pullPolicy'"},
+		{[]string{"--set-json", `serviceCIDRs=["10.96.0.0"]`}, "at '/serviceCIDRs/0'"},
+		{[]string{"--set-json", `serviceCIDRs=[]`}, "at '/serviceCIDRs'"},
+		{[]string{"--set", "apiServer.port=70000"}, "at '/apiServer/port'"},
+		{[]string{"--set", "cgroupRoot=sys/fs/cgroup"}, "at '/cgroupRoot'"},
+		{[]string{"--set", "agentFlags.service-cidr=10.0.0.0/8"}, "at '/agentFlags/service-cidr'"},
+		{[]string{"--set", "agentFlags.Log_Level=debug"}, "additional properties 'Log_Level' not allowed"},
+		{[]string{"--set", "rbac.create=maybe"}, "at '/rbac/create'"},
+		{[]string{"--set", "cni.binDir=opt/cni/bin"}, "at '/cni/binDir'"},
+		{[]string{"--set", "cni.confName=10-podnic.conf"}, "at '/cni/confName'"},
+		{[]string{"--set", "cni.cniVersion=2.0.0"}, "at '/cni/cniVersion'"},
+		{[]string{"--set-json", `cni.plugin={"type":"bridge"}`}, "at '/cni/plugin/type'"},
+	} {
+		cmd := exec.Command(h, append([]string{"template", "pool-b", chart}, tc.args...)...)
+		out, err := cmd.CombinedOutput()
+		if err == nil {
+			t.Errorf("helm template %v rendered", tc.args)
+			continue
+		}
+		if !strings.Contains(string(out), tc.want) {
+			t.Errorf("helm template %v: error without %q:\n%s", tc.args, tc.want, out)
+		}
+	}
+}
