@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -50,6 +51,17 @@ func TestAgentBinaryProgramsAndStopsCleanly(t *testing.T) {
 	t.Cleanup(func() { _ = bpf.Unpin(root) })
 	d, err := bpf.Load(root) // the datapath is loaded and pinned before the agent starts
 	if err != nil {
+		t.Fatal(err)
+	}
+	// A pod attached by that build, and then another build pinned: the
+	// pod runs programs that are no longer the pinned ones until the
+	// agent, at its start, moves it.
+	pod := simnode.New(t).AddPod("client", netip.MustParsePrefix("192.0.2.10/32"), netip.MustParsePrefix("2001:db8::10/128"))
+	if _, err := d.AttachPod(pod.NetnsPath, pod.Ifname, "pod-owner", bpf.ModeAuto); err != nil {
+		t.Fatal(err)
+	}
+	d.Close()
+	if d, err = bpf.Load(root); err != nil {
 		t.Fatal(err)
 	}
 	d.Close()
@@ -98,6 +110,21 @@ func TestAgentBinaryProgramsAndStopsCleanly(t *testing.T) {
 		cmd := exec.CommandContext(ctx, filepath.Join(bin, "podnicctl"), append([]string{"--socket", sock, "--bpf-root", root, "-o", "json"}, args...)...)
 		return cmd.Output()
 	}
+	status := func() localapi.Status {
+		t.Helper()
+		out, err := ctl("status")
+		if err != nil {
+			t.Fatal(err)
+		}
+		var st localapi.Status
+		if err := json.Unmarshal(out, &st); err != nil {
+			t.Fatal(err)
+		}
+		return st
+	}
+	if st := status(); st.Agent || st.Attachments != 3 || st.StaleAttachments != 3 {
+		t.Errorf("podnicctl status from the pins before the agent: %d attach points, %d stale; want 3 and 3", st.Attachments, st.StaleAttachments)
+	}
 	c.Apply(t, serviceYAML("")+slicesYAML(up("server1")))
 	var rows []localapi.ServiceRow
 	eventually(t, "podnicctl service list shows the Service", func() error {
@@ -122,22 +149,15 @@ func TestAgentBinaryProgramsAndStopsCleanly(t *testing.T) {
 		return nil
 	})
 
-	out, err := ctl("status")
-	if err != nil {
-		t.Fatal(err)
+	if st := status(); !st.Agent || st.Source != "kubernetes" || st.Node != "node-a" || st.Zone != "zone-a" || st.LastSync == nil || st.LastSync.Error != "" || st.Services < 2 ||
+		st.Attachments != 3 || st.StaleAttachments != 0 {
+		t.Errorf("podnicctl status: %+v", st)
 	}
-	var st localapi.Status
-	if err := json.Unmarshal(out, &st); err != nil {
-		t.Fatal(err)
+	if out, err := ctl("ct", "list"); err != nil || strings.TrimSpace(string(out)) != "[]" {
+		t.Errorf("podnicctl ct list: %v %s, want [] (no flow)", err, out)
 	}
-	if !st.Agent || st.Source != "kubernetes" || st.Node != "node-a" || st.Zone != "zone-a" || st.LastSync == nil || st.LastSync.Error != "" || st.Services < 2 {
-		t.Errorf("podnicctl status: %s", out)
-	}
-	for _, cmd := range [][]string{{"ct", "list"}, {"attachments"}} {
-		out, err := ctl(cmd...)
-		if err != nil || strings.TrimSpace(string(out)) != "[]" {
-			t.Errorf("podnicctl %s: %v %s, want [] (nothing attached)", cmd, err, out)
-		}
+	if log, _ := os.ReadFile(logPath); !strings.Contains(string(log), `"msg":"pods moved to the programs just loaded"`) {
+		t.Errorf("the agent's log does not say it moved the pod:\n%s", log)
 	}
 	eventually(t, "the CNI plugin and config installed", func() error {
 		return node.installed(filepath.Join(bin, "podnic"))

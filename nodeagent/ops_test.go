@@ -259,7 +259,7 @@ func TestLocalAPIServesPodnicctlOverARootOnlySocket(t *testing.T) {
 		t.Fatal(err)
 	}
 	if !status.Agent || status.Node != "node-a" || status.Source != "test" || status.Services != 1 || status.Frontends != 1 ||
-		status.LastSync == nil || status.LastSync.Error != "" || status.Attachments == 0 || len(status.Maps) != 7 || len(status.Programs) != 12 {
+		status.LastSync == nil || status.LastSync.Error != "" || status.Attachments == 0 || status.StaleAttachments != 0 || len(status.Maps) != 8 || len(status.Programs) != 12 {
 		t.Errorf("status: %+v", status)
 	}
 	var rows []localapi.ServiceRow

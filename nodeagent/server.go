@@ -44,10 +44,7 @@ func (a *Agent) LocalAPI(info ServerInfo) http.Handler {
 		}
 		st.SocketLB, _ = bpf.SocketLBAttached(d.Root)
 		if as, err := bpf.ListAttachments(d.Root); err == nil {
-			st.Attachments = len(as)
-			for _, at := range as {
-				st.AttachedAs[string(at.Mode)]++
-			}
+			localapi.CountAttachments(d, as, &st)
 		}
 		reply(w, st, nil)
 	})

@@ -52,7 +52,26 @@ type Status struct {
 	Frontends   int            `json:"frontends"`            // service entries
 	LastSync    *SyncInfo      `json:"lastSync,omitempty"`   // nil without agent or before the first sync
 	Attachments int            `json:"attachments"`          // attach points
-	SocketLB    []string       `json:"socketLB"`             // socket-level programs on the cgroup root
+	// StaleAttachments run an earlier build's program, not the one
+	// pinned under the name (podnic-agent moves them at its start).
+	StaleAttachments int      `json:"staleAttachments"`
+	SocketLB         []string `json:"socketLB"` // socket-level programs on the cgroup root
+}
+
+// CountAttachments fills st's attachment counts from the attachments as
+// recorded under d's root.
+func CountAttachments(d *bpf.Datapath, as []bpf.Attachment, st *Status) {
+	pinned := map[string]uint32{}
+	for _, p := range Programs(d) {
+		pinned[p.Name] = p.ID
+	}
+	st.Attachments = len(as)
+	for _, a := range as {
+		st.AttachedAs[string(a.Mode)]++
+		if id, ok := pinned[a.ProgramName]; ok && id != uint32(a.ProgramID) {
+			st.StaleAttachments++
+		}
+	}
 }
 
 // Program is one pinned program.

@@ -91,5 +91,6 @@ func TestAgentAsDaemonSet(t *testing.T) {
 		t.Errorf("agent pods %q before the restart, %q after: want one new pod", before, after)
 	}
 	s.check(t, 2)
+	c.noStaleAttachments(t)
 	c.checkClusterIPs(t, "client")
 }

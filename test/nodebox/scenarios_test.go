@@ -472,6 +472,7 @@ func TestScenarios(t *testing.T) {
 		if after := c.frontends(t); after != before {
 			t.Errorf("the maps changed across the restart:\nbefore %s\nafter  %s", before, after)
 		}
+		c.noStaleAttachments(t)
 	})
 
 	t.Run("DeletedServiceIsRejectedAtOnce", func(t *testing.T) {
@@ -786,6 +787,24 @@ func (c *cluster) waitFrontend(t *testing.T, ap netip.AddrPort, typ string) {
 		}
 		return errors.New("not listed")
 	})
+}
+
+// noStaleAttachments checks that every attach point runs the programs the
+// agent pinned: a restarted agent moved the running pods to them.
+func (c *cluster) noStaleAttachments(t *testing.T) {
+	t.Helper()
+	out, err := c.box.Podnicctl(c.ctx, "-o", "json", "status")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var st struct{ Attachments, StaleAttachments int }
+	if err := json.Unmarshal([]byte(out), &st); err != nil {
+		t.Fatalf("parsing podnicctl status: %v\n%s", err, out)
+	}
+	t.Logf("%d attach points, %d on an earlier build's programs", st.Attachments, st.StaleAttachments)
+	if st.Attachments == 0 || st.StaleAttachments != 0 {
+		t.Errorf("%d attach points, %d of them on an earlier build's programs; want some, none stale", st.Attachments, st.StaleAttachments)
+	}
 }
 
 // waitSourceRanges waits until podnicctl service list shows ap taking new

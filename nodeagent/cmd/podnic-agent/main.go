@@ -204,6 +204,17 @@ func run(args []string) error {
 		return err
 	}
 	log.Info("datapath loaded", "root", c.bpfRoot, "socketLB", c.socketLB)
+	// Pods attached before this load (an upgrade, a restart) move to the
+	// programs just loaded; the maps they share carry their flows over.
+	rep, err := d.UpdateAttachments()
+	if err != nil {
+		return err
+	}
+	log.Info("pods moved to the programs just loaded", "tcxLinks", rep.Links, "clsactFilters", rep.Filters)
+	if rep.Missing > 0 {
+		log.Warn("clsact filters recorded but not found in any network namespace: their records stay; the pods move when attached again",
+			"missing", rep.Missing, "records", len(rep.Stale))
+	}
 	if err := d.Maps.SetServiceCIDRs(cidrs); err != nil {
 		return err
 	}

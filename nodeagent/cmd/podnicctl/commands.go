@@ -418,10 +418,7 @@ func cmdStatus(g globals, args []string) error {
 		if err != nil {
 			return err
 		}
-		st.Attachments = len(as)
-		for _, a := range as {
-			st.AttachedAs[string(a.Mode)]++
-		}
+		localapi.CountAttachments(d, as, &st)
 		if st.SocketLB, err = bpf.SocketLBAttached(d.Root); err != nil {
 			return err
 		}
@@ -438,6 +435,9 @@ func cmdStatus(g globals, args []string) error {
 		}
 		sort.Strings(modes)
 		fmt.Fprintf(w, "Attach mode:\t%s\t%d attach points: %s\n", st.AttachMode, st.Attachments, strings.Join(modes, ", "))
+		if st.StaleAttachments > 0 {
+			fmt.Fprintf(w, "Stale:\t%d\tattach points run an earlier build's programs (podnic-agent moves them at its start)\n", st.StaleAttachments)
+		}
 		if len(st.SocketLB) > 0 {
 			fmt.Fprintf(w, "Socket LB:\ton\tTCP connect() goes straight to a backend (%s)\n", strings.Join(st.SocketLB, ", "))
 		} else {
