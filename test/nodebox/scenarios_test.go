@@ -760,32 +760,45 @@ func (c *cluster) waitProgrammed(t *testing.T, svc string, vip netip.Addr, n int
 	})
 }
 
-// waitFrontend waits until podnicctl service list shows ap as a frontend
-// of type typ.
-func (c *cluster) waitFrontend(t *testing.T, ap netip.AddrPort, typ string) {
+// serviceRow is a row of podnicctl service list, as the tests read it.
+type serviceRow struct {
+	VIP          netip.Addr
+	Port         uint16
+	Type         string
+	SourceRanges []netip.Prefix
+}
+
+// waitServiceRow waits until podnicctl service list has a row for ap that
+// check accepts; what says what is awaited.
+func (c *cluster) waitServiceRow(t *testing.T, ap netip.AddrPort, what string, check func(serviceRow) error) {
 	t.Helper()
-	waitUntil(t, c.ctx, fmt.Sprintf("%v (%s) in podnicctl service list", ap, typ), func() error {
+	waitUntil(t, c.ctx, fmt.Sprintf("%v %s in podnicctl service list", ap, what), func() error {
 		out, err := c.box.Podnicctl(c.ctx, "-o", "json", "service", "list")
 		if err != nil {
 			return err
 		}
-		var rows []struct {
-			VIP  netip.Addr
-			Port uint16
-			Type string
-		}
+		var rows []serviceRow
 		if err := json.Unmarshal([]byte(out), &rows); err != nil {
 			return fmt.Errorf("parsing %s: %w", out, err)
 		}
 		for _, r := range rows {
 			if r.VIP == ap.Addr() && r.Port == ap.Port() {
-				if r.Type != typ {
-					return fmt.Errorf("%v is of type %q", ap, r.Type)
-				}
-				return nil
+				return check(r)
 			}
 		}
 		return errors.New("not listed")
+	})
+}
+
+// waitFrontend waits until podnicctl service list shows ap as a frontend
+// of type typ.
+func (c *cluster) waitFrontend(t *testing.T, ap netip.AddrPort, typ string) {
+	t.Helper()
+	c.waitServiceRow(t, ap, "of type "+typ, func(r serviceRow) error {
+		if r.Type != typ {
+			return fmt.Errorf("%v is of type %q", ap, r.Type)
+		}
+		return nil
 	})
 }
 
@@ -811,28 +824,11 @@ func (c *cluster) noStaleAttachments(t *testing.T) {
 // flows from want alone.
 func (c *cluster) waitSourceRanges(t *testing.T, ap netip.AddrPort, want ...netip.Prefix) {
 	t.Helper()
-	waitUntil(t, c.ctx, fmt.Sprintf("%v with source ranges %v", ap, want), func() error {
-		out, err := c.box.Podnicctl(c.ctx, "-o", "json", "service", "list")
-		if err != nil {
-			return err
+	c.waitServiceRow(t, ap, fmt.Sprintf("with source ranges %v", want), func(r serviceRow) error {
+		if !slices.Equal(r.SourceRanges, want) {
+			return fmt.Errorf("%v takes %v", ap, r.SourceRanges)
 		}
-		var rows []struct {
-			VIP          netip.Addr
-			Port         uint16
-			SourceRanges []netip.Prefix
-		}
-		if err := json.Unmarshal([]byte(out), &rows); err != nil {
-			return fmt.Errorf("parsing %s: %w", out, err)
-		}
-		for _, r := range rows {
-			if r.VIP == ap.Addr() && r.Port == ap.Port() {
-				if !slices.Equal(r.SourceRanges, want) {
-					return fmt.Errorf("%v takes %v", ap, r.SourceRanges)
-				}
-				return nil
-			}
-		}
-		return errors.New("not listed")
+		return nil
 	})
 }
 
