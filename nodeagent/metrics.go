@@ -115,6 +115,8 @@ var (
 	descCapacity = prometheus.NewDesc("podnic_map_capacity", "Maximum entries of a pinned map.", []string{"map"}, nil)
 	descPackets  = prometheus.NewDesc("podnic_datapath_verdict_packets_total", "Packets by datapath verdict and attach point.", []string{"hook", "verdict"}, nil)
 	descBytes    = prometheus.NewDesc("podnic_datapath_verdict_bytes_total", "Bytes by datapath verdict and attach point.", []string{"hook", "verdict"}, nil)
+	descAttached = prometheus.NewDesc("podnic_attachments", "Attach points of pods' programs recorded under the root, by attach mode.", []string{"mode"}, nil)
+	descStale    = prometheus.NewDesc("podnic_attachments_stale", "Attach points running an earlier build's program, not the one pinned under its name.", nil, nil)
 )
 
 // datapathCollector reads the maps at scrape time.
@@ -131,12 +133,22 @@ func (c *datapathCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- descCapacity
 	ch <- descPackets
 	ch <- descBytes
+	ch <- descAttached
+	ch <- descStale
 }
 
 func (c *datapathCollector) Collect(ch chan<- prometheus.Metric) {
 	for _, f := range localapi.MapFill(c.d, c.lruCounts()) {
 		ch <- prometheus.MustNewConstMetric(descEntries, prometheus.GaugeValue, float64(f.Entries), f.Name)
 		ch <- prometheus.MustNewConstMetric(descCapacity, prometheus.GaugeValue, float64(f.Capacity), f.Name)
+	}
+	if as, err := bpf.ListAttachments(c.d.Root); err == nil {
+		st := localapi.Status{AttachedAs: map[string]int{string(bpf.ModeTCX): 0, string(bpf.ModeLegacy): 0}}
+		localapi.CountAttachments(c.d, as, &st)
+		for mode, n := range st.AttachedAs {
+			ch <- prometheus.MustNewConstMetric(descAttached, prometheus.GaugeValue, float64(n), mode)
+		}
+		ch <- prometheus.MustNewConstMetric(descStale, prometheus.GaugeValue, float64(st.StaleAttachments))
 	}
 	vs, err := c.d.Maps.ReadVerdicts()
 	if err != nil {

@@ -192,6 +192,12 @@ func TestHealthzAndMetricsReportSyncsMapsAndVerdicts(t *testing.T) {
 	between(`podnic_map_entries{map="podnic_ct_v1"}`, 1, 16) // the GET's connection, both directions
 	between(`podnic_map_capacity{map="podnic_svc_v1"}`, 1024, 1<<24)
 	between(`podnic_map_capacity{map="podnic_ct_v1"}`, 1024, 1<<24)
+	between(`podnic_attachments{mode="tcx"}`, 0, 3)
+	between(`podnic_attachments{mode="legacy"}`, 0, 3)
+	between(`podnic_attachments_stale`, 0, 0)
+	if m[`podnic_attachments{mode="tcx"}`]+m[`podnic_attachments{mode="legacy"}`] != 3 {
+		t.Errorf("podnic_attachments counts %g TCX and %g legacy attach points, want the client's 3", m[`podnic_attachments{mode="tcx"}`], m[`podnic_attachments{mode="legacy"}`])
+	}
 	between(`go_goroutines`, 1, 10000)
 	var verdicts float64
 	for s, v := range m {
