@@ -5,11 +5,12 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"syscall"
+	"slices"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
 	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
 )
 
 // Moving running pods to a new build's programs.
@@ -22,13 +23,13 @@ import (
 //     place: the kernel swaps the program atomically, no packet sees the
 //     hook empty, and no netns needs entering;
 //   - a clsact filter (lo's hook always, the NIC's on older kernels) is
-//     replaced inside its pod's netns. Its pin does not say which netns
-//     that is, so the netns held by the node's processes (/proc/*/ns/net)
-//     and the runtime's named ones (/run/netns) are searched for podnic's
-//     filters that run exactly the stale programs this root's pins record:
-//     another root's filters (another datapath on the node) run other
-//     programs and are never touched. The replace keeps the filter's
-//     priority and handle, so the hook is never empty either.
+//     replaced inside its pod's netns. Its record does not say which netns
+//     that is, so the netns the runtime named (/run/netns) and those the
+//     node's processes hold (/proc/*/ns/net) are searched for podnic's
+//     filters that run an earlier program of this datapath: one that uses
+//     this root's maps (every build shares them). Another datapath's
+//     filters use other maps and are never touched. The replace keeps the
+//     filter's priority and handle, so the hook is never empty either.
 //
 // Maps are shared by both builds (Load reuses compatible pins), so flows
 // and affinities live on across the move.
@@ -37,25 +38,25 @@ import (
 type UpgradeReport struct {
 	Links   int // TCX links moved to this build's programs
 	Filters int // clsact filters moved
-	// Missing counts clsact filters recorded under the root that were
-	// not found in any netns (no process holds it and the runtime did
-	// not name it: a pod gone without its DEL, or hidden from the agent).
+	// Defunct counts TCX links whose device is gone (a pod gone without
+	// its DEL): nothing runs them; the pod's DEL or the CNI's GC removes
+	// them.
+	Defunct int
+	// Missing counts clsact filters recorded under the root, on an
+	// earlier program, for which no filter was found in any netns the
+	// agent can see (a pod gone without its DEL, or a netns hidden from
+	// it); an estimate, since records cannot be told apart by netns.
 	Missing int
-	// Stale are the records of the earlier programs whose filters were
-	// not all found: they stay as they were, since the records of one
-	// program cannot be told apart by netns (the filters that were found
-	// run this build's program all the same). Attaching the pod again,
-	// or its DEL, settles them.
-	Stale []Attachment
 }
 
 // netnsDirs are where container runtimes name pods' network namespaces.
 var netnsDirs = []string{"/run/netns", "/var/run/netns"}
 
-// UpdateAttachments moves every attachment recorded under the datapath's
-// root that runs an earlier build's program to this build's program of the
-// same name (see above). Attachments already current, and links parked on
-// the pass-through program while their pod is deleted, are left alone.
+// UpdateAttachments moves every attachment of this datapath that runs an
+// earlier build's program to this build's program of the same name (see
+// above), and updates the records of clsact filters. Attachments already
+// current, links parked on the pass-through program while their pod is
+// deleted, and attachments a concurrent DEL removes are left alone.
 func (d *Datapath) UpdateAttachments() (UpgradeReport, error) {
 	var rep UpgradeReport
 	current := map[string]*ebpf.Program{
@@ -77,29 +78,38 @@ func (d *Datapath) UpdateAttachments() (UpgradeReport, error) {
 	if err != nil {
 		return rep, err
 	}
-	stale := map[ebpf.ProgramID][]Attachment{} // clsact filters, by the program they run
+	var records []Attachment // clsact filters on an earlier program
 	for _, a := range as {
 		want, ok := currentID[a.ProgramName]
 		if !ok || a.ProgramID == want {
 			continue
 		}
 		if a.Mode == ModeLegacy {
-			stale[a.ProgramID] = append(stale[a.ProgramID], a)
+			records = append(records, a)
 			continue
 		}
-		if err := updateLink(a.Pin, current[a.ProgramName]); err != nil {
+		switch err := updateLink(a.Pin, current[a.ProgramName]); {
+		case err == nil:
+			rep.Links++
+		case errors.Is(err, os.ErrNotExist):
+			// Removed by a DEL since the listing.
+		case errors.Is(err, unix.ENOLINK):
+			rep.Defunct++
+		default:
 			return rep, err
 		}
-		rep.Links++
 	}
-	if len(stale) == 0 {
+	if len(records) == 0 {
 		return rep, nil
 	}
 
-	moved := map[ebpf.ProgramID]int{}
+	owner, err := d.ownsProgram()
+	if err != nil {
+		return rep, err
+	}
 	for _, ns := range nodeNetns() {
 		err := inPodNetns(ns, func() error {
-			n, err := replaceStaleFilters(stale, current, moved)
+			n, err := replaceStaleFilters(current, currentID, owner)
 			rep.Filters += n
 			return err
 		})
@@ -107,19 +117,10 @@ func (d *Datapath) UpdateAttachments() (UpgradeReport, error) {
 			return rep, fmt.Errorf("updating filters in netns %s: %w", ns, err)
 		}
 	}
-	// A pin records what its filter runs: it follows once every filter
-	// of its stale program has moved (the pins of one program cannot be
-	// told apart by netns).
-	for id, pins := range stale {
-		if moved[id] < len(pins) {
-			rep.Missing += len(pins) - moved[id]
-			rep.Stale = append(rep.Stale, pins...)
-			continue
-		}
-		for _, a := range pins {
-			if err := pinProgramCopy(current[a.ProgramName], a.Pin); err != nil {
-				return rep, fmt.Errorf("recording the new program of %s: %w", a, err)
-			}
+	rep.Missing = max(0, len(records)-rep.Filters)
+	for _, a := range records {
+		if err := repinRecord(current[a.ProgramName], a.Pin); err != nil {
+			return rep, fmt.Errorf("recording the new program of %s: %w", a, err)
 		}
 	}
 	return rep, nil
@@ -138,10 +139,57 @@ func updateLink(pin string, prog *ebpf.Program) error {
 	return nil
 }
 
+// repinRecord records prog at the pin of a clsact filter, unless a DEL
+// removed the pod's records meanwhile (a record is never made anew here).
+func repinRecord(prog *ebpf.Program, pin string) error {
+	if _, err := os.Stat(filepath.Dir(pin)); errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	err := pinProgramCopy(prog, pin)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	return err
+}
+
+// ownsProgram returns a test of whether a program is one of this
+// datapath's, of any build: it uses one of this root's maps.
+func (d *Datapath) ownsProgram() (func(ebpf.ProgramID) bool, error) {
+	maps := map[ebpf.MapID]bool{}
+	for _, m := range []*ebpf.Map{d.Maps.Services, d.Maps.Conntrack, d.Maps.Counters} {
+		info, err := m.Info()
+		if err != nil {
+			return nil, fmt.Errorf("reading map info: %w", err)
+		}
+		id, ok := info.ID()
+		if !ok {
+			return nil, fmt.Errorf("reading map info: %w", ebpf.ErrNotSupported)
+		}
+		maps[id] = true
+	}
+	known := map[ebpf.ProgramID]bool{}
+	return func(id ebpf.ProgramID) bool {
+		owned, ok := known[id]
+		if ok {
+			return owned
+		}
+		if p, err := ebpf.NewProgramFromID(id); err == nil {
+			if info, err := p.Info(); err == nil {
+				ids, _ := info.MapIDs()
+				owned = slices.ContainsFunc(ids, func(m ebpf.MapID) bool { return maps[m] })
+			}
+			_ = p.Close()
+		}
+		known[id] = owned
+		return owned
+	}, nil
+}
+
 // replaceStaleFilters replaces, on every interface of the current netns,
-// podnic's filters that run a program in stale with the current program of
-// the same name, counting them in moved by the program they ran.
-func replaceStaleFilters(stale map[ebpf.ProgramID][]Attachment, current map[string]*ebpf.Program, moved map[ebpf.ProgramID]int) (int, error) {
+// podnic's filters that run an earlier program of this datapath (owner)
+// with the current program of the same name. It returns how many it
+// replaced.
+func replaceStaleFilters(current map[string]*ebpf.Program, currentID map[string]ebpf.ProgramID, owner func(ebpf.ProgramID) bool) (int, error) {
 	links, err := dumpRetry(netlink.LinkList)
 	if err != nil {
 		return 0, fmt.Errorf("listing interfaces: %w", err)
@@ -150,7 +198,7 @@ func replaceStaleFilters(stale map[ebpf.ProgramID][]Attachment, current map[stri
 	for _, l := range links {
 		for _, h := range []Hook{Ingress, Egress} {
 			filters, err := dumpRetry(func() ([]netlink.Filter, error) { return netlink.FilterList(l, h.clsactParent()) })
-			if errors.Is(err, syscall.EINVAL) || errors.Is(err, syscall.ENOENT) {
+			if errors.Is(err, unix.EINVAL) || errors.Is(err, unix.ENOENT) {
 				continue // no clsact on this interface
 			}
 			if err != nil {
@@ -161,19 +209,16 @@ func replaceStaleFilters(stale map[ebpf.ProgramID][]Attachment, current map[stri
 				if !ok || !isPodnicFilter(bf) || bf.Handle != legacyHandle {
 					continue
 				}
-				old := ebpf.ProgramID(bf.Id)
-				pins := stale[old]
-				if len(pins) == 0 {
+				prog, want := current[bf.Name], currentID[bf.Name]
+				if prog == nil || ebpf.ProgramID(bf.Id) == want || !owner(ebpf.ProgramID(bf.Id)) {
 					continue
 				}
-				prog := current[pins[0].ProgramName]
 				nf := *bf
 				nf.Fd = prog.FD()
 				nf.Id = 0
 				if err := netlink.FilterReplace(&nf); err != nil {
 					return n, fmt.Errorf("replacing filter %s on %s/%s: %w", bf.Name, l.Attrs().Name, h, err)
 				}
-				moved[old]++
 				n++
 			}
 		}
@@ -188,8 +233,8 @@ func nodeNetns() []string {
 	seen := map[key]bool{}
 	var out []string
 	add := func(path string) {
-		var st syscall.Stat_t
-		if err := syscall.Stat(path, &st); err != nil {
+		var st unix.Stat_t
+		if err := unix.Stat(path, &st); err != nil {
 			return // gone, or not ours to see
 		}
 		k := key{uint64(st.Dev), st.Ino}

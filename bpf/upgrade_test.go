@@ -8,6 +8,7 @@ import (
 	"testing"
 
 	"github.com/cilium/ebpf"
+	"github.com/vishvananda/netlink"
 )
 
 // loadAt loads a datapath at root and unpins it when the test ends.
@@ -88,8 +89,8 @@ func TestUpdateAttachmentsMovesPodsToTheNewBuild(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if rep.Links != wantLinks || rep.Filters != wantFilters || len(rep.Stale) != 0 {
-				t.Errorf("UpdateAttachments() = %+v, want %d links and %d filters moved, none stale", rep, wantLinks, wantFilters)
+			if rep != (UpgradeReport{Links: wantLinks, Filters: wantFilters}) {
+				t.Errorf("UpdateAttachments() = %+v, want %d links and %d filters moved, nothing else", rep, wantLinks, wantFilters)
 			}
 			expectRunning(t, "pins", listAttachments(t, old.Root), freshIDs)
 			for _, ifname := range []string{client.Ifname, "lo"} {
@@ -113,7 +114,7 @@ func TestUpdateAttachmentsMovesPodsToTheNewBuild(t *testing.T) {
 				t.Errorf("self access after the move: %v", err)
 			}
 
-			if rep, err := fresh.UpdateAttachments(); err != nil || rep.Links+rep.Filters != 0 || len(rep.Stale) != 0 {
+			if rep, err := fresh.UpdateAttachments(); err != nil || rep != (UpgradeReport{}) {
 				t.Errorf("second UpdateAttachments() = %+v, %v; want nothing to do", rep, err)
 			}
 		})
@@ -121,12 +122,25 @@ func TestUpdateAttachmentsMovesPodsToTheNewBuild(t *testing.T) {
 }
 
 // A clsact filter recorded under the root whose netns is nowhere to be
-// found (a pod gone without its DEL) is counted missing; the records of
-// its program stay as they were, while the filters that were found move.
-func TestUpdateAttachmentsCountsFiltersItCannotFind(t *testing.T) {
+// found (a pod gone without its DEL) is counted missing, and does not keep
+// the filters that were found from moving, then or at the next upgrade.
+// A TCX link whose device is gone is counted defunct, not an error.
+func TestUpdateAttachmentsCopesWithPodsGoneWithoutTheirDel(t *testing.T) {
 	old := loadTest(t)
-	client, _ := trafficPods(t, old)
+	client, server := trafficPods(t, old)
 	attachPod(t, old, client, ModeLegacy)
+	if _, err := old.AttachPod(server.NetnsPath, server.Ifname, "gone-owner", ModeTCX); err != nil {
+		t.Fatal(err)
+	}
+	if err := server.Do(func() error {
+		l, err := netlink.LinkByName(server.Ifname)
+		if err != nil {
+			return err
+		}
+		return netlink.LinkDel(l)
+	}); err != nil {
+		t.Fatal(err)
+	}
 	ghost := pinPath(old.Root, "ghost-owner", "lo", Egress, pinLegacy)
 	if err := os.MkdirAll(filepath.Dir(ghost), 0o755); err != nil {
 		t.Fatal(err)
@@ -134,17 +148,24 @@ func TestUpdateAttachmentsCountsFiltersItCannotFind(t *testing.T) {
 	if err := pinProgramCopy(old.Programs.LoOut, ghost); err != nil {
 		t.Fatal(err)
 	}
-	fresh, err := Load(old.Root)
-	if err != nil {
-		t.Fatal(err)
+	for i := range 2 {
+		fresh, err := Load(old.Root)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(fresh.Close)
+		rep, err := fresh.UpdateAttachments()
+		if err != nil {
+			t.Fatalf("upgrade %d: %v", i+1, err)
+		}
+		// The client's 3 filters moved; the ghost's is missing; the gone
+		// pod's 2 NIC links are defunct, its lo link (lo stays with the
+		// netns) moved.
+		if rep != (UpgradeReport{Links: 1, Filters: 3, Defunct: 2, Missing: 1}) {
+			t.Errorf("upgrade %d: UpdateAttachments() = %+v, want 1 link and 3 filters moved, 2 defunct links, 1 missing", i+1, rep)
+		}
+		for _, ifname := range []string{client.Ifname, "lo"} {
+			expectRunning(t, fmt.Sprintf("upgrade %d, %s", i+1, ifname), queryInterface(t, client, ifname), programIDs(t, fresh))
+		}
 	}
-	t.Cleanup(fresh.Close)
-	rep, err := fresh.UpdateAttachments()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if rep.Filters != 3 || rep.Missing != 1 || len(rep.Stale) != 2 {
-		t.Errorf("UpdateAttachments() = %+v, want 3 filters moved, 1 missing, the 2 records of lo's program stale", rep)
-	}
-	expectRunning(t, "kernel, lo", queryInterface(t, client, "lo"), programIDs(t, fresh))
 }

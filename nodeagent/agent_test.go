@@ -446,6 +446,48 @@ func TestLoadBalancerSourceRangesLimitTheIngressIPs(t *testing.T) {
 	}
 }
 
+// Source ranges parse as kube-proxy parses them: sloppily (leading zeros),
+// IPv4-mapped prefixes as IPv4, masked, sorted, once each.
+func TestSourceRangesParseAsKubeProxy(t *testing.T) {
+	s := service("web", []string{"10.96.0.10"})
+	s.Spec.LoadBalancerSourceRanges = []string{"010.2.0.0/16", "::ffff:10.3.0.7/112", "10.2.1.0/16", "bogus", "", "2001:db8::1/32"}
+	got, rejected := sourceRanges(s)
+	want := []netip.Prefix{netip.MustParsePrefix("10.2.0.0/16"), netip.MustParsePrefix("10.3.0.0/16"), netip.MustParsePrefix("2001:db8::/32")}
+	if !slices.Equal(got, want) || len(rejected) != 1 {
+		t.Errorf("sourceRanges = %v, rejected %q; want %v and one rejected", got, rejected, want)
+	}
+}
+
+// Slots and source ranges left by an agent stopped between two writes
+// hold their ids: a new frontend gets another id, so the cleanup of the
+// leftovers does not take its ranges (which would drop every source).
+func TestLeftoverEntriesKeepTheirIDs(t *testing.T) {
+	f := newFakeMaps()
+	f.st.SourceRanges[1] = []netip.Prefix{netip.MustParsePrefix("10.9.0.0/16")}
+	f.st.SourceRanges[2] = []netip.Prefix{netip.MustParsePrefix("10.1.0.0/24")}
+	f.st.Slots[bpf.SlotKey{ServiceID: 3, Slot: 1}] = 77
+	a := testAgent(t, f)
+	a.SetReady()
+	s := service("web", []string{"10.96.0.10"})
+	s.Spec.Type = v1.ServiceTypeLoadBalancer
+	s.Spec.LoadBalancerSourceRanges = []string{"10.1.0.0/24"}
+	s.Status.LoadBalancer.Ingress = []v1.LoadBalancerIngress{{IP: "198.51.100.9"}}
+	a.OnService(s)
+	a.OnEndpointSlice(slice("web", "web-v4", false, 8080, up("192.0.2.1")))
+	mustSync(t, a)
+	expectProgrammed(t, f,
+		"10.96.0.10:80/TCP -> 192.0.2.1:8080",
+		"198.51.100.9:80/TCP -> 192.0.2.1:8080 from [10.1.0.0/24]")
+	for k, v := range f.st.Services {
+		if k.Proto != 0 && v.ID <= 3 {
+			t.Errorf("%s got id %d, a leftover's", k, v.ID)
+		}
+	}
+	if len(f.st.Slots) != 2 || len(f.st.SourceRanges) != 1 {
+		t.Errorf("leftovers not removed: slots %v, ranges %v", f.st.Slots, f.st.SourceRanges)
+	}
+}
+
 // A pod's traffic to its node's address on a NodePort goes to the
 // Service's endpoints (the Cluster set, whatever the traffic policies), as
 // kube-proxy serves it to pods on the node: a frontend per node address of

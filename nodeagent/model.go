@@ -10,6 +10,7 @@ import (
 	v1 "k8s.io/api/core/v1"
 	discovery "k8s.io/api/discovery/v1"
 	"k8s.io/apimachinery/pkg/types"
+	netutils "k8s.io/utils/net"
 
 	"github.com/podnic/podnic/bpf"
 )
@@ -166,15 +167,19 @@ func sourceRanges(svc *v1.Service) (out []netip.Prefix, rejected []string) {
 		if s == "" {
 			continue
 		}
-		p, err := netip.ParsePrefix(s)
+		// Sloppy, as kube-proxy: leading zeros (010.0.0.0/8), which
+		// the API server allowed once, still parse.
+		_, n, err := netutils.ParseCIDRSloppy(s)
 		if err != nil {
 			rejected = append(rejected, fmt.Sprintf("loadBalancerSourceRanges %q: not a CIDR, ignored", s))
 			continue
 		}
-		if p.Addr().Is4In6() && p.Bits() >= 96 {
-			p = netip.PrefixFrom(p.Addr().Unmap(), p.Bits()-96)
+		addr, _ := netip.AddrFromSlice(n.IP)
+		ones, _ := n.Mask.Size()
+		if addr.Is4In6() && ones >= 96 {
+			addr, ones = addr.Unmap(), ones-96
 		}
-		p = p.Masked()
+		p := netip.PrefixFrom(addr, ones).Masked()
 		if !slices.Contains(out, p) {
 			out = append(out, p)
 		}

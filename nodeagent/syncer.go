@@ -147,6 +147,12 @@ func (s *Syncer) Load() error {
 		if !reached[k] {
 			s.orphans = append(s.orphans, k)
 		}
+		// Ids only grow: a leftover's id is never handed out again, so
+		// its cleanup cannot remove a new frontend's slots or ranges.
+		s.lastSvcID = max(s.lastSvcID, k.ServiceID)
+	}
+	for id := range s.orphanRanges {
+		s.lastSvcID = max(s.lastSvcID, id)
 	}
 	s.loaded = true
 	return nil

@@ -211,9 +211,9 @@ func run(args []string) error {
 		return err
 	}
 	log.Info("pods moved to the programs just loaded", "tcxLinks", rep.Links, "clsactFilters", rep.Filters)
-	if rep.Missing > 0 {
-		log.Warn("clsact filters recorded but not found in any network namespace: their records stay; the pods move when attached again",
-			"missing", rep.Missing, "records", len(rep.Stale))
+	if rep.Missing > 0 || rep.Defunct > 0 {
+		log.Warn("attachments of pods gone without their DEL: their DEL or the CNI's GC removes them",
+			"clsactFiltersNotFound", rep.Missing, "defunctTCXLinks", rep.Defunct)
 	}
 	if err := d.Maps.SetServiceCIDRs(cidrs); err != nil {
 		return err
