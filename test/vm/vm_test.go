@@ -40,6 +40,7 @@ var tcxOnly = []string{
 	"TestRejectedConnectionsFailAtOnce",
 	"TestNewLinksRunBehindParkedOnesAndOutliveThem",
 	"TestDeferredDetachAfterNetnsDeletionLeavesNothing",
+	"TestUpdateAttachmentsCountsDefunctLinks",
 }
 
 // racyInGuest are tests left out of the guest run for races with the
