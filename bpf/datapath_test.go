@@ -17,11 +17,11 @@ const (
 	backendPort = 8080
 )
 
-var protos = []Proto{TCP, UDP}
+var protos = []Proto{TCP, UDP, SCTP}
 
-// firstFlags is the TCP flags of a flow's first packet.
+// firstFlags is the TCP flags of a flow's first packet (an SCTP INIT).
 func firstFlags(proto Proto) string {
-	if proto == TCP {
+	if proto != UDP {
 		return "S"
 	}
 	return ""
@@ -233,16 +233,20 @@ func TestServiceWithoutBackendsIsRejected(t *testing.T) {
 			}
 			expectPacket(t, "RST", got, rstFor(t, seg))
 		})
-		t.Run(fam.name+"/UDP", func(t *testing.T) {
-			d := loadTest(t)
-			service(t, d, Frontend{VIP: fam.vip, Port: servicePort, Proto: UDP}, 1, backendPort)
-			dgram := pkt{src: ap(fam.client, clientPort), dst: ap(fam.vip, servicePort), proto: UDP, payload: []byte("query payload longer than eight bytes")}.bytes(t)
-			ret, got := run(t, d.Programs.FromPod, dgram)
-			if ret != actRedirect {
-				t.Errorf("verdict %d, want TC_ACT_REDIRECT", ret)
-			}
-			expectPacket(t, "ICMP port unreachable", got, unreachableFor(t, dgram, fam))
-		})
+		// UDP, and SCTP as kube-proxy's REJECT answers it: an ICMP port
+		// unreachable.
+		for _, proto := range []Proto{UDP, SCTP} {
+			t.Run(fam.name+"/"+proto.String(), func(t *testing.T) {
+				d := loadTest(t)
+				service(t, d, Frontend{VIP: fam.vip, Port: servicePort, Proto: proto}, 1, backendPort)
+				dgram := pkt{src: ap(fam.client, clientPort), dst: ap(fam.vip, servicePort), proto: proto, flags: firstFlags(proto), payload: []byte("query payload longer than eight bytes")}.bytes(t)
+				ret, got := run(t, d.Programs.FromPod, dgram)
+				if ret != actRedirect {
+					t.Errorf("verdict %d, want TC_ACT_REDIRECT", ret)
+				}
+				expectPacket(t, "ICMP port unreachable", got, unreachableFor(t, dgram, fam))
+			})
+		}
 	}
 }
 
@@ -252,7 +256,7 @@ func TestServiceWithoutBackendsIsRejected(t *testing.T) {
 // both backends and no local endpoints is refused.
 func TestServiceWithNoLocalEndpointsDropsNewFlows(t *testing.T) {
 	for _, fam := range families {
-		for _, proto := range []Proto{TCP, UDP} {
+		for _, proto := range protos {
 			t.Run(fam.name+"/"+proto.String(), func(t *testing.T) {
 				d := loadTest(t)
 				f := Frontend{VIP: fam.vip, Port: servicePort, Proto: proto}
@@ -346,6 +350,9 @@ func dnatTarget(t *testing.T, d *Datapath, p pkt) netip.AddrPort {
 	case *layers.UDP:
 		port = uint16(l.DstPort)
 	}
+	if l, ok := pk.Layer(layers.LayerTypeSCTP).(*layers.SCTP); ok {
+		port = uint16(l.DstPort)
+	}
 	return ap(dst, port)
 }
 
@@ -393,33 +400,38 @@ func TestEstablishedFlowKeepsItsBackendWhenBackendsChange(t *testing.T) {
 	})
 }
 
+// A new connection (SYN) or association (SCTP INIT) on the client port of
+// a closed one chooses a backend anew. SCTP closes with ABORT (flags "R")
+// or SHUTDOWN COMPLETE ("FA"), the chunks conntrack reads as RST and FIN.
 func TestReusedClientPortAfterCloseChoosesAnew(t *testing.T) {
 	for _, fam := range families {
-		for _, closer := range []string{"client-FIN", "client-RST", "backend-RST"} {
-			t.Run(fam.name+"/"+closer, func(t *testing.T) {
-				d := loadTest(t)
-				f := Frontend{VIP: fam.vip, Port: servicePort, Proto: TCP}
-				service(t, d, f, 1, backendPort, fam.backends[0])
-				client, vip := ap(fam.client, clientPort), ap(fam.vip, servicePort)
-				syn := pkt{src: client, dst: vip, proto: TCP, flags: "S"}
-				dnatTarget(t, d, syn)
-				dnatTarget(t, d, pkt{src: client, dst: vip, proto: TCP, flags: "A"})
-				switch closer {
-				case "client-FIN":
-					dnatTarget(t, d, pkt{src: client, dst: vip, proto: TCP, flags: "FA"})
-				case "client-RST":
-					dnatTarget(t, d, pkt{src: client, dst: vip, proto: TCP, flags: "R"})
-				case "backend-RST":
-					rst := pkt{src: ap(fam.backends[0], backendPort), dst: client, proto: TCP, flags: "R"}
-					if _, got := run(t, d.Programs.ToPod, rst.bytes(t)); !equalPacket(got, rst.with(vip, client).bytes(t)) {
-						t.Fatalf("backend RST not reverse-translated")
+		for _, proto := range []Proto{TCP, SCTP} {
+			for _, closer := range []string{"client-FIN", "client-RST", "backend-RST"} {
+				t.Run(fam.name+"/"+proto.String()+"/"+closer, func(t *testing.T) {
+					d := loadTest(t)
+					f := Frontend{VIP: fam.vip, Port: servicePort, Proto: proto}
+					service(t, d, f, 1, backendPort, fam.backends[0])
+					client, vip := ap(fam.client, clientPort), ap(fam.vip, servicePort)
+					syn := pkt{src: client, dst: vip, proto: proto, flags: "S"}
+					dnatTarget(t, d, syn)
+					dnatTarget(t, d, pkt{src: client, dst: vip, proto: proto, flags: "A"})
+					switch closer {
+					case "client-FIN":
+						dnatTarget(t, d, pkt{src: client, dst: vip, proto: proto, flags: "FA"})
+					case "client-RST":
+						dnatTarget(t, d, pkt{src: client, dst: vip, proto: proto, flags: "R"})
+					case "backend-RST":
+						rst := pkt{src: ap(fam.backends[0], backendPort), dst: client, proto: proto, flags: "R"}
+						if _, got := run(t, d.Programs.ToPod, rst.bytes(t)); !equalPacket(got, rst.with(vip, client).bytes(t)) {
+							t.Fatalf("backend RST not reverse-translated")
+						}
 					}
-				}
-				service(t, d, f, 1, backendPort, fam.backends[1])
-				if got := dnatTarget(t, d, syn); got != ap(fam.backends[1], backendPort) {
-					t.Errorf("SYN on a closed flow's port went to %s, want a new choice", got)
-				}
-			})
+					service(t, d, f, 1, backendPort, fam.backends[1])
+					if got := dnatTarget(t, d, syn); got != ap(fam.backends[1], backendPort) {
+						t.Errorf("SYN on a closed flow's port went to %s, want a new choice", got)
+					}
+				})
+			}
 		}
 	}
 }
@@ -544,12 +556,20 @@ func TestExpiredFlowChoosesAnew(t *testing.T) {
 	})
 }
 
+// A TCP flow, and an SCTP association (INIT, then DATA, then SHUTDOWN
+// COMPLETE), live as long as their state allows.
 func TestTCPLifetimeFollowsState(t *testing.T) {
+	for _, proto := range []Proto{TCP, SCTP} {
+		t.Run(proto.String(), func(t *testing.T) { testLifetimeFollowsState(t, proto) })
+	}
+}
+
+func testLifetimeFollowsState(t *testing.T, proto Proto) {
 	d := loadTest(t)
 	fam := families[0]
-	service(t, d, Frontend{VIP: fam.vip, Port: servicePort, Proto: TCP}, 1, backendPort, fam.backends[0])
+	service(t, d, Frontend{VIP: fam.vip, Port: servicePort, Proto: proto}, 1, backendPort, fam.backends[0])
 	client, vip := ap(fam.client, clientPort), ap(fam.vip, servicePort)
-	k := CTKey{Src: AddrFrom(fam.client), Dst: AddrFrom(fam.vip), Sport: PortFrom(clientPort), Dport: PortFrom(servicePort), Proto: TCP, Dir: CTForward}
+	k := CTKey{Src: AddrFrom(fam.client), Dst: AddrFrom(fam.vip), Sport: PortFrom(clientPort), Dport: PortFrom(servicePort), Proto: proto, Dir: CTForward}
 	lifetime := func() (time.Duration, uint8) {
 		var e CTEntry
 		if err := d.Maps.Conntrack.Lookup(&k, &e); err != nil {
@@ -566,7 +586,7 @@ func TestTCPLifetimeFollowsState(t *testing.T) {
 		{"A", 5 * time.Hour, 6*time.Hour + time.Second, CTEstablished},
 		{"FA", 5 * time.Second, 11 * time.Second, CTEstablished | CTClosing},
 	} {
-		dnatTarget(t, d, pkt{src: client, dst: vip, proto: TCP, flags: step.flags})
+		dnatTarget(t, d, pkt{src: client, dst: vip, proto: proto, flags: step.flags})
 		life, flags := lifetime()
 		if life < step.min || life > step.max || flags != step.state {
 			t.Errorf("after %q: lifetime %s flags %#x, want %s..%s flags %#x", step.flags, life, flags, step.min, step.max, step.state)
@@ -805,6 +825,7 @@ func TestICMPErrorsAboutAFlowAreReverseTranslated(t *testing.T) {
 		}{
 			{"frag-needed-from-router", TCP, func(f family) netip.Addr { return f.router }, layers.ICMPv6TypePacketTooBig, 0, layers.ICMPv4TypeDestinationUnreachable, layers.ICMPv4CodeFragmentationNeeded},
 			{"port-unreachable-from-backend", UDP, func(f family) netip.Addr { return f.backends[0] }, layers.ICMPv6TypeDestinationUnreachable, layers.ICMPv6CodePortUnreachable, layers.ICMPv4TypeDestinationUnreachable, layers.ICMPv4CodePort},
+			{"sctp-frag-needed-from-router", SCTP, func(f family) netip.Addr { return f.router }, layers.ICMPv6TypePacketTooBig, 0, layers.ICMPv4TypeDestinationUnreachable, layers.ICMPv4CodeFragmentationNeeded},
 		} {
 			t.Run(fam.name+"/"+c.name, func(t *testing.T) {
 				d := loadTest(t)

@@ -131,6 +131,9 @@ func Load(root string) (*Datapath, error) {
 	if err != nil {
 		return nil, fmt.Errorf("loading object spec: %w", err)
 	}
+	if err := setCRC32cShifts(spec); err != nil {
+		return nil, err
+	}
 	for name, m := range spec.Maps {
 		// Only the datapath's own maps are shared state; .bss only
 		// carries the type anchors that give Go the C enums.

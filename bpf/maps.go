@@ -63,7 +63,7 @@ func (s ServiceEntry) validate() error {
 	switch {
 	case !s.VIP.IsValid():
 		return fmt.Errorf("%w: no VIP", ErrInvalidService)
-	case s.Proto != TCP && s.Proto != UDP:
+	case s.Proto != TCP && s.Proto != UDP && s.Proto != SCTP:
 		return fmt.Errorf("%w %s: protocol %s is not supported", ErrInvalidService, s.Frontend, s.Proto)
 	case s.Port == 0:
 		return fmt.Errorf("%w %s: port 0", ErrInvalidService, s.Frontend)

@@ -13,9 +13,11 @@ package bpf
 
 import (
 	"bytes"
+	"encoding/binary"
 	"encoding/hex"
 	"net"
 	"net/netip"
+	"strings"
 	"testing"
 
 	"github.com/cilium/ebpf"
@@ -78,7 +80,7 @@ func setFamilyCIDR(t *testing.T, d *Datapath, fam family) {
 	}
 }
 
-// pkt describes a TCP or UDP packet to build.
+// pkt describes a TCP, UDP or SCTP packet to build.
 type pkt struct {
 	src, dst netip.AddrPort
 	proto    Proto
@@ -146,6 +148,12 @@ func (p pkt) bytes(t testing.TB) []byte {
 	case UDP:
 		next = layers.IPProtocolUDP
 		l4 = &layers.UDP{SrcPort: layers.UDPPort(p.src.Port()), DstPort: layers.UDPPort(p.dst.Port())}
+	case SCTP:
+		// The common header (its CRC32c computed by gopacket) and one
+		// chunk standing for the flags, the payload its value.
+		ip := ipLayer(p.src.Addr(), p.dst.Addr(), layers.IPProtocolSCTP, true)
+		sh := &layers.SCTP{SrcPort: layers.SCTPPort(p.src.Port()), DstPort: layers.SCTPPort(p.dst.Port()), VerificationTag: p.seq}
+		return serialize(t, eth, ip, sh, gopacket.Payload(sctpChunk(p.flags, p.payload)))
 	default:
 		t.Fatalf("unsupported protocol %s", p.proto)
 	}
@@ -154,6 +162,30 @@ func (p pkt) bytes(t testing.TB) []byte {
 		SetNetworkLayerForChecksum(gopacket.NetworkLayer) error
 	}).SetNetworkLayerForChecksum(ip.(gopacket.NetworkLayer))
 	return serialize(t, eth, ip, l4, gopacket.Payload(p.payload))
+}
+
+// sctpChunk returns an SCTP chunk for TCP-like flags, as the programs map
+// chunks onto flags: INIT for "S", INIT ACK for "SA", ABORT for "R..",
+// SHUTDOWN COMPLETE for "F..", DATA otherwise; value is its value, padded.
+func sctpChunk(flags string, value []byte) []byte {
+	typ := byte(0) // DATA
+	switch {
+	case flags == "S":
+		typ = 1
+	case flags == "SA":
+		typ = 2
+	case strings.Contains(flags, "R"):
+		typ = 6
+	case strings.Contains(flags, "F"):
+		typ = 14
+	}
+	c := []byte{typ, 0, 0, 0}
+	binary.BigEndian.PutUint16(c[2:], uint16(4+len(value)))
+	c = append(c, value...)
+	for len(c)%4 != 0 {
+		c = append(c, 0)
+	}
+	return c
 }
 
 // with returns a copy of p with new endpoints.

@@ -211,7 +211,7 @@ static __always_inline int pn_from_pod(struct __sk_buff *skb, struct pn_pkt *p, 
 	outside = pn_outside_service_cidrs(&p->daddr);
 	if (!stale && outside && !p->frag_later && !pn_outside_vip(p))
 		return pn_pass(skb, p);
-	if (p->proto != IPPROTO_TCP && p->proto != IPPROTO_UDP) {
+	if (!pn_translated(p->proto)) {
 		if (outside || !pn_is_vip(p))
 			return TC_ACT_UNSPEC;
 		*reason = p->fragment ? PN_DROP_FRAGMENT : PN_DROP_PROTO;
@@ -418,7 +418,7 @@ static __always_inline int pn_guard(struct __sk_buff *skb, struct pn_pkt *p, int
 	outside = pn_outside_service_cidrs(&p->daddr);
 	if (outside && !pn_outside_vip(p))
 		return TC_ACT_UNSPEC;
-	if (p->proto != IPPROTO_TCP && p->proto != IPPROTO_UDP) {
+	if (!pn_translated(p->proto)) {
 		if (outside || !pn_is_vip(p))
 			return TC_ACT_UNSPEC;
 		*reason = p->fragment ? PN_DROP_FRAGMENT : PN_DROP_PROTO;
@@ -472,7 +472,7 @@ static __always_inline int pn_to_pod(struct __sk_buff *skb, struct pn_pkt *p, in
 	default:
 		return TC_ACT_UNSPEC;
 	}
-	if (p->fragment && p->proto != IPPROTO_TCP && p->proto != IPPROTO_UDP)
+	if (p->fragment && !pn_translated(p->proto))
 		return TC_ACT_UNSPEC;
 
 	if (p->proto == IPPROTO_ICMP || p->proto == IPPROTO_ICMPV6) {
@@ -487,7 +487,7 @@ static __always_inline int pn_to_pod(struct __sk_buff *skb, struct pn_pkt *p, in
 			*reason = PN_ICMP_REVNAT;
 		return TC_ACT_UNSPEC;
 	}
-	if (p->proto != IPPROTO_TCP && p->proto != IPPROTO_UDP)
+	if (!pn_translated(p->proto))
 		return TC_ACT_UNSPEC;
 	/* No flow of this protocol translated by tc is alive: nothing to
 	 * look up (the common case once connect() is balanced at the socket). */

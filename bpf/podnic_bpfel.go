@@ -339,6 +339,7 @@ const (
 	podnicProgPodnicSendmsg4  = "podnic_sendmsg4"
 	podnicProgPodnicSendmsg6  = "podnic_sendmsg6"
 	podnicProgPodnicToPod     = "podnic_to_pod"
+	podnicVarPnCrc32cX8       = "pn_crc32c_x8"
 	podnicVarPnUnusedCfgFlags = "pn_unused_cfg_flags"
 	podnicVarPnUnusedCtDir    = "pn_unused_ct_dir"
 	podnicVarPnUnusedCtFlags  = "pn_unused_ct_flags"
@@ -433,6 +434,7 @@ type podnicMapSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type podnicVariableSpecs struct {
+	PnCrc32cX8       *ebpf.VariableSpec `ebpf:"pn_crc32c_x8"`
 	PnUnusedCfgFlags *ebpf.VariableSpec `ebpf:"pn_unused_cfg_flags"`
 	PnUnusedCtDir    *ebpf.VariableSpec `ebpf:"pn_unused_ct_dir"`
 	PnUnusedCtFlags  *ebpf.VariableSpec `ebpf:"pn_unused_ct_flags"`
@@ -509,6 +511,7 @@ func (m *podnicMaps) Close() error {
 //
 // It can be passed to loadPodnicObjects or ebpf.CollectionSpec.LoadAndAssign.
 type podnicVariables struct {
+	PnCrc32cX8       *ebpf.Variable `ebpf:"pn_crc32c_x8"`
 	PnUnusedCfgFlags *ebpf.Variable `ebpf:"pn_unused_cfg_flags"`
 	PnUnusedCtDir    *ebpf.Variable `ebpf:"pn_unused_ct_dir"`
 	PnUnusedCtFlags  *ebpf.Variable `ebpf:"pn_unused_ct_flags"`

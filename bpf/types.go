@@ -56,8 +56,9 @@ type Proto uint8
 
 // Protocols the datapath translates.
 const (
-	TCP Proto = 6
-	UDP Proto = 17
+	TCP  Proto = 6
+	UDP  Proto = 17
+	SCTP Proto = 132
 )
 
 func (p Proto) String() string {
@@ -66,6 +67,8 @@ func (p Proto) String() string {
 		return "TCP"
 	case UDP:
 		return "UDP"
+	case SCTP:
+		return "SCTP"
 	case 0:
 		return "ANY"
 	}

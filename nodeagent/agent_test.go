@@ -186,8 +186,7 @@ func TestServiceLifecycleWritesOnlyTheDifferenceInSafeOrder(t *testing.T) {
 	dual := []string{"10.96.0.10", "fd00:96::10"}
 	a.OnService(service("web", dual, withPorts(
 		v1.ServicePort{Name: "http", Port: 80, Protocol: v1.ProtocolTCP},
-		v1.ServicePort{Name: "dns", Port: 53, Protocol: v1.ProtocolUDP},
-		v1.ServicePort{Name: "sctp", Port: 99, Protocol: v1.ProtocolSCTP})))
+		v1.ServicePort{Name: "dns", Port: 53, Protocol: v1.ProtocolUDP})))
 	a.OnEndpointSlice(slice("web", "web-v4", false, 8080, up("192.0.2.1"), up("192.0.2.2"), up("192.0.2.3")))
 	a.OnEndpointSlice(slice("web", "web-v6", true, 8080, up("2001:db8::1")))
 	mustSync(t, a)
@@ -268,6 +267,25 @@ func TestUnchangedObjectsWriteNothing(t *testing.T) {
 	}
 }
 
+// An SCTP port is programmed as kube-proxy serves it: its endpoints are
+// the slices' port of its name and protocol, on another port number too.
+func TestSCTPPortsAreProgrammed(t *testing.T) {
+	f := newFakeMaps()
+	a := testAgent(t, f)
+	a.SetReady()
+	a.OnService(service("sig", []string{"10.96.0.13"}, withPorts(
+		v1.ServicePort{Name: "s1ap", Port: 36412, Protocol: v1.ProtocolSCTP},
+		v1.ServicePort{Name: "http", Port: 80, Protocol: v1.ProtocolTCP})))
+	es := slice("sig", "sig-v4", false, 8080, up("192.0.2.1"), up("192.0.2.2"))
+	name, proto, port := "s1ap", v1.ProtocolSCTP, int32(38412)
+	es.Ports = append(es.Ports, discovery.EndpointPort{Name: &name, Port: &port, Protocol: &proto})
+	a.OnEndpointSlice(es)
+	mustSync(t, a)
+	expectProgrammed(t, f,
+		"10.96.0.13:36412/SCTP -> 192.0.2.1:38412 192.0.2.2:38412",
+		"10.96.0.13:80/TCP -> 192.0.2.1:8080 192.0.2.2:8080")
+}
+
 func TestServicesThatAreNotPodnicsAreSkipped(t *testing.T) {
 	f := newFakeMaps()
 	a := testAgent(t, f)
@@ -277,8 +295,7 @@ func TestServicesThatAreNotPodnicsAreSkipped(t *testing.T) {
 	extName.Spec.Type = v1.ServiceTypeExternalName
 	other := service("other", []string{"10.96.0.12"})
 	other.Labels = map[string]string{LabelServiceProxyName: "someone-else"}
-	sctp := service("sctp", []string{"10.96.0.13"}, withPorts(v1.ServicePort{Name: "s", Port: 9, Protocol: v1.ProtocolSCTP}))
-	for _, s := range []*v1.Service{headless, extName, other, sctp} {
+	for _, s := range []*v1.Service{headless, extName, other} {
 		a.OnService(s)
 	}
 	mustSync(t, a)

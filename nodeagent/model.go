@@ -96,6 +96,8 @@ func parseService(svc *v1.Service) (*serviceInfo, string) {
 			sp.Proto = bpf.TCP
 		case v1.ProtocolUDP:
 			sp.Proto = bpf.UDP
+		case v1.ProtocolSCTP:
+			sp.Proto = bpf.SCTP
 		default:
 			info.Rejected = append(info.Rejected, fmt.Sprintf("port %s %d/%s: the datapath does not translate %s yet", p.Name, p.Port, p.Protocol, p.Protocol))
 			continue
@@ -281,6 +283,8 @@ func parseSlice(s *discovery.EndpointSlice) (*sliceInfo, string) {
 			case v1.ProtocolTCP:
 			case v1.ProtocolUDP:
 				sp.Proto = bpf.UDP
+			case v1.ProtocolSCTP:
+				sp.Proto = bpf.SCTP
 			default:
 				continue
 			}

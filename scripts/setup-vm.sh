@@ -10,7 +10,9 @@
 #   PODNIC_VM_KERNEL_PKG  kernel package (default: what linux-image-amd64
 #                         depends on, e.g. linux-image-6.1.0-56-amd64)
 #   PODNIC_VM_MODULES     modules to keep, dependencies added
-#                         (default: veth sch_ingress cls_bpf ipvlan dummy)
+#                         (default: veth sch_ingress cls_bpf ipvlan dummy
+#                         crc32c_generic sctp; crc32c_generic is sctp's
+#                         CRC, a soft dependency its modinfo does not name)
 #
 # Layout: $PODNIC_VM_CACHE/<package>/{vmlinuz,config,modules/*.ko,
 # modules/order}, and $PODNIC_VM_CACHE/kernel, a symlink to the one in use.
@@ -22,7 +24,7 @@ if [[ $(id -u) -ne 0 ]]; then
 fi
 
 cache=${PODNIC_VM_CACHE:-/var/cache/podnic/vm}
-modules=(${PODNIC_VM_MODULES:-veth sch_ingress cls_bpf ipvlan dummy})
+modules=(${PODNIC_VM_MODULES:-veth sch_ingress cls_bpf ipvlan dummy crc32c_generic sctp})
 export DEBIAN_FRONTEND=noninteractive
 
 packages=(qemu-system-x86 busybox-static binutils)

@@ -36,7 +36,7 @@ enum pn_reason {
 	PN_DROP_UNKNOWN_PORT = -2,  /* known Service VIP, unknown port */
 	PN_DROP_NO_BACKEND = -3,    /* slot or backend entry missing */
 	PN_DROP_FRAGMENT = -4,	    /* IP fragment to a Service VIP */
-	PN_DROP_PROTO = -5,	    /* protocol other than TCP/UDP to a VIP */
+	PN_DROP_PROTO = -5,	    /* protocol other than TCP/UDP/SCTP to a VIP */
 	PN_DROP_CT_CREATE = -6,	    /* conntrack entry could not be written */
 	PN_DROP_NAT = -7,	    /* header rewrite failed */
 	PN_DROP_REJECT = -8,	    /* building the reject reply failed */

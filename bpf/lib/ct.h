@@ -24,9 +24,17 @@
 #define PN_CT_UDP_NS	   (60 * PN_NS)
 #define PN_CT_REFRESH_NS   (1 * PN_NS)
 
+/* pn_ct_stateful says whether flows of proto open and close: TCP, and SCTP,
+ * whose first chunk parses into TCP flags (pn_sctp_flags). They share the
+ * lifetimes: an SCTP association sends a HEARTBEAT every 30 s when idle. */
+static __always_inline int pn_ct_stateful(__u8 proto)
+{
+	return proto == IPPROTO_TCP || proto == IPPROTO_SCTP;
+}
+
 static __always_inline __u64 pn_ct_lifetime(__u8 proto, __u8 flags)
 {
-	if (proto != IPPROTO_TCP)
+	if (!pn_ct_stateful(proto))
 		return PN_CT_UDP_NS;
 	if (flags & PN_CT_CLOSING)
 		return PN_CT_TCP_CLOSE_NS;
@@ -37,7 +45,7 @@ static __always_inline __u64 pn_ct_lifetime(__u8 proto, __u8 flags)
 
 static __always_inline __u8 pn_ct_next_flags(__u8 proto, __u8 flags, __u8 tcp_flags)
 {
-	if (proto != IPPROTO_TCP)
+	if (!pn_ct_stateful(proto))
 		return flags;
 	if (tcp_flags & (PN_TCP_FIN | PN_TCP_RST))
 		return flags | PN_CT_CLOSING;
@@ -101,7 +109,7 @@ static __always_inline int pn_ct_forward_hit(const struct pn_ct_key *fk, struct 
 
 	if (fe->expires <= now)
 		return 0;
-	if (fk->proto == IPPROTO_TCP && (tcp_flags & (PN_TCP_SYN | PN_TCP_ACK)) == PN_TCP_SYN &&
+	if (pn_ct_stateful(fk->proto) && (tcp_flags & (PN_TCP_SYN | PN_TCP_ACK)) == PN_TCP_SYN &&
 	    (fe->flags & PN_CT_CLOSING))
 		return 0;
 
@@ -125,13 +133,14 @@ static __always_inline int pn_ct_forward_hit(const struct pn_ct_key *fk, struct 
  * sending would otherwise renew its entry forever and never leave a pod
  * that is gone; kube-proxy deletes such conntrack entries for the same
  * reason. The agent never reuses backend ids, so a missing id means the
- * backend was removed. TCP flows stay: they end with the connection. */
+ * backend was removed. TCP flows and SCTP associations stay: they end with
+ * the connection (an association to a gone pod fails its heartbeats). */
 static __always_inline int pn_ct_backend_alive(const struct pn_ct_key *fk,
 					       const struct pn_ct_entry *fe)
 {
 	__u32 id = fe->backend_id;
 
-	if (fk->proto == IPPROTO_TCP)
+	if (pn_ct_stateful(fk->proto))
 		return 1;
 	return bpf_map_lookup_elem(&podnic_be_v1, &id) != NULL;
 }
@@ -149,7 +158,7 @@ static __always_inline int pn_ct_reply_hit(const struct pn_ct_key *rk, struct pn
 	if (re->expires <= now)
 		return 0;
 	flags = re->flags;
-	if (rk->proto == IPPROTO_TCP && (tcp_flags & (PN_TCP_FIN | PN_TCP_RST)))
+	if (pn_ct_stateful(rk->proto) && (tcp_flags & (PN_TCP_FIN | PN_TCP_RST)))
 		flags |= PN_CT_CLOSING;
 	expires = now + pn_ct_lifetime(rk->proto, flags);
 	if (!pn_ct_stale(re, flags, expires))

@@ -168,7 +168,8 @@ static __always_inline int pn_outside_service_cidrs(const struct pn_addr *a)
 
 static __always_inline __u32 pn_live_proto(__u8 proto)
 {
-	return proto == IPPROTO_TCP ? 0 : 1;
+	/* SCTP with TCP: both live long once established. */
+	return proto == IPPROTO_TCP || proto == IPPROTO_SCTP ? 0 : 1;
 }
 
 /* pn_live_slot returns the podnic_live_v1 slot of ifindex. */

@@ -95,7 +95,7 @@ static __always_inline int pn_icmp_xlate(struct __sk_buff *skb, const struct pn_
 		__builtin_memcpy(&k.saddr, &in->daddr, 16);
 		__builtin_memcpy(&k.daddr, &in->saddr, 16);
 	}
-	if (k.proto != IPPROTO_TCP && k.proto != IPPROTO_UDP)
+	if (!pn_translated(k.proto))
 		return 0;
 	if (bpf_skb_load_bytes(skb, in_l4, in_ports, sizeof(in_ports)) < 0)
 		return 0;

@@ -8,6 +8,7 @@
 #pragma once
 
 #include "parse.h"
+#include "sctp.h"
 
 static __always_inline int pn_l4_csum_off(const struct pn_pkt *p, __u32 *off, __u64 *flags)
 {
@@ -25,8 +26,26 @@ static __always_inline int pn_l4_csum_off(const struct pn_pkt *p, __u32 *off, __
 	return -1;
 }
 
+static __always_inline int pn_rewrite_l3(struct __sk_buff *skb, const struct pn_pkt *p, int dst,
+					 const struct pn_addr *from, const struct pn_addr *to);
+
+/* pn_rewrite_sctp is pn_rewrite for SCTP, whose checksum covers no
+ * address (lib/sctp.h). */
+static __always_inline int pn_rewrite_sctp(struct __sk_buff *skb, const struct pn_pkt *p, int dst,
+					   const struct pn_addr *from, __be16 from_port,
+					   const struct pn_addr *to, __be16 to_port)
+{
+	if (pn_rewrite_l3(skb, p, dst, from, to) < 0)
+		return -1;
+	if (from_port == to_port)
+		return 0;
+	if (pn_sctp_port_csum(skb, p, dst, from_port, to_port) < 0)
+		return -1;
+	return bpf_skb_store_bytes(skb, p->l4off + (dst ? 2 : 0), &to_port, sizeof(to_port), 0);
+}
+
 /* pn_rewrite changes the destination (dst != 0) or the source address and
- * port of a TCP or UDP packet from one endpoint to another. */
+ * port of a TCP, UDP or SCTP packet from one endpoint to another. */
 static __always_inline int pn_rewrite(struct __sk_buff *skb, const struct pn_pkt *p, int dst,
 				      const struct pn_addr *from, __be16 from_port,
 				      const struct pn_addr *to, __be16 to_port)
@@ -34,6 +53,8 @@ static __always_inline int pn_rewrite(struct __sk_buff *skb, const struct pn_pkt
 	__u32 csum_off;
 	__u64 flags;
 
+	if (p->proto == IPPROTO_SCTP)
+		return pn_rewrite_sctp(skb, p, dst, from, from_port, to, to_port);
 	if (pn_l4_csum_off(p, &csum_off, &flags) < 0)
 		return -1;
 

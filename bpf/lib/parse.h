@@ -31,7 +31,9 @@ struct icmphdr {
 #define IPPROTO_ICMPV6 58
 #endif
 
-/* TCP flag bits as in byte 13 of the TCP header. */
+/* TCP flag bits as in byte 13 of the TCP header. An SCTP packet's first
+ * chunk maps onto them (pn_sctp_flags), so that conntrack follows an
+ * association as it follows a connection. */
 #define PN_TCP_FIN 0x01
 #define PN_TCP_SYN 0x02
 #define PN_TCP_RST 0x04
@@ -78,6 +80,45 @@ struct pn_frag6 {
 	__be16 frag_off; /* offset in 8-byte units << 3, then 2 reserved bits and M */
 	__be32 id;
 };
+
+/* The SCTP common header, RFC 9260 section 3.1. */
+struct pn_sctphdr {
+	__be16 source;
+	__be16 dest;
+	__be32 vtag;
+	__le32 checksum;
+};
+
+#define PN_SCTP_INIT		  1
+#define PN_SCTP_INIT_ACK	  2
+#define PN_SCTP_ABORT		  6
+#define PN_SCTP_SHUTDOWN_COMPLETE 14
+
+/* pn_sctp_flags maps an SCTP packet's first chunk type onto TCP flags:
+ * INIT opens (SYN), INIT ACK answers (SYN ACK), ABORT resets (RST),
+ * SHUTDOWN COMPLETE ends (FIN); anything else belongs to an association
+ * (ACK). */
+static __always_inline __u8 pn_sctp_flags(__u8 chunk)
+{
+	switch (chunk) {
+	case PN_SCTP_INIT:
+		return PN_TCP_SYN;
+	case PN_SCTP_INIT_ACK:
+		return PN_TCP_SYN | PN_TCP_ACK;
+	case PN_SCTP_ABORT:
+		return PN_TCP_RST | PN_TCP_ACK;
+	case PN_SCTP_SHUTDOWN_COMPLETE:
+		return PN_TCP_FIN | PN_TCP_ACK;
+	}
+	return PN_TCP_ACK;
+}
+
+/* pn_translated says whether podnic translates proto: the protocols with
+ * ports that kube-proxy serves. */
+static __always_inline int pn_translated(__u8 proto)
+{
+	return proto == IPPROTO_TCP || proto == IPPROTO_UDP || proto == IPPROTO_SCTP;
+}
 
 enum pn_parse_result {
 	PN_PARSE_OK = 0,
@@ -136,6 +177,25 @@ static __always_inline int pn_parse_l4(struct __sk_buff *skb, struct pn_pkt *p, 
 			return PN_PARSE_BAD;
 		p->sport = uh->source;
 		p->dport = uh->dest;
+		return PN_PARSE_OK;
+	}
+	case IPPROTO_SCTP: {
+		struct pn_sctphdr *sh;
+		__u8 chunk = 0;
+
+		if (pn_ensure(skb, l4off + sizeof(*sh)) < 0)
+			return PN_PARSE_BAD;
+		data = (void *)(long)skb->data;
+		end = (void *)(long)skb->data_end;
+		sh = data + l4off;
+		if ((void *)(sh + 1) > end)
+			return PN_PARSE_BAD;
+		p->sport = sh->source;
+		p->dport = sh->dest;
+		/* The first chunk's type; a packet without chunks counts as
+		 * one of an association. */
+		bpf_skb_load_bytes(skb, l4off + sizeof(*sh), &chunk, sizeof(chunk));
+		p->tcp_flags = pn_sctp_flags(chunk);
 		return PN_PARSE_OK;
 	}
 	default:

@@ -16,7 +16,7 @@ import (
 // what podnicctl decodes.
 
 func parseProto(s string) (bpf.Proto, error) {
-	for _, p := range []bpf.Proto{bpf.TCP, bpf.UDP, 0} {
+	for _, p := range []bpf.Proto{bpf.TCP, bpf.UDP, bpf.SCTP, 0} {
 		if p.String() == s {
 			return p, nil
 		}

@@ -197,13 +197,13 @@ func Programs(d *bpf.Datapath) []Program {
 // KubeProxyReplacement says which of kube-proxy's features podnic serves.
 func KubeProxyReplacement() []Feature {
 	return []Feature{
-		{"ClusterIP", "enabled", "TCP, UDP; IPv4, IPv6; every ClusterIP of dual-stack Services"},
+		{"ClusterIP", "enabled", "TCP, UDP, SCTP; IPv4, IPv6; every ClusterIP of dual-stack Services"},
 		{"SocketLB", "enabled", "TCP connect(), UDP connect() and datagrams balanced at the socket where the agent attached it (--socket-lb)"},
 		{"SessionAffinity", "enabled", "ClientIP with timeout; kept at the socket, by tc where the pod's address is not known"},
 		{"InternalTrafficPolicy", "enabled", "Local: only this node's endpoints"},
 		{"TopologyAwareRouting", "enabled", "hints: PreferSameNode, PreferSameZone"},
 		{"TerminatingEndpoints", "enabled", "serving-terminating fallback"},
-		{"SCTP", "disabled", "ports rejected with a logged reason"},
+		{"SCTP", "enabled", "translated by tc (full path only; not at the socket), port changes with the CRC32c updated; one address per family (no multihoming through the VIP)"},
 		{"NodePort", "enabled", "a pod's traffic to its node's InternalIPs on a NodePort, straight to the endpoints; traffic from outside: later issue"},
 		{"ExternalIPs", "enabled", "a pod's traffic to spec.externalIPs, straight to the endpoints; traffic from outside: later issue"},
 		{"LoadBalancer", "enabled", "a pod's traffic to the ingress IPs (not ipMode Proxy), straight to the endpoints; traffic from outside: later issue"},
@@ -270,7 +270,7 @@ func CTRows(d *bpf.Datapath) ([]CTRow, error) {
 func ctState(p bpf.Proto, flags uint8) string {
 	var s []string
 	switch {
-	case p != bpf.TCP:
+	case p != bpf.TCP && p != bpf.SCTP:
 		s = append(s, "active")
 	case flags&bpf.CTClosing != 0:
 		s = append(s, "closing")

@@ -215,14 +215,16 @@ func parseProto(s string) (bpf.Proto, error) {
 		return bpf.TCP, nil
 	case "udp":
 		return bpf.UDP, nil
+	case "sctp":
+		return bpf.SCTP, nil
 	}
-	return 0, fmt.Errorf("protocol %q: want tcp or udp", s)
+	return 0, fmt.Errorf("protocol %q: want tcp, udp or sctp", s)
 }
 
 func frontendFlags(fs *flag.FlagSet) func() (bpf.Frontend, error) {
 	vip := fs.String("vip", "", "Service VIP (required)")
 	port := fs.Uint("port", 0, "Service port (required)")
-	proto := fs.String("proto", "tcp", "tcp or udp")
+	proto := fs.String("proto", "tcp", "tcp, udp or sctp")
 	return func() (bpf.Frontend, error) {
 		a, err := netip.ParseAddr(*vip)
 		if err != nil {

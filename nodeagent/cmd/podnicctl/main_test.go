@@ -120,7 +120,7 @@ func TestBadInputIsRefusedWithAClearError(t *testing.T) {
 	}{
 		{[]string{"service", "set", "--id", "1", "--vip", "10.96.0.1", "--port", "80", "--backend", "nonsense"}, "want IP:PORT"},
 		{[]string{"service", "set", "--id", "1", "--vip", "10.96.0.1", "--port", "70000"}, "want 1-65535"},
-		{[]string{"service", "set", "--id", "1", "--vip", "10.96.0.1", "--port", "80", "--proto", "sctp"}, "want tcp or udp"},
+		{[]string{"service", "set", "--id", "1", "--vip", "10.96.0.1", "--port", "80", "--proto", "icmp"}, "want tcp, udp or sctp"},
 		{[]string{"service", "set", "--vip", "10.96.0.1", "--port", "80"}, "--id"},
 		{[]string{"service", "set", "--id", "1", "--vip", "10.96.0.1", "--port", "80", "--backend", "[fd00::1]:80"}, "another address family"},
 		{[]string{"attach", "--owner", "x"}, "--netns"},

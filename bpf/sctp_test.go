@@ -1,0 +1,108 @@
+package bpf
+
+import (
+	"encoding/binary"
+	"fmt"
+	"hash/crc32"
+	"math/rand/v2"
+	"testing"
+)
+
+// sctpCRC is an SCTP packet's checksum as RFC 9260 appendix A computes it:
+// CRC32c over the packet with the checksum field zero.
+func sctpCRC(sctp []byte) uint32 {
+	c := append([]byte(nil), sctp...)
+	clear(c[8:12])
+	return crc32.Checksum(c, crc32.MakeTable(crc32.Castagnoli))
+}
+
+// The table and multiplication the programs use give the CRC a full pass
+// over the packet gives, for either port and lengths across both halves
+// of the table. Go mirrors the C (pn_sctp_port_csum); the packet-level
+// tests below run the C itself.
+func TestCRC32cShiftsUpdateAPortAsAFullPass(t *testing.T) {
+	tab := crc32cShifts()
+	rng := rand.New(rand.NewPCG(1, 2))
+	for _, n := range []int{12, 16, 255, 256, 257, 1500, 4096, 9000, 65535} {
+		for _, dst := range []bool{false, true} {
+			sctp := make([]byte, n)
+			for i := range sctp {
+				sctp[i] = byte(rng.Uint32())
+			}
+			binary.LittleEndian.PutUint32(sctp[8:], sctpCRC(sctp))
+			off := 0
+			if dst {
+				off = 2
+			}
+			from := binary.LittleEndian.Uint16(sctp[off:])
+			to := from ^ uint16(rng.Uint32()|1)
+			binary.LittleEndian.PutUint16(sctp[off:], to)
+			delta := uint32(from ^ to)
+			if dst {
+				delta <<= 16
+			}
+			x := crc32cMul(tab[n&0xff], tab[256+(n>>8)&0xff])
+			got := binary.LittleEndian.Uint32(sctp[8:]) ^ crc32cMul(delta, x)
+			if want := sctpCRC(sctp); got != want {
+				t.Errorf("length %d, dst %v: updated CRC %#08x, a full pass gives %#08x", n, dst, got, want)
+			}
+		}
+	}
+}
+
+// The programs keep an SCTP packet's CRC right when they rewrite its port,
+// whatever its length, with an Ethernet pad after it (the length comes
+// from the IP header); and they leave a zero field alone: the local
+// stack's packet to a device that computes the CRC (CHECKSUM_PARTIAL) or
+// segments later (GSO), computed over the translated bytes.
+func TestSCTPPortRewriteKeepsTheCRC(t *testing.T) {
+	for _, fam := range families {
+		d := loadTest(t)
+		f := Frontend{VIP: fam.vip, Port: servicePort, Proto: SCTP}
+		service(t, d, f, 1, backendPort, fam.backends[0])
+		client, vip, backend := ap(fam.client, clientPort), ap(fam.vip, servicePort), ap(fam.backends[0], backendPort)
+		for _, size := range []int{0, 4, 300, 1400, 3300} { // BPF_PROG_TEST_RUN takes a page at most
+			for _, pad := range []int{0, 10} {
+				for _, partial := range []bool{false, true} {
+					t.Run(fmt.Sprintf("%s/%dB/pad%d/partial=%v", fam.name, size, pad, partial), func(t *testing.T) {
+						payload := make([]byte, size)
+						for i := range payload {
+							payload[i] = byte(i * 7)
+						}
+						out := pkt{src: client, dst: vip, proto: SCTP, flags: "A", seq: 0x1234, payload: payload}
+						in, want := out.bytes(t), out.with(client, backend).bytes(t)
+						reply := pkt{src: backend, dst: client, proto: SCTP, flags: "A", seq: 0x4321, payload: payload, srcMAC: gwMAC, dstMAC: podMAC}
+						rin, rwant := reply.bytes(t), reply.with(vip, client).bytes(t)
+						if partial {
+							for _, b := range [][]byte{in, want, rin, rwant} {
+								clear(b[sctpOffset(b):][8:12])
+							}
+						}
+						in, want = append(in, make([]byte, pad)...), append(want, make([]byte, pad)...)
+						rin, rwant = append(rin, make([]byte, pad)...), append(rwant, make([]byte, pad)...)
+
+						if ret, got := run(t, d.Programs.FromPod, in); ret != actUnspec {
+							t.Errorf("verdict %d, want TC_ACT_UNSPEC", ret)
+						} else {
+							expectPacket(t, "to the backend", got, want)
+						}
+						if ret, got := run(t, d.Programs.ToPod, rin); ret != actUnspec {
+							t.Errorf("reply verdict %d, want TC_ACT_UNSPEC", ret)
+						} else {
+							expectPacket(t, "reply", got, rwant)
+						}
+					})
+				}
+			}
+		}
+	}
+}
+
+// sctpOffset returns where the SCTP header starts in an Ethernet frame
+// pkt.bytes built (no IP options or extension headers).
+func sctpOffset(frame []byte) int {
+	if binary.BigEndian.Uint16(frame[12:]) == 0x86dd {
+		return 14 + 40
+	}
+	return 14 + 20
+}
