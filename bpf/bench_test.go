@@ -96,39 +96,70 @@ func BenchmarkEstablishedFlow(b *testing.B) {
 	for _, fam := range families {
 		for _, n := range benchSizes {
 			b.Run(fmt.Sprintf("%s/services=%d", fam.name, n), func(b *testing.B) {
-				d := loadTest(b)
-				fillServices(b, d, n)
-				client, vip, backend := ap(fam.client, clientPort), ap(fam.vip, servicePort), ap(fam.backends[0], backendPort)
-				service(b, d, Frontend{VIP: fam.vip, Port: servicePort, Proto: TCP}, 1, backendPort, fam.backends[0])
-				syn := pkt{src: client, dst: vip, proto: TCP, flags: "S"}
-				run(b, d.Programs.FromPod, syn.bytes(b))
-				// The way back: client -> backend is tracked to the VIP.
-				k := CTKey{Src: AddrFrom(fam.client), Dst: AddrFrom(backend.Addr()), Sport: PortFrom(clientPort), Dport: PortFrom(backendPort), Proto: TCP, Dir: CTForward}
-				e := CTEntry{Addr: AddrFrom(fam.vip), Port: PortFrom(servicePort), Flags: CTEstablished, Expires: monotonicNow(b) + 3600e9}
-				if err := d.Maps.Conntrack.Put(&k, &e); err != nil {
-					b.Fatal(err)
-				}
-				if err := d.Maps.raiseLiveUntil(); err != nil {
-					b.Fatal(err)
-				}
-				ack := pkt{src: client, dst: vip, proto: TCP, flags: "A", payload: make([]byte, 64)}
-				in := ack.bytes(b)
-				before := counted(b, d, DirFromPod, ReasonDNATCT)
-				_, out := run(b, d.Programs.FromPod, in)
-				if string(out) != string(ack.with(client, backend).bytes(b)) {
-					b.Fatal("first run did not translate to the backend")
-				}
-				_, back := run(b, d.Programs.FromPod, out)
-				if string(back) != string(in) {
-					b.Fatal("second run did not translate back to the VIP")
-				}
-				if got := counted(b, d, DirFromPod, ReasonDNATCT); got != before+2 {
-					b.Fatalf("conntrack path ran %d times, want 2", got-before)
-				}
+				d, in := establishedFlow(b, fam, n, TCP, 64)
 				measure(b, d.Programs.FromPod, in)
 			})
 		}
 	}
+}
+
+// BenchmarkEstablishedFlowByProtocol compares the conntrack path of TCP,
+// UDP and SCTP, each with a port change (80 -> 8080), at two payload
+// sizes: SCTP's CRC32c update (bpf/lib/sctp.h) costs the same whatever the
+// packet's length.
+func BenchmarkEstablishedFlowByProtocol(b *testing.B) {
+	for _, fam := range families {
+		for _, proto := range []Proto{TCP, UDP, SCTP} {
+			for _, size := range []int{64, 1400} {
+				b.Run(fmt.Sprintf("%s/%s/payload=%d", fam.name, proto, size), func(b *testing.B) {
+					d, in := establishedFlow(b, fam, 1, proto, size)
+					measure(b, d.Programs.FromPod, in)
+				})
+			}
+		}
+	}
+}
+
+// establishedFlow sets up a flow of proto from the client to a VIP whose
+// packet, payload bytes long, takes the conntrack path on every run (see
+// the top of this file), beside n filler Services, and returns that packet.
+func establishedFlow(b *testing.B, fam family, n int, proto Proto, payload int) (*Datapath, []byte) {
+	b.Helper()
+	d := loadTest(b)
+	fillServices(b, d, n)
+	client, vip, backend := ap(fam.client, clientPort), ap(fam.vip, servicePort), ap(fam.backends[0], backendPort)
+	service(b, d, Frontend{VIP: fam.vip, Port: servicePort, Proto: proto}, 1, backendPort, fam.backends[0])
+	syn := pkt{src: client, dst: vip, proto: proto, flags: firstFlags(proto)}
+	run(b, d.Programs.FromPod, syn.bytes(b))
+	// The way back: client -> backend is tracked to the VIP, with the
+	// Service's backend as its backend (a UDP flow leaves a backend that
+	// is gone).
+	k := CTKey{Src: AddrFrom(fam.client), Dst: AddrFrom(backend.Addr()), Sport: PortFrom(clientPort), Dport: PortFrom(backendPort), Proto: proto, Dir: CTForward}
+	e := CTEntry{Addr: AddrFrom(fam.vip), Port: PortFrom(servicePort), Flags: CTEstablished, ServiceID: 1, BackendID: 100, Expires: monotonicNow(b) + 3600e9}
+	if err := d.Maps.Conntrack.Put(&k, &e); err != nil {
+		b.Fatal(err)
+	}
+	if err := d.Maps.raiseLiveUntil(); err != nil {
+		b.Fatal(err)
+	}
+	ack := pkt{src: client, dst: vip, proto: proto, flags: "A", payload: make([]byte, payload)}
+	if proto == UDP {
+		ack.flags = ""
+	}
+	in := ack.bytes(b)
+	before := counted(b, d, DirFromPod, ReasonDNATCT)
+	_, out := run(b, d.Programs.FromPod, in)
+	if string(out) != string(ack.with(client, backend).bytes(b)) {
+		b.Fatal("first run did not translate to the backend")
+	}
+	_, back := run(b, d.Programs.FromPod, out)
+	if string(back) != string(in) {
+		b.Fatal("second run did not translate back to the VIP")
+	}
+	if got := counted(b, d, DirFromPod, ReasonDNATCT); got != before+2 {
+		b.Fatalf("conntrack path ran %d times, want 2", got-before)
+	}
+	return d, in
 }
 
 func BenchmarkNewFlow(b *testing.B) {

@@ -10,15 +10,31 @@ import (
 // x^0, as in a CRC register.
 const crc32cPoly = 0x82f63b78
 
-// crc32cMul returns a·b modulo the CRC32c polynomial, both reflected: the
-// same computation as pn_crc32c_mul in bpf/lib/sctp.h.
-func crc32cMul(a, b uint32) uint32 {
+// crc32cMul returns a·b modulo the CRC32c polynomial, both reflected, for
+// an a whose low 32-bits bits are zero: the same computation as
+// pn_crc32c_mul in bpf/lib/sctp.h.
+func crc32cMul(a, b uint32, bits int) uint32 {
 	var p uint32
-	for i := range 32 {
+	for i := range bits {
 		p ^= b & -((a >> (31 - i)) & 1)
 		b = (b >> 1) ^ (crc32cPoly & -(b & 1))
 	}
 	return p
+}
+
+// crc32cPortDelta mirrors pn_sctp_port_csum: what an SCTP packet of n
+// bytes XORs into its CRC when its source (dst false) or destination port
+// goes from `from` to `to` (raw network-order values, read as a
+// little-endian host reads them).
+func crc32cPortDelta(tab *[512]uint32, n int, dst bool, from, to uint16) uint32 {
+	if !dst {
+		n += 2
+	}
+	d := crc32cMul(uint32(from^to)<<16, tab[n&0xff], 16)
+	if hi := (n >> 8) & 0xff; hi != 0 {
+		d = crc32cMul(d, tab[256+hi], 32)
+	}
+	return d
 }
 
 // crc32cShifts returns the table the programs update an SCTP packet's CRC
@@ -29,12 +45,12 @@ func crc32cShifts() [512]uint32 {
 	one, x8 := uint32(1)<<31, uint32(1)<<23 // x^0, x^8
 	t[0] = one
 	for i := 1; i < 256; i++ {
-		t[i] = crc32cMul(t[i-1], x8)
+		t[i] = crc32cMul(t[i-1], x8, 32)
 	}
-	x2048 := crc32cMul(t[255], x8) // x^(8·256)
+	x2048 := crc32cMul(t[255], x8, 32) // x^(8·256)
 	t[256] = one
 	for i := 1; i < 256; i++ {
-		t[256+i] = crc32cMul(t[256+i-1], x2048)
+		t[256+i] = crc32cMul(t[256+i-1], x2048, 32)
 	}
 	return t
 }

@@ -7,8 +7,8 @@
  * for two packets A and B of one length, crc(A) ^ crc(B) is the plain CRC
  * (no initial value, no final xor) of A ^ B, which here is zero but for
  * the first four bytes. That CRC is those bytes, read as a little-endian
- * word, times x^(8 * length) modulo the CRC32c polynomial: two table
- * lookups and two multiplications in GF(2)[x] / P, whatever the length,
+ * word, times x^(8 * length) modulo the CRC32c polynomial: one or two
+ * table lookups and multiplications in GF(2)[x] / P, whatever the length,
  * instead of a pass over the whole packet.
  *
  * A packet from the local stack to a device that computes the CRC
@@ -30,14 +30,16 @@
 const volatile __u32 pn_crc32c_x8[512];
 
 /* pn_crc32c_mul returns a * b modulo the CRC32c polynomial, both
- * reflected; branch-free, so the verifier walks one path per iteration. */
-static __always_inline __u32 pn_crc32c_mul(__u32 a, __u32 b)
+ * reflected, for an a whose low bits - bits is 16 or 32 - are zero: one
+ * step per bit of a that may be set, branch-free, so the verifier walks
+ * one path per iteration. */
+static __always_inline __u32 pn_crc32c_mul(__u32 a, __u32 b, int bits)
 {
 	__u32 p = 0;
 	int i;
 
 #pragma clang loop unroll(disable)
-	for (i = 0; i < 32; i++) {
+	for (i = 0; i < bits && i < 32; i++) {
 		p ^= b & -((a >> (31 - i)) & 1);
 		b = (b >> 1) ^ (PN_CRC32C_POLY & -(b & 1));
 	}
@@ -67,23 +69,37 @@ static __always_inline __u32 pn_sctp_len(struct __sk_buff *skb, const struct pn_
 }
 
 /* pn_sctp_port_csum updates the CRC of the SCTP packet at p->l4off for its
- * source (dst == 0) or destination port going from `from` to `to`. */
+ * source (dst == 0) or destination port going from `from` to `to`. The
+ * changed bytes, read little-endian as the CRC register reads them, are
+ * (from ^ to) << 16 at offset 2 for the destination; the source's, at
+ * offset 0, are the same word times x^16, so it takes the length plus 2
+ * bytes: either way a 16-step multiplication, and a second one only for a
+ * packet of 256 bytes or more. */
 static __always_inline int pn_sctp_port_csum(struct __sk_buff *skb, const struct pn_pkt *p, int dst,
 					     __be16 from, __be16 to)
 {
-	__u32 len, crc, delta, x;
+	__u32 len, crc, delta, lo, hi;
 
 	if (bpf_skb_load_bytes(skb, p->l4off + 8, &crc, sizeof(crc)) < 0)
 		return -1;
 	if (crc == 0)
 		return 0; /* computed later, over the new port */
 	len = pn_sctp_len(skb, p);
-	if (len < 12)
+	if (len < 12 || len > 0xffff - 2)
 		return -1;
-	delta = (__u32)(__u16)(from ^ to);
-	if (dst)
-		delta <<= 16;
-	x = pn_crc32c_mul(pn_crc32c_x8[len & 0xff], pn_crc32c_x8[256 + ((len >> 8) & 0xff)]);
-	crc ^= pn_crc32c_mul(delta, x);
+	if (!dst)
+		len += 2;
+	lo = len;
+	hi = len >> 8;
+	/* Mask after a barrier, so that the verifier sees each index masked:
+	 * the compiler would otherwise fold the masks into bounds it cannot
+	 * prove. */
+	asm volatile("" : "+r"(lo), "+r"(hi));
+	lo &= 0xff;
+	hi &= 0xff;
+	delta = pn_crc32c_mul((__u32)(__u16)(from ^ to) << 16, pn_crc32c_x8[lo], 16);
+	if (hi)
+		delta = pn_crc32c_mul(delta, pn_crc32c_x8[256 + hi], 32);
+	crc ^= delta;
 	return bpf_skb_store_bytes(skb, p->l4off + 8, &crc, sizeof(crc), 0);
 }
