@@ -233,9 +233,9 @@ func TestServiceWithoutBackendsIsRejected(t *testing.T) {
 			}
 			expectPacket(t, "RST", got, rstFor(t, seg))
 		})
-		// UDP, and SCTP as kube-proxy's REJECT answers it: an ICMP port
-		// unreachable.
-		for _, proto := range []Proto{UDP, SCTP} {
+		// UDP: an ICMP port unreachable (SCTP gets an ABORT:
+		// TestSCTPToAServiceWithoutEndpointsIsAborted).
+		for _, proto := range []Proto{UDP} {
 			t.Run(fam.name+"/"+proto.String(), func(t *testing.T) {
 				d := loadTest(t)
 				service(t, d, Frontend{VIP: fam.vip, Port: servicePort, Proto: proto}, 1, backendPort)
@@ -445,24 +445,73 @@ func equalPacket(a, b []byte) bool { return string(a) == string(b) }
 // backend sent it, not rewritten to the old Service.
 func TestDirectSYNForgetsAClosingFlowsReplyEntry(t *testing.T) {
 	for _, fam := range families {
+		for _, proto := range []Proto{TCP, SCTP} { // SCTP: INIT for SYN
+			t.Run(fam.name+"/"+proto.String(), func(t *testing.T) {
+				d := loadTest(t)
+				service(t, d, Frontend{VIP: fam.vip, Port: servicePort, Proto: proto}, 1, backendPort, fam.backends[0])
+				client, vip, backend := ap(fam.client, clientPort), ap(fam.vip, servicePort), ap(fam.backends[0], backendPort)
+				dnatTarget(t, d, pkt{src: client, dst: vip, proto: proto, flags: "S"})
+				dnatTarget(t, d, pkt{src: client, dst: vip, proto: proto, flags: "A"})
+				dnatTarget(t, d, pkt{src: client, dst: vip, proto: proto, flags: "FA"})
+
+				synAck := pkt{src: backend, dst: client, proto: proto, flags: "SA"}
+				if _, got := run(t, d.Programs.ToPod, synAck.bytes(t)); equalPacket(got, synAck.bytes(t)) {
+					t.Fatal("the closing flow's reply entry did not translate: the test does not test")
+				}
+				direct := pkt{src: client, dst: backend, proto: proto, flags: "S"}
+				if ret, got := run(t, d.Programs.FromPod, direct.bytes(t)); ret != actUnspec || !equalPacket(got, direct.bytes(t)) {
+					t.Fatalf("direct SYN changed (verdict %d)", ret)
+				}
+				if ret, got := run(t, d.Programs.ToPod, synAck.bytes(t)); ret != actUnspec || !equalPacket(got, synAck.bytes(t)) {
+					t.Errorf("the new connection's SYN-ACK was rewritten (verdict %d)", ret)
+				}
+			})
+		}
+	}
+}
+
+// An SCTP INIT on the entry of an established association starts a new
+// one (the old one ended unseen): it chooses a backend anew. A
+// retransmitted INIT, before the association is up, keeps its backend
+// while the backend is there, and chooses anew once it left.
+func TestSCTPInitChoosesAnewUnlessRetransmitted(t *testing.T) {
+	for _, fam := range families {
 		t.Run(fam.name, func(t *testing.T) {
 			d := loadTest(t)
-			service(t, d, Frontend{VIP: fam.vip, Port: servicePort, Proto: TCP}, 1, backendPort, fam.backends[0])
-			client, vip, backend := ap(fam.client, clientPort), ap(fam.vip, servicePort), ap(fam.backends[0], backendPort)
-			dnatTarget(t, d, pkt{src: client, dst: vip, proto: TCP, flags: "S"})
-			dnatTarget(t, d, pkt{src: client, dst: vip, proto: TCP, flags: "A"})
-			dnatTarget(t, d, pkt{src: client, dst: vip, proto: TCP, flags: "FA"})
-
-			synAck := pkt{src: backend, dst: client, proto: TCP, flags: "SA"}
-			if _, got := run(t, d.Programs.ToPod, synAck.bytes(t)); equalPacket(got, synAck.bytes(t)) {
-				t.Fatal("the closing flow's reply entry did not translate: the test does not test")
+			f := Frontend{VIP: fam.vip, Port: servicePort, Proto: SCTP}
+			service(t, d, f, 1, backendPort, fam.backends[0])
+			client, vip := ap(fam.client, clientPort), ap(fam.vip, servicePort)
+			b0, b1 := ap(fam.backends[0], backendPort), ap(fam.backends[1], backendPort)
+			init := pkt{src: client, dst: vip, proto: SCTP, flags: "S"}
+			if got := dnatTarget(t, d, init); got != b0 {
+				t.Fatalf("INIT went to %s, want %s", got, b0)
 			}
-			direct := pkt{src: client, dst: backend, proto: TCP, flags: "S"}
-			if ret, got := run(t, d.Programs.FromPod, direct.bytes(t)); ret != actUnspec || !equalPacket(got, direct.bytes(t)) {
-				t.Fatalf("direct SYN changed (verdict %d)", ret)
+			// The backend set grows: a retransmitted INIT stays.
+			service(t, d, f, 1, backendPort, fam.backends[0], fam.backends[1])
+			for range 8 {
+				if got := dnatTarget(t, d, init); got != b0 {
+					t.Fatalf("retransmitted INIT went to %s, want %s still", got, b0)
+				}
 			}
-			if ret, got := run(t, d.Programs.ToPod, synAck.bytes(t)); ret != actUnspec || !equalPacket(got, synAck.bytes(t)) {
-				t.Errorf("the new connection's SYN-ACK was rewritten (verdict %d)", ret)
+			// Its backend leaves: the next retransmission goes elsewhere.
+			if err := d.Maps.UpsertService(ServiceEntry{Frontend: f, ID: 1, Backends: []BackendEntry{{ID: 101, Addr: b1}}}); err != nil {
+				t.Fatal(err)
+			}
+			if err := d.Maps.DeleteBackend(100); err != nil {
+				t.Fatal(err)
+			}
+			if got := dnatTarget(t, d, init); got != b1 {
+				t.Fatalf("INIT retransmitted after its backend left went to %s, want %s", got, b1)
+			}
+			// Established on b1; the Service moves back to b0 only; a new
+			// INIT from the same port goes there, DATA stays.
+			dnatTarget(t, d, pkt{src: client, dst: vip, proto: SCTP, flags: "A"})
+			service(t, d, f, 1, backendPort, fam.backends[0])
+			if got := dnatTarget(t, d, pkt{src: client, dst: vip, proto: SCTP, flags: "A"}); got != b1 {
+				t.Fatalf("DATA of the established association went to %s, want %s", got, b1)
+			}
+			if got := dnatTarget(t, d, init); got != b0 {
+				t.Errorf("a new INIT on the established entry went to %s, want a new choice (%s)", got, b0)
 			}
 		})
 	}

@@ -541,7 +541,7 @@ func (m *Maps) raiseLiveUntil() error {
 	it := m.Conntrack.Iterate()
 	for it.Next(&k, &e) {
 		i := 1
-		if k.Proto == TCP {
+		if k.Proto == TCP || k.Proto == SCTP { // pn_live_proto
 			i = 0
 		}
 		last[i] = max(last[i], e.Expires)

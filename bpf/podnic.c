@@ -121,8 +121,10 @@ static __always_inline int pn_pass(struct __sk_buff *skb, const struct pn_pkt *p
 
 	if (p->fragment)
 		return TC_ACT_UNSPEC;
-	if (p->proto == IPPROTO_TCP && (p->tcp_flags & (PN_TCP_SYN | PN_TCP_ACK)) == PN_TCP_SYN) {
-		until = pn_live_time(skb->ifindex, IPPROTO_TCP);
+	if (pn_ct_stateful(p->proto) && (p->tcp_flags & (PN_TCP_SYN | PN_TCP_ACK)) == PN_TCP_SYN) {
+		/* SCTP's INIT as TCP's SYN: straight to a pod it may reuse a
+		 * translated association's client port. */
+		until = pn_live_time(skb->ifindex, p->proto);
 		if (until != 0 && bpf_ktime_get_ns() < until)
 			pn_ct_forget_reply(p);
 	} else if (p->proto == IPPROTO_UDP) {
@@ -247,7 +249,8 @@ static __always_inline int pn_from_pod(struct __sk_buff *skb, struct pn_pkt *p, 
 
 	pn_ct_key_of(&fk, p, PN_CT_FORWARD);
 	fe = bpf_map_lookup_elem(&podnic_ct_v1, &fk);
-	if (fe && pn_ct_forward_hit(&fk, fe, p->tcp_flags, now) && pn_ct_backend_alive(&fk, fe)) {
+	if (fe && pn_ct_forward_hit(&fk, fe, p->tcp_flags, now) &&
+	    pn_ct_backend_alive(&fk, fe, p->tcp_flags)) {
 		struct pn_addr addr = fe->addr;
 
 		pn_live_flow(skb, p->proto, fe->expires, fe->flags);

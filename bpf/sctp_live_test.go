@@ -6,6 +6,7 @@ package bpf
 // SCTP sockets it skips. Address plan as in attach_test.go, plus:
 //
 //	SCTP VIP   10.96.0.14:36412   [fd00:96::14]:36412  -> server :38412
+//	no-backend 10.96.0.15:36412   [fd00:96::15]:36412
 
 import (
 	"errors"
@@ -21,8 +22,10 @@ import (
 )
 
 var (
-	simSCTPV4 = netip.MustParseAddr("10.96.0.14")
-	simSCTPV6 = netip.MustParseAddr("fd00:96::14")
+	simSCTPV4     = netip.MustParseAddr("10.96.0.14")
+	simSCTPV6     = netip.MustParseAddr("fd00:96::14")
+	simSCTPNoneV4 = netip.MustParseAddr("10.96.0.15")
+	simSCTPNoneV6 = netip.MustParseAddr("fd00:96::15")
 )
 
 const (
@@ -35,7 +38,8 @@ const (
 // (the local stack leaves the CRC to the device: CHECKSUM_PARTIAL, the
 // field zero) and off (the stack computes it, the programs update it for
 // the new port, and the receiving stack checks it: a wrong CRC drops the
-// INIT, and the association never comes up).
+// INIT, and the association never comes up). A Service without endpoints
+// refuses the association at once (the programs' ABORT).
 func TestSCTPAssociationThroughAService(t *testing.T) {
 	for _, mode := range attachModes {
 		t.Run(string(mode), func(t *testing.T) {
@@ -54,7 +58,32 @@ func TestSCTPAssociationThroughAService(t *testing.T) {
 					t.Fatal(err)
 				}
 			}
+			for i, vip := range []netip.Addr{simSCTPNoneV4, simSCTPNoneV6} {
+				if err := d.Maps.UpsertService(ServiceEntry{Frontend: Frontend{VIP: vip, Port: simSCTPPort, Proto: SCTP}, ID: uint32(310 + i)}); err != nil {
+					t.Fatal(err)
+				}
+			}
 			attachPod(t, d, client, mode)
+			for _, vip := range []netip.Addr{simSCTPNoneV4, simSCTPNoneV6} {
+				addr := netip.AddrPortFrom(vip, simSCTPPort)
+				t.Run(addr.String()+"/no-endpoints", func(t *testing.T) {
+					start := time.Now()
+					err := client.Do(func() error {
+						fd, err := sctpSocket(vip)
+						if err != nil {
+							return err
+						}
+						defer unix.Close(fd)
+						return unix.Connect(fd, sockaddr(addr))
+					})
+					if !errors.Is(err, syscall.ECONNREFUSED) {
+						t.Fatalf("connect: %v, want connection refused", err)
+					}
+					if took := time.Since(start); took > time.Second {
+						t.Errorf("refusal took %s: the INIT was not answered at once", took)
+					}
+				})
+			}
 			for _, offload := range []bool{true, false} {
 				for _, p := range []*simnode.Pod{client, server} {
 					if err := p.Do(func() error { return setTxChecksum(p.Ifname, offload) }); err != nil {

@@ -6,6 +6,9 @@ import (
 	"hash/crc32"
 	"math/rand/v2"
 	"testing"
+
+	"github.com/google/gopacket"
+	"github.com/google/gopacket/layers"
 )
 
 // sctpCRC is an SCTP packet's checksum as RFC 9260 appendix A computes it:
@@ -100,4 +103,91 @@ func sctpOffset(frame []byte) int {
 		return 14 + 40
 	}
 	return 14 + 20
+}
+
+// Load raises the reply fast path's clocks from the conntrack entries an
+// earlier build left: SCTP's in TCP's slot, as the programs keep it
+// (pn_live_proto), or an SCTP association's replies would skip the
+// reverse translation after an upgrade.
+func TestLoadRaisesTheLiveClocksOfEveryProtocol(t *testing.T) {
+	d := loadTest(t)
+	forgetLiveFlows(t, d)
+	now := monotonicNow(t)
+	expires := map[Proto]uint64{TCP: now + 10e9, UDP: now + 20e9, SCTP: now + 30e9}
+	for proto, exp := range expires {
+		k := CTKey{Src: AddrFrom(families[0].client), Dst: AddrFrom(families[0].vip), Sport: PortFrom(clientPort), Dport: PortFrom(servicePort), Proto: proto, Dir: CTForward}
+		if err := d.Maps.Conntrack.Put(&k, &CTEntry{Expires: exp}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := d.Maps.raiseLiveUntil(); err != nil {
+		t.Fatal(err)
+	}
+	var live podnicPnLive
+	if err := d.Maps.Live.Lookup(uint32(7), &live); err != nil {
+		t.Fatal(err)
+	}
+	// raiseLiveUntil adds 2 s of margin.
+	if live.Until[0] != expires[SCTP]+2e9 || live.Until[1] != expires[UDP]+2e9 {
+		t.Errorf("live clocks %v, want TCP and SCTP's latest %d, UDP's %d, each plus 2 s", live.Until, expires[SCTP], expires[UDP])
+	}
+}
+
+// abortFor is the ABORT podnic answers an SCTP packet to a Service without
+// endpoints with: from the VIP, the INIT's Initiate Tag as tag (the first
+// four bytes of the INIT's value), or for any other chunk the packet's own
+// tag with the T bit.
+func abortFor(t *testing.T, sent pkt) []byte {
+	t.Helper()
+	tag, flags := sent.seq, byte(1)
+	if sent.flags == "S" {
+		tag, flags = binary.BigEndian.Uint32(sent.payload), 0
+	}
+	eth := &layers.Ethernet{SrcMAC: gwMAC, DstMAC: podMAC, EthernetType: layers.EthernetTypeIPv4}
+	if sent.src.Addr().Is6() {
+		eth.EthernetType = layers.EthernetTypeIPv6
+	}
+	b := serialize(t, eth, ipLayer(sent.dst.Addr(), sent.src.Addr(), layers.IPProtocolSCTP, true),
+		&layers.SCTP{SrcPort: layers.SCTPPort(sent.dst.Port()), DstPort: layers.SCTPPort(sent.src.Port()), VerificationTag: tag},
+		gopacket.Payload([]byte{6, flags, 0, 4}))
+	return b[:sctpOffset(b)+16] // gopacket pads the IPv4 frame to 60 bytes
+}
+
+// A Service without endpoints answers an SCTP INIT, or any other chunk,
+// with an ABORT, as a host without the association does: the client's
+// connect() fails at once (kube-proxy's ICMP port unreachable is only a
+// soft error to Linux SCTP, which retries its INIT for minutes). An ABORT
+// or SHUTDOWN COMPLETE gets no answer.
+func TestSCTPToAServiceWithoutEndpointsIsAborted(t *testing.T) {
+	for _, fam := range families {
+		for _, c := range []struct {
+			name   string
+			flags  string
+			answer bool
+		}{
+			{"INIT", "S", true},
+			{"DATA", "A", true},
+			{"ABORT", "R", false},
+			{"SHUTDOWN-COMPLETE", "FA", false},
+		} {
+			t.Run(fam.name+"/"+c.name, func(t *testing.T) {
+				d := loadTest(t)
+				service(t, d, Frontend{VIP: fam.vip, Port: servicePort, Proto: SCTP}, 1, backendPort)
+				sent := pkt{src: ap(fam.client, clientPort), dst: ap(fam.vip, servicePort), proto: SCTP, flags: c.flags, seq: 0x5eed, payload: []byte{0xca, 0xfe, 0xf0, 0x0d, 0, 0, 0x10, 0, 0, 1, 0, 1, 0, 0, 0, 42}}
+				before := counted(t, d, DirFromPod, ReasonReject)
+				ret, got := run(t, d.Programs.FromPod, sent.bytes(t))
+				if !c.answer {
+					if ret != actShot {
+						t.Errorf("verdict %d, want TC_ACT_SHOT: no answer to an %s", ret, c.name)
+					}
+					return
+				}
+				if ret != actRedirect {
+					t.Fatalf("verdict %d, want TC_ACT_REDIRECT back into the pod", ret)
+				}
+				expectPacket(t, "ABORT", got, abortFor(t, sent))
+				expectCounted(t, d, DirFromPod, ReasonReject, before)
+			})
+		}
+	}
 }

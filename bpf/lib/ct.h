@@ -112,6 +112,13 @@ static __always_inline int pn_ct_forward_hit(const struct pn_ct_key *fk, struct 
 	if (pn_ct_stateful(fk->proto) && (tcp_flags & (PN_TCP_SYN | PN_TCP_ACK)) == PN_TCP_SYN &&
 	    (fe->flags & PN_CT_CLOSING))
 		return 0;
+	/* An SCTP INIT on an established association's entry starts a new
+	 * association from the same port (the old one ended unseen: a lost
+	 * ABORT, one bundled behind other chunks): it chooses anew. A
+	 * retransmitted INIT finds its entry not yet established. */
+	if (fk->proto == IPPROTO_SCTP && (tcp_flags & (PN_TCP_SYN | PN_TCP_ACK)) == PN_TCP_SYN &&
+	    (fe->flags & PN_CT_ESTABLISHED))
+		return 0;
 
 	flags = pn_ct_next_flags(fk->proto, fe->flags, tcp_flags);
 	expires = now + pn_ct_lifetime(fk->proto, flags);
@@ -134,13 +141,17 @@ static __always_inline int pn_ct_forward_hit(const struct pn_ct_key *fk, struct 
  * that is gone; kube-proxy deletes such conntrack entries for the same
  * reason. The agent never reuses backend ids, so a missing id means the
  * backend was removed. TCP flows and SCTP associations stay: they end with
- * the connection (an association to a gone pod fails its heartbeats). */
+ * the connection (an association to a gone pod fails its heartbeats); an
+ * SCTP INIT does not. */
 static __always_inline int pn_ct_backend_alive(const struct pn_ct_key *fk,
-					       const struct pn_ct_entry *fe)
+					       const struct pn_ct_entry *fe, __u8 tcp_flags)
 {
 	__u32 id = fe->backend_id;
 
-	if (pn_ct_stateful(fk->proto))
+	/* An SCTP INIT (retransmitted: see pn_ct_forward_hit) opens the
+	 * association; it does not wait on a backend that left. */
+	if (fk->proto == IPPROTO_TCP ||
+	    (fk->proto == IPPROTO_SCTP && (tcp_flags & (PN_TCP_SYN | PN_TCP_ACK)) != PN_TCP_SYN))
 		return 1;
 	return bpf_map_lookup_elem(&podnic_be_v1, &id) != NULL;
 }

@@ -73,7 +73,7 @@ const enum pn_cfg_flags *pn_unused_cfg_flags __attribute__((unused));
 #define PN_LIVE_SLOTS 1024
 
 struct pn_live {
-	__u64 until[2]; /* [0] TCP, [1] UDP: CLOCK_MONOTONIC ns */
+	__u64 until[2]; /* [0] TCP and SCTP, [1] UDP: CLOCK_MONOTONIC ns */
 };
 
 struct {

@@ -1,8 +1,9 @@
 /* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
 /* Rejecting a connection to a Service without usable backends: the packet
- * is rewritten in place into a TCP RST or an ICMP port unreachable from the
- * VIP and redirected to the ingress of the device it was leaving, so the
- * client's stack sees the answer at once instead of timing out. */
+ * is rewritten in place into a TCP RST, an SCTP ABORT or an ICMP port
+ * unreachable from the VIP and redirected to the ingress of the device it
+ * was leaving, so the client's stack sees the answer at once instead of
+ * timing out. */
 #pragma once
 
 #include "nat.h"
@@ -44,6 +45,30 @@ struct pn_ip6_unreach {
 	__u8 quote[PN_ICMP_QUOTE];
 };
 
+/* An SCTP packet of one ABORT chunk, RFC 9260 section 3.3.7. */
+struct pn_sctp_abort {
+	struct pn_sctphdr sh;
+	__u8 type;
+	__u8 flags; /* PN_SCTP_T: the tag is the receiver's own, reflected */
+	__be16 len;
+};
+
+#define PN_SCTP_T 0x01
+
+struct pn_ip4_abort {
+	__u8 align[2]; /* puts the IP header on a 4-byte boundary */
+	struct ethhdr eth;
+	struct iphdr ip;
+	struct pn_sctp_abort sctp;
+};
+
+struct pn_ip6_abort {
+	__u8 align[2]; /* puts the IP header on a 4-byte boundary */
+	struct ethhdr eth;
+	struct ipv6hdr ip;
+	struct pn_sctp_abort sctp;
+};
+
 struct pn_pseudo6 {
 	struct in6_addr saddr;
 	struct in6_addr daddr;
@@ -75,6 +100,55 @@ static __always_inline void pn_rst_fill(struct tcphdr *rst, const struct tcphdr 
 		rst->ack = 1;
 		rst->ack_seq = bpf_htonl(bpf_ntohl(th->seq) + payload + th->syn + th->fin);
 	}
+}
+
+/* pn_crc32c4 returns the CRC32c of the four words at w, as a
+ * little-endian host reads SCTP's checksum field. */
+static __always_inline __u32 pn_crc32c4(const __u32 *w)
+{
+	__u32 crc = ~0U;
+	int i, j;
+
+#pragma unroll
+	for (i = 0; i < 4; i++) {
+		crc ^= w[i];
+#pragma clang loop unroll(disable)
+		for (j = 0; j < 32; j++)
+			crc = (crc >> 1) ^ (PN_CRC32C_POLY & -(crc & 1));
+	}
+	return ~crc;
+}
+
+/* pn_abort_fill answers the SCTP packet at p->l4off with an ABORT, as a
+ * host with no association answers an out-of-the-blue packet (RFC 9260
+ * section 8.4): to an INIT with the INIT's Initiate Tag, to anything else
+ * with the packet's own tag and the T bit. An ABORT or a SHUTDOWN
+ * COMPLETE gets no answer (-1), which ends a possible exchange of them. */
+static __always_inline int pn_abort_fill(struct __sk_buff *skb, const struct pn_pkt *p,
+					 struct pn_sctp_abort *a)
+{
+	struct pn_sctp_abort in;
+	__be32 init_tag;
+
+	if (bpf_skb_load_bytes(skb, p->l4off, &in, sizeof(in)) < 0)
+		return -1;
+	if (in.type == PN_SCTP_ABORT || in.type == PN_SCTP_SHUTDOWN_COMPLETE)
+		return -1;
+	a->sh.source = in.sh.dest;
+	a->sh.dest = in.sh.source;
+	a->sh.vtag = in.sh.vtag;
+	a->flags = PN_SCTP_T;
+	if (in.type == PN_SCTP_INIT) {
+		if (bpf_skb_load_bytes(skb, p->l4off + sizeof(in), &init_tag, sizeof(init_tag)) < 0)
+			return -1;
+		a->sh.vtag = init_tag;
+		a->flags = 0;
+	}
+	a->type = PN_SCTP_ABORT;
+	a->len = bpf_htons(sizeof(*a) - sizeof(a->sh));
+	a->sh.checksum = 0;
+	a->sh.checksum = pn_crc32c4((const __u32 *)a);
+	return 0;
 }
 
 static __always_inline int pn_reject4(struct __sk_buff *skb, const struct pn_pkt *p)
@@ -118,6 +192,26 @@ static __always_inline int pn_reject4(struct __sk_buff *skb, const struct pn_pkt
 		sum = bpf_csum_diff(0, 0, (__be32 *)&ph, sizeof(ph), 0);
 		sum = bpf_csum_diff(0, 0, (__be32 *)&out.tcp, sizeof(out.tcp), sum);
 		out.tcp.check = pn_csum_fold(sum);
+		sum = bpf_csum_diff(0, 0, (__be32 *)&out.ip, sizeof(out.ip), 0);
+		out.ip.check = pn_csum_fold(sum);
+
+		if (bpf_skb_change_tail(skb, PN_FRAME_LEN(out), 0) < 0)
+			return -1;
+		return bpf_skb_store_bytes(skb, 0, &out.eth, PN_FRAME_LEN(out), 0);
+	} else if (p->proto == IPPROTO_SCTP) {
+		struct pn_ip4_abort out = {};
+
+		if (pn_abort_fill(skb, p, &out.sctp) < 0)
+			return -1;
+		pn_swap_eth(&out.eth, eth);
+		out.ip.version = 4;
+		out.ip.ihl = 5;
+		out.ip.tot_len = bpf_htons(sizeof(out.ip) + sizeof(out.sctp));
+		out.ip.frag_off = bpf_htons(0x4000); /* DF */
+		out.ip.ttl = 64;
+		out.ip.protocol = IPPROTO_SCTP;
+		out.ip.saddr = ip->daddr;
+		out.ip.daddr = ip->saddr;
 		sum = bpf_csum_diff(0, 0, (__be32 *)&out.ip, sizeof(out.ip), 0);
 		out.ip.check = pn_csum_fold(sum);
 
@@ -198,6 +292,22 @@ static __always_inline int pn_reject6(struct __sk_buff *skb, const struct pn_pkt
 		sum = bpf_csum_diff(0, 0, (__be32 *)&ph, sizeof(ph), 0);
 		sum = bpf_csum_diff(0, 0, (__be32 *)&out.tcp, sizeof(out.tcp), sum);
 		out.tcp.check = pn_csum_fold(sum);
+
+		if (bpf_skb_change_tail(skb, PN_FRAME_LEN(out), 0) < 0)
+			return -1;
+		return bpf_skb_store_bytes(skb, 0, &out.eth, PN_FRAME_LEN(out), 0);
+	} else if (p->proto == IPPROTO_SCTP) {
+		struct pn_ip6_abort out = {};
+
+		if (pn_abort_fill(skb, p, &out.sctp) < 0)
+			return -1;
+		pn_swap_eth(&out.eth, eth);
+		out.ip.version = 6;
+		out.ip.payload_len = bpf_htons(sizeof(out.sctp));
+		out.ip.nexthdr = IPPROTO_SCTP;
+		out.ip.hop_limit = 64;
+		out.ip.saddr = ip->daddr;
+		out.ip.daddr = ip->saddr;
 
 		if (bpf_skb_change_tail(skb, PN_FRAME_LEN(out), 0) < 0)
 			return -1;
