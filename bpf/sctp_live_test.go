@@ -94,18 +94,36 @@ func TestSCTPAssociationThroughAService(t *testing.T) {
 					addr := netip.AddrPortFrom(vip, simSCTPPort)
 					t.Run(fmt.Sprintf("%s/offload=%v", addr, offload), func(t *testing.T) {
 						delta := verdictDelta(t, d, verdict(DirFromPod, ReasonDNATNew), verdict(DirToPod, ReasonRevNAT))
-						got, err := sctpEcho(t, client, server, addr, netip.AddrPortFrom(server.Addr(vip.Is6()), simSCTPBackend), "hello over SCTP")
+						got, err := sctpEcho(t, client, server, addr, netip.AddrPortFrom(server.Addr(vip.Is6()), simSCTPBackend), 0, "hello over SCTP")
 						if err != nil {
 							t.Fatalf("%v (verdicts dnat-new, rev-nat: %v)", err, delta())
 						}
-						if got != "echo: hello over SCTP" {
-							t.Fatalf("answer %q", got)
+						if got[0] != "echo: hello over SCTP" {
+							t.Fatalf("answer %q", got[0])
 						}
 						if n := delta(); n[0] != 1 || n[1] == 0 {
 							t.Errorf("verdicts dnat-new %d, rev-nat %d; want one new flow translated, and its replies", n[0], n[1])
 						}
 					})
 				}
+			}
+			// A dual-stack server on [::] lists both its addresses in its
+			// INIT ACK. Were they to reach the client, it would confirm
+			// those paths with HEARTBEATs straight to the server on the
+			// Service port, where no association is, and take the ABORT
+			// that answers them (within a few seconds): the association
+			// must outlive that.
+			for _, vip := range []netip.Addr{simSCTPV4, simSCTPV6} {
+				addr := netip.AddrPortFrom(vip, simSCTPPort)
+				t.Run(addr.String()+"/server-on-any", func(t *testing.T) {
+					got, err := sctpEcho(t, client, server, addr, netip.AddrPortFrom(netip.IPv6Unspecified(), simSCTPBackend), 8*time.Second, "first", "eight seconds later")
+					if err != nil {
+						t.Fatal(err)
+					}
+					if got[1] != "echo: eight seconds later" {
+						t.Fatalf("answers %q", got)
+					}
+				})
 			}
 		})
 	}
@@ -121,27 +139,34 @@ func haveSCTP() bool {
 	return true
 }
 
-// sctpEcho listens on backend in server's netns, connects from client's to
-// addr, sends msg and returns what the server answered ("echo: " + msg).
-// Every wait is bounded by simTimeout.
-func sctpEcho(t *testing.T, client, server *simnode.Pod, addr, backend netip.AddrPort, msg string) (string, error) {
+// sctpEcho listens on listen in server's netns, connects from client's to
+// addr, sends each of msgs, pause apart, on one association, and returns
+// what the server answered to each ("echo: " + msg). Every wait is bounded
+// by simTimeout.
+func sctpEcho(t *testing.T, client, server *simnode.Pod, addr, listen netip.AddrPort, pause time.Duration, msgs ...string) ([]string, error) {
 	t.Helper()
 	var ln int
 	if err := server.Do(func() error {
 		var err error
-		ln, err = sctpSocket(backend.Addr())
+		ln, err = sctpSocket(listen.Addr())
 		if err != nil {
 			return err
 		}
 		if err := unix.SetsockoptInt(ln, unix.SOL_SOCKET, unix.SO_REUSEADDR, 1); err != nil {
 			return fmt.Errorf("SO_REUSEADDR: %w", err)
 		}
-		if err := unix.Bind(ln, sockaddr(backend)); err != nil {
-			return fmt.Errorf("binding %s: %w", backend, err)
+		if listen.Addr().Is6() {
+			// [::] takes both families, as a dual-stack server does.
+			if err := unix.SetsockoptInt(ln, unix.IPPROTO_IPV6, unix.IPV6_V6ONLY, 0); err != nil {
+				return fmt.Errorf("IPV6_V6ONLY: %w", err)
+			}
+		}
+		if err := unix.Bind(ln, sockaddr(listen)); err != nil {
+			return fmt.Errorf("binding %s: %w", listen, err)
 		}
 		return unix.Listen(ln, 4)
 	}); err != nil {
-		return "", fmt.Errorf("listening on %s: %w", backend, err)
+		return nil, fmt.Errorf("listening on %s: %w", listen, err)
 	}
 	defer unix.Close(ln)
 	served := make(chan error, 1)
@@ -152,21 +177,26 @@ func sctpEcho(t *testing.T, client, server *simnode.Pod, addr, backend netip.Add
 			return
 		}
 		defer unix.Close(c)
-		if err := setTimeouts(c); err != nil {
+		if err := setTimeouts(c, pause); err != nil {
 			served <- err
 			return
 		}
 		buf := make([]byte, 256)
-		n, err := unix.Read(c, buf)
-		if err != nil {
-			served <- fmt.Errorf("server reading: %w", err)
-			return
+		for range msgs {
+			n, err := unix.Read(c, buf)
+			if err != nil {
+				served <- fmt.Errorf("server reading: %w", err)
+				return
+			}
+			if _, err := unix.Write(c, append([]byte("echo: "), buf[:n]...)); err != nil {
+				served <- fmt.Errorf("server writing: %w", err)
+				return
+			}
 		}
-		_, err = unix.Write(c, append([]byte("echo: "), buf[:n]...))
-		served <- err
+		served <- nil
 	}()
 
-	var answer string
+	var answers []string
 	err := client.Do(func() error {
 		fd, err := sctpSocket(addr.Addr())
 		if err != nil {
@@ -176,31 +206,36 @@ func sctpEcho(t *testing.T, client, server *simnode.Pod, addr, backend netip.Add
 		if err := unix.Connect(fd, sockaddr(addr)); err != nil {
 			return fmt.Errorf("connecting to %s: %w", addr, err)
 		}
-		if _, err := unix.Write(fd, []byte(msg)); err != nil {
-			return fmt.Errorf("sending: %w", err)
-		}
 		buf := make([]byte, 256)
-		n, err := unix.Read(fd, buf)
-		if err != nil {
-			return fmt.Errorf("client reading: %w", err)
+		for i, msg := range msgs {
+			if i > 0 {
+				time.Sleep(pause)
+			}
+			if _, err := unix.Write(fd, []byte(msg)); err != nil {
+				return fmt.Errorf("sending message %d: %w", i+1, err)
+			}
+			n, err := unix.Read(fd, buf)
+			if err != nil {
+				return fmt.Errorf("client reading answer %d: %w", i+1, err)
+			}
+			answers = append(answers, string(buf[:n]))
 		}
-		answer = string(buf[:n])
 		return nil
 	})
 	if err != nil {
-		unix.Shutdown(ln, unix.SHUT_RDWR) // ends a waiting accept
+		_ = unix.Shutdown(ln, unix.SHUT_RDWR) // ends a waiting accept
 		<-served
-		return "", err
+		return nil, err
 	}
 	select {
 	case err := <-served:
 		if err != nil {
-			return "", err
+			return nil, err
 		}
-	case <-time.After(simTimeout):
-		return "", errors.New("the server never finished")
+	case <-time.After(simTimeout + pause):
+		return nil, errors.New("the server never finished")
 	}
-	return answer, nil
+	return answers, nil
 }
 
 // sctpSocket makes a one-to-one style SCTP socket of a's family whose
@@ -221,8 +256,14 @@ func sctpSocket(a netip.Addr) (int, error) {
 	return fd, nil
 }
 
-func setTimeouts(fd int) error {
-	tv := unix.NsecToTimeval(simTimeout.Nanoseconds())
+// setTimeouts bounds fd's connect, accept, reads and writes by
+// simTimeout, plus extra.
+func setTimeouts(fd int, extra ...time.Duration) error {
+	d := simTimeout
+	for _, e := range extra {
+		d += e
+	}
+	tv := unix.NsecToTimeval(d.Nanoseconds())
 	for _, opt := range []int{unix.SO_RCVTIMEO, unix.SO_SNDTIMEO} {
 		if err := unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, opt, &tv); err != nil {
 			return fmt.Errorf("setting socket timeouts: %w", err)

@@ -191,3 +191,63 @@ func TestSCTPToAServiceWithoutEndpointsIsAborted(t *testing.T) {
 		}
 	}
 }
+
+// initValue returns an INIT or INIT ACK chunk's value: the 16 fixed bytes,
+// an IPv4 and an IPv6 address parameter of the given types (5 and 6 as an
+// endpoint sends them), and a Supported Address Types parameter.
+func initValue(v4Type, v6Type uint16) []byte {
+	b := []byte{0xca, 0xfe, 0xf0, 0x0d, 0, 1, 0, 0, 0, 10, 0, 10, 0, 0, 0, 1}
+	b = binary.BigEndian.AppendUint16(b, v4Type)
+	b = binary.BigEndian.AppendUint16(b, 8)
+	b = append(b, 192, 0, 2, 99)
+	b = binary.BigEndian.AppendUint16(b, v6Type)
+	b = binary.BigEndian.AppendUint16(b, 20)
+	b = append(b, 0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x99)
+	return append(b, 0, 12, 0, 8, 0, 5, 0, 6) // Supported Address Types: IPv4, IPv6
+}
+
+// An INIT and its INIT ACK crossing a Service have their address
+// parameters hidden (retyped to a type the receiver skips), the CRC
+// updated with them, so that neither end opens paths past the VIP; other
+// parameters stay. With the CRC left to the device (a zero field) only the
+// types change.
+func TestSCTPInitAddressesAreHiddenAcrossAService(t *testing.T) {
+	for _, fam := range families {
+		for _, partial := range []bool{false, true} {
+			t.Run(fmt.Sprintf("%s/partial=%v", fam.name, partial), func(t *testing.T) {
+				d := loadTest(t)
+				service(t, d, Frontend{VIP: fam.vip, Port: servicePort, Proto: SCTP}, 1, backendPort, fam.backends[0])
+				client, vip, backend := ap(fam.client, clientPort), ap(fam.vip, servicePort), ap(fam.backends[0], backendPort)
+				zero := func(b []byte) []byte {
+					if partial {
+						clear(b[sctpOffset(b):][8:12])
+					}
+					return b
+				}
+				init := pkt{src: client, dst: vip, proto: SCTP, flags: "S", payload: initValue(5, 6)}
+				want := init.with(client, backend)
+				want.payload = initValue(0xbf05, 0xbf06)
+				ret, got := run(t, d.Programs.FromPod, zero(init.bytes(t)))
+				if ret != actUnspec {
+					t.Fatalf("INIT verdict %d", ret)
+				}
+				expectPacket(t, "INIT", got, zero(want.bytes(t)))
+
+				ack := pkt{src: backend, dst: client, proto: SCTP, flags: "SA", payload: initValue(5, 6), srcMAC: gwMAC, dstMAC: podMAC}
+				wantAck := ack.with(vip, client)
+				wantAck.payload = initValue(0xbf05, 0xbf06)
+				ret, got = run(t, d.Programs.ToPod, zero(ack.bytes(t)))
+				if ret != actUnspec {
+					t.Fatalf("INIT ACK verdict %d", ret)
+				}
+				expectPacket(t, "INIT ACK", got, zero(wantAck.bytes(t)))
+
+				// Later chunks are not parameters: a DATA chunk whose bytes
+				// look like them is left alone.
+				data := pkt{src: client, dst: vip, proto: SCTP, flags: "A", payload: initValue(5, 6)}
+				_, got = run(t, d.Programs.FromPod, data.bytes(t))
+				expectPacket(t, "DATA", got, data.with(client, backend).bytes(t))
+			})
+		}
+	}
+}

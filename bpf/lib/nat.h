@@ -37,6 +37,8 @@ static __always_inline int pn_rewrite_sctp(struct __sk_buff *skb, const struct p
 {
 	if (pn_rewrite_l3(skb, p, dst, from, to) < 0)
 		return -1;
+	if (pn_sctp_single_home(skb, p) < 0)
+		return -1;
 	if (from_port == to_port)
 		return 0;
 	if (pn_sctp_port_csum(skb, p, dst, from_port, to_port) < 0)

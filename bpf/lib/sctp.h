@@ -68,29 +68,23 @@ static __always_inline __u32 pn_sctp_len(struct __sk_buff *skb, const struct pn_
 	return bpf_ntohs(len) - hdrs;
 }
 
-/* pn_sctp_port_csum updates the CRC of the SCTP packet at p->l4off for its
- * source (dst == 0) or destination port going from `from` to `to`. The
- * changed bytes, read little-endian as the CRC register reads them, are
- * (from ^ to) << 16 at offset 2 for the destination; the source's, at
- * offset 0, are the same word times x^16, so it takes the length plus 2
- * bytes: either way a 16-step multiplication, and a second one only for a
- * packet of 256 bytes or more. */
-static __always_inline int pn_sctp_port_csum(struct __sk_buff *skb, const struct pn_pkt *p, int dst,
-					     __be16 from, __be16 to)
+/* pn_sctp_delta16 returns what a 16-bit change from `from` to `to` at
+ * offset off of an SCTP packet of len bytes XORs into its CRC, given
+ * n = len - off + 2. The changed bytes, read little-endian as the CRC
+ * register reads them, are (from ^ to) << 16 in the word before
+ * offset off + 2, which the rest of the packet multiplies by x^(8(len -
+ * off - 2)); so the product is (from ^ to) << 16 times x^(8n) (a change
+ * at offset 2 takes n = len; one at offset 0 takes the same word times
+ * x^16, n = len + 2): a 16-step multiplication, and a second one from 256
+ * bytes on. 0xffffffff when n is out of range. */
+static __always_inline __u32 pn_sctp_delta16(__u32 n, __be16 from, __be16 to)
 {
-	__u32 len, crc, delta, lo, hi;
+	__u32 delta, lo, hi;
 
-	if (bpf_skb_load_bytes(skb, p->l4off + 8, &crc, sizeof(crc)) < 0)
-		return -1;
-	if (crc == 0)
-		return 0; /* computed later, over the new port */
-	len = pn_sctp_len(skb, p);
-	if (len < 12 || len > 0xffff - 2)
-		return -1;
-	if (!dst)
-		len += 2;
-	lo = len;
-	hi = len >> 8;
+	if (n < 4 || n > 0xffff)
+		return 0xffffffff;
+	lo = n;
+	hi = n >> 8;
 	/* Mask after a barrier, so that the verifier sees each index masked:
 	 * the compiler would otherwise fold the masks into bounds it cannot
 	 * prove. */
@@ -100,6 +94,113 @@ static __always_inline int pn_sctp_port_csum(struct __sk_buff *skb, const struct
 	delta = pn_crc32c_mul((__u32)(__u16)(from ^ to) << 16, pn_crc32c_x8[lo], 16);
 	if (hi)
 		delta = pn_crc32c_mul(delta, pn_crc32c_x8[256 + hi], 32);
+	return delta;
+}
+
+/* pn_sctp_port_csum updates the CRC of the SCTP packet at p->l4off for its
+ * source (dst == 0) or destination port going from `from` to `to`. */
+static __always_inline int pn_sctp_port_csum(struct __sk_buff *skb, const struct pn_pkt *p, int dst,
+					     __be16 from, __be16 to)
+{
+	__u32 len, crc, delta;
+
+	if (bpf_skb_load_bytes(skb, p->l4off + 8, &crc, sizeof(crc)) < 0)
+		return -1;
+	if (crc == 0)
+		return 0; /* computed later, over the new port */
+	len = pn_sctp_len(skb, p);
+	if (len < 12)
+		return -1;
+	delta = pn_sctp_delta16(dst ? len : len + 2, from, to);
+	if (delta == 0xffffffff)
+		return -1;
 	crc ^= delta;
 	return bpf_skb_store_bytes(skb, p->l4off + 8, &crc, sizeof(crc), 0);
+}
+
+/* The address parameters of INIT and INIT ACK (RFC 9260 section 3.3.2),
+ * and the type podnic gives them: an unknown type whose top bits (10) tell
+ * the receiver to skip it silently. */
+#define PN_SCTP_PARAM_IPV4   5
+#define PN_SCTP_PARAM_IPV6   6
+#define PN_SCTP_PARAM_HIDDEN 0xbf00
+/* INIT and INIT ACK carry 16 fixed bytes after the chunk header; podnic
+ * looks at the first PN_SCTP_PARAMS_MAX parameters after them. */
+#define PN_SCTP_INIT_FIXED 16
+#define PN_SCTP_PARAMS_MAX 16
+
+/* pn_sctp_hide_addrs hides the address parameters of the INIT or INIT
+ * ACK of len bytes at l4off whose CRC field holds crc (0: computed later):
+ * each one's type changes to PN_SCTP_PARAM_HIDDEN | type, the CRC with it;
+ * the State Cookie and everything else stay. A global function, verified
+ * once for every caller: its loops, inlined at each translation site,
+ * took the verifier past its limit. Returns 0, or -1 when the packet could
+ * not be changed. */
+__attribute__((noinline)) int pn_sctp_hide_addrs(struct __sk_buff *skb, __u32 l4off, __u32 len,
+						 __u32 crc)
+{
+	struct {
+		__u8 type, flags;
+		__be16 len;
+	} ch;
+	struct {
+		__be16 type, len;
+	} param;
+	__u32 pos, end, delta;
+	int i;
+
+	if (!skb || len < 12 + 4 + PN_SCTP_INIT_FIXED || len > 0xffff || l4off > 0xffff)
+		return -1;
+	if (bpf_skb_load_bytes(skb, l4off + 12, &ch, sizeof(ch)) < 0)
+		return -1;
+	end = 12 + bpf_ntohs(ch.len);
+	if (end > len)
+		end = len;
+	pos = 12 + 4 + PN_SCTP_INIT_FIXED;
+#pragma clang loop unroll(disable)
+	for (i = 0; i < PN_SCTP_PARAMS_MAX; i++) {
+		__u16 type, plen;
+		__be16 hidden;
+
+		if (pos + sizeof(param) > end)
+			break;
+		if (bpf_skb_load_bytes(skb, l4off + pos, &param, sizeof(param)) < 0)
+			break;
+		type = bpf_ntohs(param.type);
+		plen = bpf_ntohs(param.len);
+		if (plen < sizeof(param))
+			break;
+		if (type == PN_SCTP_PARAM_IPV4 || type == PN_SCTP_PARAM_IPV6) {
+			hidden = bpf_htons(PN_SCTP_PARAM_HIDDEN | type);
+			if (crc != 0) {
+				delta = pn_sctp_delta16(len - pos + 2, param.type, hidden);
+				if (delta == 0xffffffff)
+					return -1;
+				crc ^= delta;
+			}
+			if (bpf_skb_store_bytes(skb, l4off + pos, &hidden, sizeof(hidden), 0) < 0)
+				return -1;
+		}
+		pos += ((__u32)plen + 3) & ~3U;
+	}
+	return bpf_skb_store_bytes(skb, l4off + 8, &crc, sizeof(crc), 0) < 0 ? -1 : 0;
+}
+
+/* pn_sctp_single_home hides the address parameters of an INIT or INIT ACK
+ * crossing a Service: the peer then knows its end by the packet's
+ * addresses alone (the VIP, or the client's one address) and opens no
+ * paths past the translation (docs/datapath.md, "SCTP"). A packet whose
+ * CRC cannot be updated (an IP fragment) is left as it is. */
+static __always_inline int pn_sctp_single_home(struct __sk_buff *skb, const struct pn_pkt *p)
+{
+	__u32 crc, len;
+
+	if (!(p->tcp_flags & PN_TCP_SYN))
+		return 0; /* neither INIT nor INIT ACK */
+	if (bpf_skb_load_bytes(skb, p->l4off + 8, &crc, sizeof(crc)) < 0)
+		return 0;
+	len = pn_sctp_len(skb, p);
+	if (len < 12 + 4 + PN_SCTP_INIT_FIXED)
+		return 0;
+	return pn_sctp_hide_addrs(skb, p->l4off, len, crc);
 }

@@ -203,7 +203,7 @@ func KubeProxyReplacement() []Feature {
 		{"InternalTrafficPolicy", "enabled", "Local: only this node's endpoints"},
 		{"TopologyAwareRouting", "enabled", "hints: PreferSameNode, PreferSameZone"},
 		{"TerminatingEndpoints", "enabled", "serving-terminating fallback"},
-		{"SCTP", "enabled", "translated by tc (full path only; not at the socket), port changes with the CRC32c updated; one address per family (no multihoming through the VIP)"},
+		{"SCTP", "enabled", "translated by tc (full path only; not at the socket), port changes with the CRC32c updated; single-homed through the VIP (address parameters hidden)"},
 		{"NodePort", "enabled", "a pod's traffic to its node's InternalIPs on a NodePort, straight to the endpoints; traffic from outside: later issue"},
 		{"ExternalIPs", "enabled", "a pod's traffic to spec.externalIPs, straight to the endpoints; traffic from outside: later issue"},
 		{"LoadBalancer", "enabled", "a pod's traffic to the ingress IPs (not ipMode Proxy), straight to the endpoints; traffic from outside: later issue"},
