@@ -7,6 +7,7 @@ package bpf
 //
 //	SCTP VIP   10.96.0.14:36412   [fd00:96::14]:36412  -> server :38412
 //	no-backend 10.96.0.15:36412   [fd00:96::15]:36412
+//	self       10.96.0.16:36412   [fd00:96::16]:36412  -> client :38412
 
 import (
 	"errors"
@@ -26,6 +27,8 @@ var (
 	simSCTPV6     = netip.MustParseAddr("fd00:96::14")
 	simSCTPNoneV4 = netip.MustParseAddr("10.96.0.15")
 	simSCTPNoneV6 = netip.MustParseAddr("fd00:96::15")
+	simSCTPSelfV4 = netip.MustParseAddr("10.96.0.16")
+	simSCTPSelfV6 = netip.MustParseAddr("fd00:96::16")
 )
 
 const (
@@ -48,7 +51,7 @@ func TestSCTPAssociationThroughAService(t *testing.T) {
 			}
 			d := loadTest(t)
 			client, server := trafficPods(t, d)
-			for i, s := range []struct{ vip, backend netip.Addr }{{simSCTPV4, server.IPv4}, {simSCTPV6, server.IPv6}} {
+			for i, s := range []struct{ vip, backend netip.Addr }{{simSCTPV4, server.IPv4}, {simSCTPV6, server.IPv6}, {simSCTPSelfV4, client.IPv4}, {simSCTPSelfV6, client.IPv6}} {
 				err := d.Maps.UpsertService(ServiceEntry{
 					Frontend: Frontend{VIP: s.vip, Port: simSCTPPort, Proto: SCTP},
 					ID:       uint32(300 + i),
@@ -106,6 +109,24 @@ func TestSCTPAssociationThroughAService(t *testing.T) {
 						}
 					})
 				}
+			}
+			// Self access: the client's association to a Service whose
+			// backend is itself, over lo.
+			for _, vip := range []netip.Addr{simSCTPSelfV4, simSCTPSelfV6} {
+				addr := netip.AddrPortFrom(vip, simSCTPPort)
+				t.Run(addr.String()+"/self", func(t *testing.T) {
+					delta := verdictDelta(t, d, verdict(DirFromPod, ReasonSelf))
+					got, err := sctpEcho(t, client, client, addr, netip.AddrPortFrom(client.Addr(vip.Is6()), simSCTPBackend), 0, "to myself")
+					if err != nil {
+						t.Fatalf("%v (self-access verdicts: %v)", err, delta())
+					}
+					if got[0] != "echo: to myself" {
+						t.Fatalf("answer %q", got[0])
+					}
+					if n := delta(); n[0] == 0 {
+						t.Error("no packet went the self-access way")
+					}
+				})
 			}
 			// A dual-stack server on [::] lists both its addresses in its
 			// INIT ACK. Were they to reach the client, it would confirm
