@@ -135,19 +135,12 @@ func TestUpdateAttachmentsCountsFiltersOfPodsGoneWithoutTheirDel(t *testing.T) {
 	if err := pinProgramCopy(old.Programs.LoOut, ghost); err != nil {
 		t.Fatal(err)
 	}
-	for i := range 2 {
-		fresh := reload(t, old.Root)
-		rep, err := fresh.UpdateAttachments()
-		if err != nil {
-			t.Fatalf("upgrade %d: %v", i+1, err)
-		}
-		if rep != (UpgradeReport{Filters: 3, Missing: 1}) {
-			t.Errorf("upgrade %d: UpdateAttachments() = %+v, want the client's 3 filters moved, the ghost's 1 missing", i+1, rep)
-		}
+	// The client's 3 filters move; the ghost's 1 is missing.
+	upgradeTwice(t, old.Root, UpgradeReport{Filters: 3, Missing: 1}, func(what string, fresh *Datapath) {
 		for _, ifname := range []string{client.Ifname, "lo"} {
-			expectRunning(t, fmt.Sprintf("upgrade %d, %s", i+1, ifname), queryInterface(t, client, ifname), programIDs(t, fresh))
+			expectRunning(t, what+", "+ifname, queryInterface(t, client, ifname), programIDs(t, fresh))
 		}
-	}
+	})
 }
 
 // A TCX link whose device is gone (a pod whose NIC was deleted without its
@@ -169,18 +162,28 @@ func TestUpdateAttachmentsCountsDefunctLinks(t *testing.T) {
 	}); err != nil {
 		t.Fatal(err)
 	}
+	// The NIC's 2 links are defunct; the lo link (lo stays with the
+	// netns) moves.
+	upgradeTwice(t, old.Root, UpgradeReport{Links: 1, Defunct: 2}, func(what string, fresh *Datapath) {
+		expectRunning(t, what+", lo", queryInterface(t, server, "lo"), programIDs(t, fresh))
+	})
+}
+
+// upgradeTwice loads a new datapath over root's pins twice, as two agent
+// upgrades in a row, and checks that each UpdateAttachments reports want,
+// then runs check on what the upgrade left.
+func upgradeTwice(t *testing.T, root string, want UpgradeReport, check func(what string, fresh *Datapath)) {
+	t.Helper()
 	for i := range 2 {
-		fresh := reload(t, old.Root)
+		fresh := reload(t, root)
 		rep, err := fresh.UpdateAttachments()
 		if err != nil {
 			t.Fatalf("upgrade %d: %v", i+1, err)
 		}
-		// The NIC's 2 links are defunct; the lo link (lo stays with the
-		// netns) moved.
-		if rep != (UpgradeReport{Links: 1, Defunct: 2}) {
-			t.Errorf("upgrade %d: UpdateAttachments() = %+v, want 1 link moved and 2 defunct", i+1, rep)
+		if rep != want {
+			t.Errorf("upgrade %d: UpdateAttachments() = %+v, want %+v", i+1, rep, want)
 		}
-		expectRunning(t, fmt.Sprintf("upgrade %d, lo", i+1), queryInterface(t, server, "lo"), programIDs(t, fresh))
+		check(fmt.Sprintf("upgrade %d", i+1), fresh)
 	}
 }
 

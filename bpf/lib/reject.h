@@ -77,6 +77,14 @@ struct pn_pseudo6 {
 	__u8 nexthdr;
 };
 
+/* pn_replace_frame makes the packet the len bytes at frame. */
+static __always_inline int pn_replace_frame(struct __sk_buff *skb, const void *frame, __u32 len)
+{
+	if (bpf_skb_change_tail(skb, len, 0) < 0)
+		return -1;
+	return bpf_skb_store_bytes(skb, 0, frame, len, 0);
+}
+
 static __always_inline void pn_swap_eth(struct ethhdr *dst, const struct ethhdr *src)
 {
 	__builtin_memcpy(dst->h_dest, src->h_source, ETH_ALEN);
@@ -195,9 +203,7 @@ static __always_inline int pn_reject4(struct __sk_buff *skb, const struct pn_pkt
 		sum = bpf_csum_diff(0, 0, (__be32 *)&out.ip, sizeof(out.ip), 0);
 		out.ip.check = pn_csum_fold(sum);
 
-		if (bpf_skb_change_tail(skb, PN_FRAME_LEN(out), 0) < 0)
-			return -1;
-		return bpf_skb_store_bytes(skb, 0, &out.eth, PN_FRAME_LEN(out), 0);
+		return pn_replace_frame(skb, &out.eth, PN_FRAME_LEN(out));
 	} else if (p->proto == IPPROTO_SCTP) {
 		struct pn_ip4_abort out = {};
 
@@ -215,9 +221,7 @@ static __always_inline int pn_reject4(struct __sk_buff *skb, const struct pn_pkt
 		sum = bpf_csum_diff(0, 0, (__be32 *)&out.ip, sizeof(out.ip), 0);
 		out.ip.check = pn_csum_fold(sum);
 
-		if (bpf_skb_change_tail(skb, PN_FRAME_LEN(out), 0) < 0)
-			return -1;
-		return bpf_skb_store_bytes(skb, 0, &out.eth, PN_FRAME_LEN(out), 0);
+		return pn_replace_frame(skb, &out.eth, PN_FRAME_LEN(out));
 	} else {
 		struct pn_ip4_unreach out = {};
 		__u8 *l4 = data + sizeof(*eth) + sizeof(*ip);
@@ -243,9 +247,7 @@ static __always_inline int pn_reject4(struct __sk_buff *skb, const struct pn_pkt
 		sum = bpf_csum_diff(0, 0, (__be32 *)&out.ip, sizeof(out.ip), 0);
 		out.ip.check = pn_csum_fold(sum);
 
-		if (bpf_skb_change_tail(skb, PN_FRAME_LEN(out), 0) < 0)
-			return -1;
-		return bpf_skb_store_bytes(skb, 0, &out.eth, PN_FRAME_LEN(out), 0);
+		return pn_replace_frame(skb, &out.eth, PN_FRAME_LEN(out));
 	}
 }
 
@@ -293,9 +295,7 @@ static __always_inline int pn_reject6(struct __sk_buff *skb, const struct pn_pkt
 		sum = bpf_csum_diff(0, 0, (__be32 *)&out.tcp, sizeof(out.tcp), sum);
 		out.tcp.check = pn_csum_fold(sum);
 
-		if (bpf_skb_change_tail(skb, PN_FRAME_LEN(out), 0) < 0)
-			return -1;
-		return bpf_skb_store_bytes(skb, 0, &out.eth, PN_FRAME_LEN(out), 0);
+		return pn_replace_frame(skb, &out.eth, PN_FRAME_LEN(out));
 	} else if (p->proto == IPPROTO_SCTP) {
 		struct pn_ip6_abort out = {};
 
@@ -309,9 +309,7 @@ static __always_inline int pn_reject6(struct __sk_buff *skb, const struct pn_pkt
 		out.ip.saddr = ip->daddr;
 		out.ip.daddr = ip->saddr;
 
-		if (bpf_skb_change_tail(skb, PN_FRAME_LEN(out), 0) < 0)
-			return -1;
-		return bpf_skb_store_bytes(skb, 0, &out.eth, PN_FRAME_LEN(out), 0);
+		return pn_replace_frame(skb, &out.eth, PN_FRAME_LEN(out));
 	} else {
 		struct pn_ip6_unreach out = {};
 		__u32 icmp_len = PN_FRAME_LEN(out) - sizeof(out.eth) - sizeof(out.ip);
@@ -343,9 +341,7 @@ static __always_inline int pn_reject6(struct __sk_buff *skb, const struct pn_pkt
 		sum = bpf_csum_diff(0, 0, (__be32 *)&out.icmp, icmp_len, sum);
 		out.icmp.icmp6_cksum = pn_csum_fold(sum);
 
-		if (bpf_skb_change_tail(skb, PN_FRAME_LEN(out), 0) < 0)
-			return -1;
-		return bpf_skb_store_bytes(skb, 0, &out.eth, PN_FRAME_LEN(out), 0);
+		return pn_replace_frame(skb, &out.eth, PN_FRAME_LEN(out));
 	}
 }
 
