@@ -70,6 +70,9 @@ func TestIPv6ExtensionHeadersAreWalked(t *testing.T) {
 		{"hop-by-hop/TCP", TCP, []ext6{padN(extHopByHop)}},
 		{"hop-by-hop+destination/UDP", UDP, []ext6{padN(extHopByHop), padN(extDestOpts)}},
 		{"routing-done+destination/TCP", TCP, []ext6{routing(0), padN(extDestOpts)}},
+		// SCTP's CRC update takes the packet's length from the payload
+		// length, which counts the extension headers.
+		{"hop-by-hop+destination/SCTP", SCTP, []ext6{padN(extHopByHop), padN(extDestOpts)}},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			d := loadTest(t)
@@ -94,9 +97,12 @@ func TestIPv6ExtensionHeadersAreWalked(t *testing.T) {
 			if ret != actRedirect {
 				t.Fatalf("without backends: verdict %d, want a refusal", ret)
 			}
-			if c.proto == TCP {
+			switch c.proto {
+			case TCP:
 				expectPacket(t, "RST", got, rstFor(t, plain))
-			} else {
+			case SCTP:
+				expectPacket(t, "ABORT", got, abortFor(t, plain))
+			default:
 				expectPacket(t, "ICMP port unreachable", got, unreachableFor(t, plain.bytes(t), fam))
 			}
 		})

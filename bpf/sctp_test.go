@@ -251,3 +251,30 @@ func TestSCTPInitAddressesAreHiddenAcrossAService(t *testing.T) {
 		}
 	}
 }
+
+// withIPv4Options returns the IPv4 frame b with 4 bytes of NOP options
+// after its header (IHL 6), lengths and header checksum fixed.
+func withIPv4Options(b []byte) []byte {
+	out := append(append(append([]byte(nil), b[:34]...), 1, 1, 1, 1), b[34:]...)
+	out[14] = 0x46
+	binary.BigEndian.PutUint16(out[16:], binary.BigEndian.Uint16(b[16:])+4)
+	clear(out[24:26])
+	binary.BigEndian.PutUint16(out[24:], ^checksum(out[14:38]))
+	return out
+}
+
+// An IPv4 header with options moves the SCTP packet and shortens it
+// against the IP total length: the CRC update finds the length from the
+// header's IHL.
+func TestSCTPPortRewriteBehindIPv4Options(t *testing.T) {
+	fam := families[0]
+	d := loadTest(t)
+	service(t, d, Frontend{VIP: fam.vip, Port: servicePort, Proto: SCTP}, 1, backendPort, fam.backends[0])
+	client, vip, backend := ap(fam.client, clientPort), ap(fam.vip, servicePort), ap(fam.backends[0], backendPort)
+	out := pkt{src: client, dst: vip, proto: SCTP, flags: "A", seq: 9, payload: make([]byte, 300)}
+	ret, got := run(t, d.Programs.FromPod, withIPv4Options(out.bytes(t)))
+	if ret != actUnspec {
+		t.Fatalf("verdict %d", ret)
+	}
+	expectPacket(t, "to the backend", got, withIPv4Options(out.with(client, backend).bytes(t)))
+}
