@@ -250,6 +250,33 @@ func TestServiceWithoutBackendsIsRejected(t *testing.T) {
 	}
 }
 
+// An IPv4 packet with IP options to a Service without endpoints is refused
+// as the packet without them: the RST and the ABORT answer its L4 header
+// wherever it starts, and the ICMP quote leaves the options out, so that
+// the client's stack finds the socket by its ports.
+func TestRejectBehindIPv4Options(t *testing.T) {
+	fam := families[0]
+	for _, proto := range protos {
+		t.Run(proto.String(), func(t *testing.T) {
+			d := loadTest(t)
+			service(t, d, Frontend{VIP: fam.vip, Port: servicePort, Proto: proto}, 1, backendPort)
+			plain := pkt{src: ap(fam.client, clientPort), dst: ap(fam.vip, servicePort), proto: proto, flags: firstFlags(proto), seq: 7, payload: []byte("query payload longer than eight bytes")}
+			ret, got := run(t, d.Programs.FromPod, withIPv4Options(plain.bytes(t)))
+			if ret != actRedirect {
+				t.Fatalf("verdict %d, want TC_ACT_REDIRECT back into the pod", ret)
+			}
+			switch proto {
+			case TCP:
+				expectPacket(t, "RST", got, rstFor(t, plain))
+			case SCTP:
+				expectPacket(t, "ABORT", got, abortFor(t, plain))
+			default:
+				expectPacket(t, "ICMP port unreachable", got, unreachableFor(t, plain.bytes(t), fam))
+			}
+		})
+	}
+}
+
 // internalTrafficPolicy Local with endpoints on other nodes only: kube-proxy
 // drops new flows (it rejects only when there are no endpoints at all).
 // The entry says so; ListServices reads it back; and an entry that claims

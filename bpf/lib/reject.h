@@ -164,13 +164,20 @@ static __always_inline int pn_reject4(struct __sk_buff *skb, const struct pn_pkt
 	void *data = (void *)(long)skb->data, *end = (void *)(long)skb->data_end;
 	struct ethhdr *eth = data;
 	struct iphdr *ip = data + sizeof(*eth);
+	/* IP options (lib/parse.h) sit between ip and the L4 header, which
+	 * is copied out: its offset varies (bounded again here, as p lives
+	 * on the stack). */
+	__u32 l4off = p->l4off, opts;
 	__s64 sum;
 
-	if ((void *)(ip + 1) > end || ip->ihl != 5)
+	if ((void *)(ip + 1) > end)
 		return -1;
+	if (l4off < sizeof(*eth) + sizeof(*ip) || l4off > sizeof(*eth) + 60)
+		return -1;
+	opts = l4off - sizeof(*eth) - sizeof(*ip);
 
 	if (p->proto == IPPROTO_TCP) {
-		struct tcphdr *th = data + sizeof(*eth) + sizeof(*ip);
+		struct tcphdr tcp, *th = &tcp;
 		struct pn_ip4_rst out = {};
 		struct {
 			__be32 saddr, daddr;
@@ -179,9 +186,9 @@ static __always_inline int pn_reject4(struct __sk_buff *skb, const struct pn_pkt
 		} ph = {};
 		__u32 payload;
 
-		if ((void *)(th + 1) > end)
+		if (bpf_skb_load_bytes(skb, l4off, &tcp, sizeof(tcp)) < 0)
 			return -1;
-		payload = bpf_ntohs(ip->tot_len) - sizeof(*ip) - th->doff * 4;
+		payload = bpf_ntohs(ip->tot_len) - sizeof(*ip) - opts - th->doff * 4;
 		pn_swap_eth(&out.eth, eth);
 		out.ip.version = 4;
 		out.ip.ihl = 5;
@@ -224,13 +231,21 @@ static __always_inline int pn_reject4(struct __sk_buff *skb, const struct pn_pkt
 		return pn_replace_frame(skb, &out.eth, PN_FRAME_LEN(out));
 	} else {
 		struct pn_ip4_unreach out = {};
-		__u8 *l4 = data + sizeof(*eth) + sizeof(*ip);
 
-		if ((void *)(l4 + PN_ICMP_QUOTE) > end)
+		if (bpf_skb_load_bytes(skb, l4off, out.quote, PN_ICMP_QUOTE) < 0)
 			return -1;
 		pn_swap_eth(&out.eth, eth);
+		/* The quote holds the header without its options, as IPv6's
+		 * leaves the extension headers out: the error goes to the pod's
+		 * own stack, which needs the ports to find the socket. */
 		out.orig = *ip;
-		__builtin_memcpy(out.quote, l4, PN_ICMP_QUOTE);
+		if (opts) {
+			out.orig.ihl = 5;
+			out.orig.tot_len = bpf_htons(bpf_ntohs(ip->tot_len) - opts);
+			out.orig.check = 0;
+			sum = bpf_csum_diff(0, 0, (__be32 *)&out.orig, sizeof(out.orig), 0);
+			out.orig.check = pn_csum_fold(sum);
+		}
 		out.ip.version = 4;
 		out.ip.ihl = 5;
 		out.ip.tot_len = bpf_htons(PN_FRAME_LEN(out) - sizeof(out.eth));
