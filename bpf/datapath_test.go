@@ -265,15 +265,23 @@ func TestRejectBehindIPv4Options(t *testing.T) {
 			if ret != actRedirect {
 				t.Fatalf("verdict %d, want TC_ACT_REDIRECT back into the pod", ret)
 			}
-			switch proto {
-			case TCP:
-				expectPacket(t, "RST", got, rstFor(t, plain))
-			case SCTP:
-				expectPacket(t, "ABORT", got, abortFor(t, plain))
-			default:
-				expectPacket(t, "ICMP port unreachable", got, unreachableFor(t, plain.bytes(t), fam))
-			}
+			expectRefusal(t, got, plain, fam)
 		})
+	}
+}
+
+// expectRefusal checks that got is podnic's refusal of sent, built as for
+// sent without IP options or extension headers: a TCP RST, an SCTP ABORT,
+// or an ICMP port unreachable.
+func expectRefusal(t *testing.T, got []byte, sent pkt, fam family) {
+	t.Helper()
+	switch sent.proto {
+	case TCP:
+		expectPacket(t, "RST", got, rstFor(t, sent))
+	case SCTP:
+		expectPacket(t, "ABORT", got, abortFor(t, sent))
+	default:
+		expectPacket(t, "ICMP port unreachable", got, unreachableFor(t, sent.bytes(t), fam))
 	}
 }
 

@@ -97,14 +97,7 @@ func TestIPv6ExtensionHeadersAreWalked(t *testing.T) {
 			if ret != actRedirect {
 				t.Fatalf("without backends: verdict %d, want a refusal", ret)
 			}
-			switch c.proto {
-			case TCP:
-				expectPacket(t, "RST", got, rstFor(t, plain))
-			case SCTP:
-				expectPacket(t, "ABORT", got, abortFor(t, plain))
-			default:
-				expectPacket(t, "ICMP port unreachable", got, unreachableFor(t, plain.bytes(t), fam))
-			}
+			expectRefusal(t, got, plain, fam)
 		})
 	}
 

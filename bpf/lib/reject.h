@@ -85,6 +85,22 @@ static __always_inline int pn_replace_frame(struct __sk_buff *skb, const void *f
 	return bpf_skb_store_bytes(skb, 0, frame, len, 0);
 }
 
+/* pn_reply4 fills out, the IPv4 header of a reply from the VIP to the
+ * sender of in carrying l4len bytes of proto, checksum included. */
+static __always_inline void pn_reply4(struct iphdr *out, const struct iphdr *in, __u8 proto,
+				      __u16 l4len)
+{
+	out->version = 4;
+	out->ihl = 5;
+	out->tot_len = bpf_htons(sizeof(*out) + l4len);
+	out->frag_off = bpf_htons(0x4000); /* DF */
+	out->ttl = 64;
+	out->protocol = proto;
+	out->saddr = in->daddr;
+	out->daddr = in->saddr;
+	out->check = pn_csum_fold(bpf_csum_diff(0, 0, (__be32 *)out, sizeof(*out), 0));
+}
+
 static __always_inline void pn_swap_eth(struct ethhdr *dst, const struct ethhdr *src)
 {
 	__builtin_memcpy(dst->h_dest, src->h_source, ETH_ALEN);
@@ -190,14 +206,7 @@ static __always_inline int pn_reject4(struct __sk_buff *skb, const struct pn_pkt
 			return -1;
 		payload = bpf_ntohs(ip->tot_len) - sizeof(*ip) - opts - th->doff * 4;
 		pn_swap_eth(&out.eth, eth);
-		out.ip.version = 4;
-		out.ip.ihl = 5;
-		out.ip.tot_len = bpf_htons(sizeof(out.ip) + sizeof(out.tcp));
-		out.ip.frag_off = bpf_htons(0x4000); /* DF */
-		out.ip.ttl = 64;
-		out.ip.protocol = IPPROTO_TCP;
-		out.ip.saddr = ip->daddr;
-		out.ip.daddr = ip->saddr;
+		pn_reply4(&out.ip, ip, IPPROTO_TCP, sizeof(out.tcp));
 		pn_rst_fill(&out.tcp, th, payload);
 
 		ph.saddr = out.ip.saddr;
@@ -207,8 +216,6 @@ static __always_inline int pn_reject4(struct __sk_buff *skb, const struct pn_pkt
 		sum = bpf_csum_diff(0, 0, (__be32 *)&ph, sizeof(ph), 0);
 		sum = bpf_csum_diff(0, 0, (__be32 *)&out.tcp, sizeof(out.tcp), sum);
 		out.tcp.check = pn_csum_fold(sum);
-		sum = bpf_csum_diff(0, 0, (__be32 *)&out.ip, sizeof(out.ip), 0);
-		out.ip.check = pn_csum_fold(sum);
 
 		return pn_replace_frame(skb, &out.eth, PN_FRAME_LEN(out));
 	} else if (p->proto == IPPROTO_SCTP) {
@@ -217,16 +224,7 @@ static __always_inline int pn_reject4(struct __sk_buff *skb, const struct pn_pkt
 		if (pn_abort_fill(skb, p, &out.sctp) < 0)
 			return -1;
 		pn_swap_eth(&out.eth, eth);
-		out.ip.version = 4;
-		out.ip.ihl = 5;
-		out.ip.tot_len = bpf_htons(sizeof(out.ip) + sizeof(out.sctp));
-		out.ip.frag_off = bpf_htons(0x4000); /* DF */
-		out.ip.ttl = 64;
-		out.ip.protocol = IPPROTO_SCTP;
-		out.ip.saddr = ip->daddr;
-		out.ip.daddr = ip->saddr;
-		sum = bpf_csum_diff(0, 0, (__be32 *)&out.ip, sizeof(out.ip), 0);
-		out.ip.check = pn_csum_fold(sum);
+		pn_reply4(&out.ip, ip, IPPROTO_SCTP, sizeof(out.sctp));
 
 		return pn_replace_frame(skb, &out.eth, PN_FRAME_LEN(out));
 	} else {
