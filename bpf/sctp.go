@@ -11,7 +11,7 @@ import (
 const crc32cPoly = 0x82f63b78
 
 // crc32cMul returns a·b modulo the CRC32c polynomial, both reflected, for
-// an a whose low 32-bits bits are zero: the same computation as
+// an a whose low 32 - bits bits are zero: the same computation as
 // pn_crc32c_mul in bpf/lib/sctp.h.
 func crc32cMul(a, b uint32, bits int) uint32 {
 	var p uint32
@@ -20,21 +20,6 @@ func crc32cMul(a, b uint32, bits int) uint32 {
 		b = (b >> 1) ^ (crc32cPoly & -(b & 1))
 	}
 	return p
-}
-
-// crc32cPortDelta mirrors pn_sctp_port_csum: what an SCTP packet of n
-// bytes XORs into its CRC when its source (dst false) or destination port
-// goes from `from` to `to` (raw network-order values, read as a
-// little-endian host reads them).
-func crc32cPortDelta(tab *[512]uint32, n int, dst bool, from, to uint16) uint32 {
-	if !dst {
-		n += 2
-	}
-	d := crc32cMul(uint32(from^to)<<16, tab[n&0xff], 16)
-	if hi := (n >> 8) & 0xff; hi != 0 {
-		d = crc32cMul(d, tab[256+hi], 32)
-	}
-	return d
 }
 
 // crc32cShifts returns the table the programs update an SCTP packet's CRC

@@ -19,6 +19,21 @@ func sctpCRC(sctp []byte) uint32 {
 	return crc32.Checksum(c, crc32.MakeTable(crc32.Castagnoli))
 }
 
+// crc32cPortDelta mirrors pn_sctp_port_csum: what an SCTP packet of n
+// bytes XORs into its CRC when its source (dst false) or destination port
+// goes from `from` to `to` (raw network-order values, read as a
+// little-endian host reads them).
+func crc32cPortDelta(tab *[512]uint32, n int, dst bool, from, to uint16) uint32 {
+	if !dst {
+		n += 2
+	}
+	d := crc32cMul(uint32(from^to)<<16, tab[n&0xff], 16)
+	if hi := (n >> 8) & 0xff; hi != 0 {
+		d = crc32cMul(d, tab[256+hi], 32)
+	}
+	return d
+}
+
 // The table and multiplication the programs use give the CRC a full pass
 // over the packet gives, for either port and lengths across both halves
 // of the table. Go mirrors the C (pn_sctp_port_csum); the packet-level

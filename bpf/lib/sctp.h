@@ -6,10 +6,11 @@
  * address changes nothing in it, but a new port does. The CRC is affine:
  * for two packets A and B of one length, crc(A) ^ crc(B) is the plain CRC
  * (no initial value, no final xor) of A ^ B, which here is zero but for
- * the first four bytes. That CRC is those bytes, read as a little-endian
- * word, times x^(8 * length) modulo the CRC32c polynomial: one or two
- * table lookups and multiplications in GF(2)[x] / P, whatever the length,
- * instead of a pass over the whole packet.
+ * the two changed bytes. That CRC is those bytes, read as a little-endian
+ * word, times x^(8 * the bytes after them) modulo the CRC32c polynomial
+ * (pn_sctp_delta16): one or two table lookups and multiplications in
+ * GF(2)[x] / P, whatever the length, instead of a pass over the whole
+ * packet.
  *
  * A packet from the local stack to a device that computes the CRC
  * (CHECKSUM_PARTIAL, veth among them), or one segmented later (GSO),
@@ -25,14 +26,14 @@
 
 /* pn_crc32c_x8 holds x^(8i) (entries 0-255) and x^(8 * 256i) (entries
  * 256-511) modulo the CRC32c polynomial, reflected. The loader writes it
- * before loading (bpf/sctp.go): computed in Go, checked there against
- * hash/crc32. */
+ * before loading (bpf/sctp.go), computed in Go; bpf/sctp_test.go checks
+ * it against hash/crc32. */
 const volatile __u32 pn_crc32c_x8[512];
 
 /* pn_crc32c_mul returns a * b modulo the CRC32c polynomial, both
- * reflected, for an a whose low bits - bits is 16 or 32 - are zero: one
- * step per bit of a that may be set, branch-free, so the verifier walks
- * one path per iteration. */
+ * reflected, for an a whose low 32 - bits bits are zero (bits is 16 or
+ * 32): one step per bit of a that may be set, branch-free, so the verifier
+ * walks one path per iteration. */
 static __always_inline __u32 pn_crc32c_mul(__u32 a, __u32 b, int bits)
 {
 	__u32 p = 0;
