@@ -392,8 +392,8 @@ func dnatTarget(t *testing.T, d *Datapath, p pkt) netip.AddrPort {
 }
 
 // expectTranslatedBothWays checks that syn, from the pod to a frontend,
-// goes to backend, and that the backend's SYN-ACK comes back from the
-// frontend.
+// goes to backend, that the backend's SYN-ACK comes back from the
+// frontend, and that the flow's next segment goes to backend too.
 func expectTranslatedBothWays(t *testing.T, d *Datapath, syn pkt, backend netip.AddrPort) {
 	t.Helper()
 	if got := dnatTarget(t, d, syn); got != backend {
@@ -403,6 +403,14 @@ func expectTranslatedBothWays(t *testing.T, d *Datapath, syn pkt, backend netip.
 	ret, got := run(t, d.Programs.ToPod, reply.bytes(t))
 	if want := reply.with(syn.dst, syn.src).bytes(t); ret != actUnspec || !equalPacket(got, want) {
 		t.Errorf("reply from %s not translated back to %s (verdict %d)", backend, syn.dst, ret)
+	}
+	// The flow's next segment is no SYN: the egress fast path, which
+	// passes such segments to addresses that cannot be a Service's, must
+	// not take it.
+	ack := syn
+	ack.flags = "A"
+	if got := dnatTarget(t, d, ack); got != backend {
+		t.Errorf("ACK to %s went to %s, want %s", syn.dst, got, backend)
 	}
 }
 

@@ -154,6 +154,53 @@ static __always_inline int pn_outside_vip(const struct pn_pkt *p)
 	       (pn_cfg_flag(PN_CFG_EXTERNAL) && pn_is_vip(p));
 }
 
+/* pn_tcp_pass is the egress fast path: a TCP packet to an address outside
+ * the Service CIDRs, while no VIP lies outside them, passes on its headers
+ * alone, with no parse into a pn_pkt: nearly every packet of a pod whose
+ * connections are balanced at the socket, since they go to backends. With
+ * any_flags the IP header decides (the guard: nothing it passes is ever
+ * translated); without, only a packet that is no fragment and no SYN
+ * passes here, since pn_pass may have a closing flow's reply entry to
+ * forget for a SYN. UDP needs its ports: a moved socket's datagrams are to
+ * a pod address. */
+static __always_inline int pn_tcp_pass(struct __sk_buff *skb, int any_flags)
+{
+	void *data = (void *)(long)skb->data;
+	void *end = (void *)(long)skb->data_end;
+	struct ethhdr *eth = data;
+	struct tcphdr *th;
+	struct pn_cfg *cfg;
+	struct pn_addr a;
+	__u32 zero = 0;
+
+	if ((void *)(eth + 1) > end)
+		return 0;
+	if (eth->h_proto == bpf_htons(ETH_P_IP)) {
+		struct iphdr *ip = (void *)(eth + 1);
+
+		if ((void *)(ip + 1) > end || ip->protocol != IPPROTO_TCP)
+			return 0;
+		if (!any_flags && (ip->ihl != 5 || (ip->frag_off & bpf_htons(IP_MF | IP_OFFSET))))
+			return 0;
+		th = (void *)(ip + 1);
+		pn_addr_v4(&a, ip->daddr);
+	} else if (eth->h_proto == bpf_htons(ETH_P_IPV6)) {
+		struct ipv6hdr *ip6 = (void *)(eth + 1);
+
+		if ((void *)(ip6 + 1) > end || ip6->nexthdr != IPPROTO_TCP)
+			return 0;
+		th = (void *)(ip6 + 1);
+		__builtin_memcpy(&a, &ip6->daddr, sizeof(a));
+	} else {
+		return 0;
+	}
+	if (!any_flags && ((void *)(th + 1) > end || (th->syn && !th->ack)))
+		return 0;
+	cfg = bpf_map_lookup_elem(&podnic_cfg_v1, &zero);
+	return cfg && !(cfg->flags & PN_CFG_EXTERNAL) && pn_outside_cidrs(cfg, &a) &&
+	       !((cfg->flags & PN_CFG_NODEPORT) && pn_is_node_addr(&a));
+}
+
 static __always_inline int pn_from_pod(struct __sk_buff *skb, struct pn_pkt *p, int *reason)
 {
 	struct pn_ct_entry *fe;
@@ -343,51 +390,6 @@ static __always_inline int pn_from_pod(struct __sk_buff *skb, struct pn_pkt *p, 
 	return stale ? pn_redirect_neigh(skb) : TC_ACT_UNSPEC;
 }
 
-/* pn_guard serves the egress of a pod on the socket path (docs/datapath.md,
- * "The socket path"): its Service traffic is balanced at the socket, and no
- * program sees its incoming packets, so nothing may be translated here: a
- * reply could not be translated back. What reaches a Service anyway (the
- * socket programs left it, or the Service is gone, or has no endpoints) is
- * refused with a TCP RST or an ICMP port unreachable; a UDP socket's
- * datagrams to a backend that left are refused the same way, where the
- * full path would move them. Everything else passes after one Service-CIDR
- * check. */
-/* pn_guard_pass is the guard's fast path: a TCP packet to an address
- * outside the Service CIDRs, while no VIP lies outside them, passes on the
- * IP header alone, with no parse into a pn_pkt (nearly every packet of a
- * pod on the socket path: its connections go to backends). UDP needs its
- * ports: a moved socket's datagrams are to a pod address. */
-static __always_inline int pn_guard_pass(struct __sk_buff *skb)
-{
-	void *data = (void *)(long)skb->data;
-	void *end = (void *)(long)skb->data_end;
-	struct ethhdr *eth = data;
-	struct pn_cfg *cfg;
-	struct pn_addr a;
-	__u32 zero = 0;
-
-	if ((void *)(eth + 1) > end)
-		return 0;
-	if (eth->h_proto == bpf_htons(ETH_P_IP)) {
-		struct iphdr *ip = (void *)(eth + 1);
-
-		if ((void *)(ip + 1) > end || ip->protocol != IPPROTO_TCP)
-			return 0;
-		pn_addr_v4(&a, ip->daddr);
-	} else if (eth->h_proto == bpf_htons(ETH_P_IPV6)) {
-		struct ipv6hdr *ip6 = (void *)(eth + 1);
-
-		if ((void *)(ip6 + 1) > end || ip6->nexthdr != IPPROTO_TCP)
-			return 0;
-		__builtin_memcpy(&a, &ip6->daddr, sizeof(a));
-	} else {
-		return 0;
-	}
-	cfg = bpf_map_lookup_elem(&podnic_cfg_v1, &zero);
-	return cfg && !(cfg->flags & PN_CFG_EXTERNAL) && pn_outside_cidrs(cfg, &a) &&
-	       !((cfg->flags & PN_CFG_NODEPORT) && pn_is_node_addr(&a));
-}
-
 /* pn_refuse_unbalanced refuses, as pn_reject does, Service traffic the
  * socket programs left, and counts it as such. */
 static __always_inline int pn_refuse_unbalanced(struct __sk_buff *skb, const struct pn_pkt *p,
@@ -400,12 +402,21 @@ static __always_inline int pn_refuse_unbalanced(struct __sk_buff *skb, const str
 	return verdict;
 }
 
+/* pn_guard serves the egress of a pod on the socket path (docs/datapath.md,
+ * "The socket path"): its Service traffic is balanced at the socket, and no
+ * program sees its incoming packets, so nothing may be translated here: a
+ * reply could not be translated back. What reaches a Service anyway (the
+ * socket programs left it, or the Service is gone, or has no endpoints) is
+ * refused with a TCP RST or an ICMP port unreachable; a UDP socket's
+ * datagrams to a backend that left are refused the same way, where the
+ * full path would move them. Everything else passes after one Service-CIDR
+ * check. */
 static __always_inline int pn_guard(struct __sk_buff *skb, struct pn_pkt *p, int *reason)
 {
 	struct pn_svc_val *svc;
 	int outside;
 
-	if (pn_guard_pass(skb))
+	if (pn_tcp_pass(skb, 1))
 		return TC_ACT_UNSPEC;
 	switch (pn_parse(skb, p)) {
 	case PN_PARSE_OK:
@@ -535,14 +546,23 @@ static __always_inline int pn_to_pod(struct __sk_buff *skb, struct pn_pkt *p, in
 	return TC_ACT_UNSPEC;
 }
 
-SEC("tc")
-int podnic_from_pod(struct __sk_buff *skb)
+/* pn_from_pod_parsed is podnic_from_pod past its fast path: the pn_pkt
+ * and its zeroing are paid only here. */
+static __always_inline int pn_from_pod_parsed(struct __sk_buff *skb)
 {
 	struct pn_pkt p = {};
 	int reason = PN_PASS;
 	int verdict = pn_from_pod(skb, &p, &reason);
 
 	return pn_finish(skb, &p, PN_DIR_FROM_POD, reason, verdict);
+}
+
+SEC("tc")
+int podnic_from_pod(struct __sk_buff *skb)
+{
+	if (pn_tcp_pass(skb, 0))
+		return TC_ACT_UNSPEC;
+	return pn_from_pod_parsed(skb);
 }
 
 SEC("tc")
