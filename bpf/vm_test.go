@@ -153,6 +153,14 @@ func vmPair(t *testing.T) (client, server *vmPod) {
 	if err != nil {
 		t.Fatalf("adding veth pair: %v", err)
 	}
+	vmWire(t, client, server)
+	return client, server
+}
+
+// vmWire brings up lo and eth0 of both pods, gives eth0 the pod's
+// addresses, and routes the Service range through the other pod.
+func vmWire(t *testing.T, client, server *vmPod) {
+	t.Helper()
 	for _, p := range []struct{ self, peer *vmPod }{{client, server}, {server, client}} {
 		err := netdevice.InNetns(p.self.path, func() error {
 			lo, err := netlink.LinkByName("lo")
@@ -194,7 +202,6 @@ func vmPair(t *testing.T) (client, server *vmPod) {
 			t.Fatalf("wiring %s: %v", p.self.name, err)
 		}
 	}
-	return client, server
 }
 
 func vmIPNet(p netip.Prefix) *net.IPNet {

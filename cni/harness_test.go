@@ -58,7 +58,7 @@ func TestMain(m *testing.M) {
 		}
 		// The upstream plugins, from the Go module proxy with their own
 		// go.mod, as a node would install them.
-		for _, pkg := range []string{"ipam/host-local", "ipam/static", "main/host-device"} {
+		for _, pkg := range []string{"ipam/host-local", "ipam/static", "main/host-device", "main/bridge", "main/macvlan"} {
 			cmd := exec.Command("go", "install", "github.com/containernetworking/plugins/plugins/"+pkg+"@"+upstreamPlugins)
 			cmd.Env = append(os.Environ(), "GOBIN="+dir, "GOFLAGS=")
 			if out, err := cmd.CombinedOutput(); err != nil {
