@@ -391,15 +391,16 @@ func dnatTarget(t *testing.T, d *Datapath, p pkt) netip.AddrPort {
 	return ap(dst, port)
 }
 
-// expectTranslatedBothWays checks that syn, from the pod to a frontend,
-// goes to backend, that the backend's SYN-ACK comes back from the
-// frontend, and that the flow's next segment goes to backend too.
+// expectTranslatedBothWays checks that syn (a TCP SYN or an SCTP INIT),
+// from the pod to a frontend, goes to backend, that the backend's answer
+// (SYN-ACK, INIT ACK) comes back from the frontend, and that the flow's
+// next packet (ACK, DATA) goes to backend too.
 func expectTranslatedBothWays(t *testing.T, d *Datapath, syn pkt, backend netip.AddrPort) {
 	t.Helper()
 	if got := dnatTarget(t, d, syn); got != backend {
 		t.Fatalf("SYN to %s went to %s, want %s", syn.dst, got, backend)
 	}
-	reply := pkt{src: backend, dst: syn.src, proto: TCP, flags: "SA"}
+	reply := pkt{src: backend, dst: syn.src, proto: syn.proto, flags: "SA"}
 	ret, got := run(t, d.Programs.ToPod, reply.bytes(t))
 	if want := reply.with(syn.dst, syn.src).bytes(t); ret != actUnspec || !equalPacket(got, want) {
 		t.Errorf("reply from %s not translated back to %s (verdict %d)", backend, syn.dst, ret)

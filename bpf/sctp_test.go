@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"hash/crc32"
 	"math/rand/v2"
+	"net/netip"
 	"testing"
 
 	"github.com/google/gopacket"
@@ -202,6 +203,37 @@ func TestSCTPToAServiceWithoutEndpointsIsAborted(t *testing.T) {
 				}
 				expectPacket(t, "ABORT", got, abortFor(t, sent))
 				expectCounted(t, d, DirFromPod, ReasonReject, before)
+			})
+		}
+	}
+}
+
+// SCTP to the frontends outside the Service CIDRs, an external VIP
+// (externalIPs, LoadBalancer ingress) and the node's address on a
+// NodePort, is translated both ways as to a ClusterIP.
+func TestSCTPToExternalVIPsAndNodePortsIsTranslated(t *testing.T) {
+	const nodePort = 30080
+	for _, fam := range families {
+		for _, c := range []struct {
+			name string
+			addr netip.Addr
+			port uint16
+			on   func(d *Datapath) error
+		}{
+			{"external", fam.router, servicePort, func(d *Datapath) error { return d.Maps.SetExternalVIPs(true) }},
+			{"nodeport", fam.router.Next(), nodePort, func(d *Datapath) error {
+				return d.Maps.SetNodePortAddrs([]netip.Addr{fam.router.Next()})
+			}},
+		} {
+			t.Run(fam.name+"/"+c.name, func(t *testing.T) {
+				d := loadTest(t)
+				service(t, d, Frontend{VIP: c.addr, Port: c.port, Proto: SCTP}, 1, backendPort, fam.backends[0])
+				setFamilyCIDR(t, d, fam)
+				if err := c.on(d); err != nil {
+					t.Fatal(err)
+				}
+				init := pkt{src: ap(fam.client, clientPort), dst: ap(c.addr, c.port), proto: SCTP, flags: "S", seq: 0x5eed}
+				expectTranslatedBothWays(t, d, init, ap(fam.backends[0], backendPort))
 			})
 		}
 	}
