@@ -7,7 +7,9 @@
 #
 # Usage (as root): scripts/bench-wrk.sh [-quick] [-wrkbench.FLAG=VALUE ...]
 #   -quick                   about two minutes: 2 rounds of 3 s, 1 Service
-#   -wrkbench.rounds=N       interleaved rounds per phase (default 5)
+#   -wrkbench.rounds=N       interleaved rounds per phase (default 8)
+#   -wrkbench.budget=20m     bound on the whole suite (the last phase runs
+#                            fewer rounds, at least 3; negative: none)
 #   -wrkbench.duration=4s    each wrk run
 #   -wrkbench.services=1,10000
 #   -wrkbench.kube-proxy-at-scale=false   no kube-proxy at 10,000 Services

@@ -8,6 +8,7 @@ import (
 	"runtime"
 	"sort"
 	"strings"
+	"time"
 )
 
 func median(xs []float64) float64 {
@@ -186,8 +187,21 @@ func (r *Results) WriteMarkdown(w io.Writer) {
 	}
 	fmt.Fprintf(w, "- backends: %s\n", backend)
 	fmt.Fprintf(w, "- podnic as podnic-agent runs it: Service CIDR known, TCP connect() balanced at the socket, %s; the tc-only client has socket balancing off\n", peer)
-	fmt.Fprintf(w, "- %d rounds, interleaved; wrk -t1 -c%d -d%v pinned to CPU %s, servers to CPU %s; suite took %v\n\n",
-		c.Rounds, c.Conns, c.Duration, cpuClient, cpuServer, r.Elapsed.Round(1e9))
+	took := r.Elapsed.Round(time.Second).String()
+	if c.Budget > 0 {
+		took += fmt.Sprintf(" (budget %v)", c.Budget)
+		if r.Elapsed > c.Budget {
+			took += fmt.Sprintf(", over the budget: setup and the first %d rounds of each phase did not fit in it", MinRounds)
+		}
+	}
+	fmt.Fprintf(w, "- %d rounds, interleaved; wrk -t1 -c%d -d%v pinned to CPU %s, servers to CPU %s; suite took %s\n",
+		c.Rounds, c.Conns, c.Duration, cpuClient, cpuServer, took)
+	for _, ph := range r.Phases {
+		if ph.BudgetNote != "" {
+			fmt.Fprintf(w, "- %d Services: %s\n", ph.Services, ph.BudgetNote)
+		}
+	}
+	fmt.Fprintln(w)
 	fmt.Fprintf(w, "Medians over rounds. \"× direct\", \"× via node\", \"× nft\", \"× ipt\": this row's req/s over that row's, same round, median. "+
 		"ΔCPU: CPU µs per request (wrk + servers + ksoftirqd) minus direct's, same round, median (smallest … largest round); with short connections that is the extra cost of a new connection. "+
 		"SYN retrans: SYNs the client sent again, over all rounds — each a connect stalled for a second, which lowers req/s without showing in the latency columns (wrk times request to response).\n")

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"strings"
 	"testing"
+	"time"
 )
 
 // sample makes a wrk sample of one second with rps requests and cpu µs of
@@ -142,5 +143,44 @@ func TestHundredthsPrintsNoNegativeZero(t *testing.T) {
 	}
 	if got := fmt.Sprintf("%+.2f", hundredths(-0.126)); got != "-0.13" {
 		t.Errorf("hundredths(-0.126) prints %s", got)
+	}
+}
+
+// The budget lets a round start only when it and the profile runs after it
+// end within the bound; without a budget every round runs.
+func TestRoundFitsTheBudget(t *testing.T) {
+	const m = time.Minute
+	for _, c := range []struct {
+		elapsed, perRound, profile, budget time.Duration
+		want                               bool
+	}{
+		{17 * m, m, m, 20 * m, true},
+		{18 * m, m, m, 20 * m, true},
+		{18*m + time.Second, m, m, 20 * m, false},
+		{30 * m, m, m, 0, true},
+	} {
+		if got := roundFits(c.elapsed, c.perRound, c.profile, c.budget); got != c.want {
+			t.Errorf("roundFits(%v, %v, %v, %v) = %v, want %v", c.elapsed, c.perRound, c.profile, c.budget, got, c.want)
+		}
+	}
+}
+
+// A phase the budget cut short says so in the report's header, and a
+// suite over its budget is called that.
+func TestReportSaysWhatTheBudgetCut(t *testing.T) {
+	cfg := FullConfig()
+	ph := phase(10000, map[Case][][2]float64{short(TargetDirect): {{1000, 60}, {1000, 60}, {1000, 60}}})
+	ph.BudgetNote = "3 of 8 rounds: the budget"
+	res := &Results{Config: cfg, Elapsed: 21 * time.Minute, Phases: []*Phase{ph}}
+	var buf bytes.Buffer
+	res.WriteMarkdown(&buf)
+	out := buf.String()
+	for _, want := range []string{
+		"- 10000 Services: 3 of 8 rounds: the budget\n",
+		"suite took 21m0s (budget 20m0s), over the budget",
+	} {
+		if !strings.Contains(out, want) {
+			t.Errorf("report lacks %q\n%s", want, out)
+		}
 	}
 }

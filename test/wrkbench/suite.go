@@ -39,16 +39,32 @@ type Config struct {
 	// (Phase.Profiles): a figure other load on the machine barely moves.
 	Profile     bool
 	ProfileRuns int
+	// Budget bounds the whole suite: the last phase starts no round
+	// (past its first MinRounds) that would, with its profile runs, end
+	// after it. 0: no bound.
+	Budget time.Duration
 }
+
+// MinRounds are the rounds every phase runs, whatever the budget: fewer
+// give no median worth the name.
+const MinRounds = 3
 
 // QuickConfig is for development: about two minutes.
 func QuickConfig() Config {
 	return Config{Rounds: 2, Duration: 3 * time.Second, Conns: 32, Services: []int{1}, KubeProxy: true, KubeProxyAtScale: true, Workers: 16}
 }
 
-// FullConfig is what `make bench-wrk` runs: about 14 minutes.
+// FullConfig is what `make bench-wrk` runs: 18-19 minutes on the
+// development VM, bounded at 20.
 func FullConfig() Config {
-	return Config{Rounds: 8, Duration: 3 * time.Second, Conns: 32, Services: []int{1, 10000}, KubeProxy: true, KubeProxyAtScale: true, Workers: 16, Profile: true, ProfileRuns: 3}
+	return Config{Rounds: 8, Duration: 3 * time.Second, Conns: 32, Services: []int{1, 10000}, KubeProxy: true, KubeProxyAtScale: true, Workers: 16, Profile: true, ProfileRuns: 3, Budget: 20 * time.Minute}
+}
+
+// roundFits reports whether one more round, taking perRound, and then
+// the profile runs, taking profile, end within budget when elapsed has
+// gone by since the suite started.
+func roundFits(elapsed, perRound, profile, budget time.Duration) bool {
+	return budget <= 0 || elapsed+perRound+profile <= budget
 }
 
 // Target is where one client sends its requests.
@@ -88,6 +104,10 @@ type Phase struct {
 	// name (Config.Profile); ProfileNote says why there is none.
 	Profiles    map[string]*Profile
 	ProfileNote string
+	// Rounds are the rounds run; fewer than Config.Rounds when the
+	// budget cut the phase short (BudgetNote says so).
+	Rounds     int
+	BudgetNote string
 }
 
 // Results are the whole suite's.
@@ -191,7 +211,13 @@ func Run(t *testing.T, cfg Config) *Results {
 	}
 
 	present := 1
-	for _, n := range cfg.Services {
+	// profileTook is how long the last phase's profile runs took: the
+	// estimate for the next phase's, which the budget must leave room for.
+	var profileTook time.Duration
+	if cfg.Profile {
+		profileTook = time.Duration(cfg.ProfileRuns*3) * (cfg.Duration + 2*time.Second)
+	}
+	for pi, n := range cfg.Services {
 		ph := &Phase{Services: n, Samples: map[string][]Sample{}}
 		start := time.Now()
 		if n > present {
@@ -266,8 +292,20 @@ func Run(t *testing.T, cfg Config) *Results {
 			ph.Cases = append(ph.Cases, Case{tg, false}, Case{tg, true})
 		}
 		t.Logf("phase %d Services: %d cases × %d rounds × %v", n, len(ph.Cases), cfg.Rounds, cfg.Duration)
+		last := pi == len(cfg.Services)-1
+		roundsStart := time.Now()
 		for r := 0; r < cfg.Rounds; r++ {
+			if last && r >= MinRounds {
+				perRound := time.Since(roundsStart) / time.Duration(r)
+				if !roundFits(time.Since(res.Started), perRound, profileTook, cfg.Budget) {
+					ph.BudgetNote = fmt.Sprintf("%d of %d rounds: one more (about %v) and the profile runs (about %v) would have taken the suite past its %v budget",
+						r, cfg.Rounds, perRound.Round(time.Second), profileTook.Round(time.Second), cfg.Budget)
+					t.Logf("%d Services: %s", n, ph.BudgetNote)
+					break
+				}
+			}
 			redraw(r)
+			ph.Rounds = r + 1
 			// Rotate the order each round, so no case always follows
 			// the same one.
 			for i := range ph.Cases {
@@ -282,7 +320,9 @@ func Run(t *testing.T, cfg Config) *Results {
 			}
 		}
 		if cfg.Profile {
+			start := time.Now()
 			profilePhase(t, cfg, wrk, dir, ph, targets[:3])
+			profileTook = time.Since(start)
 		}
 		res.Phases = append(res.Phases, ph)
 	}

@@ -22,6 +22,7 @@ var (
 	flagKPScale  = flag.Bool("wrkbench.kube-proxy-at-scale", true, "keep the kube-proxy cases in phases above 1 Service (creates the Services in the API server)")
 	flagNoPeer   = flag.Bool("wrkbench.no-peer-names", false, "run podnic with --socket-lb-peer-name=false (getpeername names the backend; no getpeername slot per connect)")
 	flagNetHTTP  = flag.Bool("wrkbench.net-http", false, "serve with podnic-echo's net/http server instead of its minimal one")
+	flagBudget   = flag.Duration("wrkbench.budget", 0, "bound on the whole suite: the last phase runs fewer rounds (at least 3) rather than end after it (0: the mode's, 20m in full mode; negative: none)")
 	flagOut      = flag.String("wrkbench.out", "../../bench-results", "directory for the markdown report")
 	flagProfile  = flag.Bool("wrkbench.profile", false, "after each phase, profile direct and podnic TCX short connections with perf (default: on in full mode, off in quick mode)")
 )
@@ -40,6 +41,9 @@ func configFromFlags(t *testing.T) Config {
 	}
 	if *flagConns > 0 {
 		cfg.Conns = *flagConns
+	}
+	if *flagBudget != 0 {
+		cfg.Budget = max(*flagBudget, 0)
 	}
 	if *flagServices != "" {
 		cfg.Services = nil
