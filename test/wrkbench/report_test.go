@@ -50,21 +50,14 @@ func TestReportJudgesTheTargetsFromPairedRounds(t *testing.T) {
 			keepAlive(TargetKubeProxyNFT): {{4000, 10}, {4000, 10}, {4000, 10}},
 		}),
 	}}
-	var buf bytes.Buffer
-	res.WriteMarkdown(&buf)
-	out := buf.String()
-	for _, want := range []string{
+	out := reportHas(t, res,
 		"| 1 | extra CPU per new connection < 1 µs (short, ΔCPU vs direct) | +0.5 (+0.2 … +0.9) µs | met |",
 		"| 1 | keep-alive req/s within noise of direct | 0.98 (0.98 … 1.02)× | met |",
 		"| 10000 | extra CPU per new connection < 1 µs (short, ΔCPU vs direct) | +2.0 (+1.5 … +3.0) µs | missed |",
 		"| 10000 | short req/s ≥ 1.15× kube-proxy nftables | 1.18 (1.12 … 1.29)× | met |",
 		"| 10000 | short req/s ≥ 2.50× kube-proxy iptables-legacy | 2.37 (2.25 … 3.00)× | missed |",
 		"| 10000 | keep-alive req/s within noise of direct | 0.92 (0.90 … 0.94)× | missed |",
-	} {
-		if !strings.Contains(out, want) {
-			t.Errorf("report lacks %q", want)
-		}
-	}
+	)
 	// Only the phase with the most Services is judged against kube-proxy.
 	if strings.Contains(out, "| 1 | short req/s ≥") {
 		t.Error("the 1-Service phase is judged against kube-proxy")
@@ -172,15 +165,23 @@ func TestReportSaysWhatTheBudgetCut(t *testing.T) {
 	ph := phase(10000, map[Case][][2]float64{short(TargetDirect): {{1000, 60}, {1000, 60}, {1000, 60}}})
 	ph.BudgetNote = "3 of 8 rounds: the budget"
 	res := &Results{Config: cfg, Elapsed: 21 * time.Minute, Phases: []*Phase{ph}}
+	reportHas(t, res,
+		"- 10000 Services: 3 of 8 rounds: the budget\n",
+		"suite took 21m0s (budget 20m0s), over the budget",
+	)
+}
+
+// reportHas writes res's report and checks that it holds every line of
+// wants; it returns the report.
+func reportHas(t *testing.T, res *Results, wants ...string) string {
+	t.Helper()
 	var buf bytes.Buffer
 	res.WriteMarkdown(&buf)
 	out := buf.String()
-	for _, want := range []string{
-		"- 10000 Services: 3 of 8 rounds: the budget\n",
-		"suite took 21m0s (budget 20m0s), over the budget",
-	} {
+	for _, want := range wants {
 		if !strings.Contains(out, want) {
-			t.Errorf("report lacks %q\n%s", want, out)
+			t.Errorf("report lacks %q", want)
 		}
 	}
+	return out
 }
