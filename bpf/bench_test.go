@@ -232,3 +232,29 @@ func BenchmarkPassThrough(b *testing.B) {
 		}
 	}
 }
+
+// BenchmarkLoopbackWhileSelfAccessIsAlive is what a pod's packets on lo
+// pay while some pod's tc-translated self access is alive, which lights
+// lo's live slot in every pod: localhost traffic (a sidecar and its app)
+// and a packet between the pod's own addresses that no flow owns.
+func BenchmarkLoopbackWhileSelfAccessIsAlive(b *testing.B) {
+	for _, fam := range families {
+		for _, c := range []struct {
+			name     string
+			src, dst netip.AddrPort
+		}{
+			{"localhost", ap(fam.loopback, clientPort), ap(fam.loopback, backendPort)},
+			{"pod-address", ap(fam.client, clientPort+1), ap(fam.client, backendPort)},
+		} {
+			b.Run(fam.name+"/"+c.name, func(b *testing.B) {
+				d := loadTest(b)
+				selfAccessAlive(b, d, fam)
+				in := pkt{src: c.src, dst: c.dst, proto: TCP, flags: "A", payload: make([]byte, 64), srcMAC: make([]byte, 6), dstMAC: make([]byte, 6)}.bytes(b)
+				if _, out := run(b, d.Programs.LoOut, in); string(out) != string(in) {
+					b.Fatal("the packet was changed")
+				}
+				measure(b, d.Programs.LoOut, in)
+			})
+		}
+	}
+}

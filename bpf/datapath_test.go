@@ -363,6 +363,44 @@ func TestSelfAccessIsRedirectedToLoopback(t *testing.T) {
 	}
 }
 
+// selfAccessAlive opens a tc-translated self-access flow of the pod
+// (fam.client reaching itself through fam.vip), which lights lo's slot of
+// podnic_live_v1.
+func selfAccessAlive(t testing.TB, d *Datapath, fam family) {
+	t.Helper()
+	service(t, d, Frontend{VIP: fam.vip, Port: servicePort, Proto: TCP}, 1, backendPort, fam.client)
+	syn := pkt{src: ap(fam.client, clientPort), dst: ap(fam.vip, servicePort), proto: TCP, flags: "S", seq: 1}
+	if ret, _ := run(t, d.Programs.FromPod, syn.bytes(t)); ret != actRedirect {
+		t.Fatalf("self-access SYN: verdict %d, want TC_ACT_REDIRECT to lo", ret)
+	}
+}
+
+// Localhost traffic on lo (127.0.0.0/8, ::1) passes untouched while a
+// self-access flow is alive, and so does a packet between the pod's own
+// addresses that no flow owns; the flow's own reply is still translated.
+func TestLoopbackTrafficPassesWhileSelfAccessIsAlive(t *testing.T) {
+	for _, fam := range families {
+		t.Run(fam.name, func(t *testing.T) {
+			d := loadTest(t)
+			selfAccessAlive(t, d, fam)
+			zero := make([]byte, 6)
+			for name, p := range map[string]pkt{
+				"localhost":   {src: ap(fam.loopback, clientPort), dst: ap(fam.loopback, backendPort), proto: TCP, flags: "A"},
+				"pod address": {src: ap(fam.client, clientPort+1), dst: ap(fam.client, backendPort), proto: TCP, flags: "A"},
+			} {
+				p.srcMAC, p.dstMAC = zero, zero
+				if ret, got := run(t, d.Programs.LoOut, p.bytes(t)); ret != actUnspec || !equalPacket(got, p.bytes(t)) {
+					t.Errorf("%s on lo changed (verdict %d)", name, ret)
+				}
+			}
+			synack := pkt{src: ap(fam.client, backendPort), dst: ap(fam.client, clientPort), proto: TCP, flags: "SA", seq: 9, ack: 2, srcMAC: zero, dstMAC: zero}
+			if ret, got := run(t, d.Programs.LoOut, synack.bytes(t)); ret != actUnspec || !equalPacket(got, synack.with(ap(fam.vip, servicePort), synack.dst).bytes(t)) {
+				t.Errorf("the self-access reply on lo was not translated (verdict %d)", ret)
+			}
+		})
+	}
+}
+
 // dnatTarget runs one packet of a flow and returns the backend it went to.
 func dnatTarget(t *testing.T, d *Datapath, p pkt) netip.AddrPort {
 	t.Helper()

@@ -46,6 +46,7 @@ type family struct {
 	vip      netip.Addr
 	vip2     netip.Addr
 	router   netip.Addr
+	loopback netip.Addr
 }
 
 var families = []family{
@@ -56,6 +57,7 @@ var families = []family{
 		vip:      netip.MustParseAddr("198.51.100.10"),
 		vip2:     netip.MustParseAddr("198.51.100.11"),
 		router:   netip.MustParseAddr("203.0.113.1"),
+		loopback: netip.MustParseAddr("127.0.0.1"),
 	},
 	{
 		name:     "v6",
@@ -64,6 +66,7 @@ var families = []family{
 		vip:      netip.MustParseAddr("2001:db8:96::10"),
 		vip2:     netip.MustParseAddr("2001:db8:96::11"),
 		router:   netip.MustParseAddr("2001:db8:ff::1"),
+		loopback: netip.IPv6Loopback(),
 	},
 }
 

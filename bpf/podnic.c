@@ -593,6 +593,37 @@ int podnic_to_pod(struct __sk_buff *skb)
 	return pn_finish(skb, &p, PN_DIR_TO_POD, reason, verdict);
 }
 
+/* pn_to_loopback reports whether a packet on lo goes to a loopback
+ * address (127.0.0.0/8, ::1): what a pod's processes exchange over
+ * localhost, a sidecar and its app, and never a Service flow's reply (an
+ * endpoint is never a loopback address). lo's slot of podnic_live_v1 is the
+ * same in every pod, lo being ifindex 1 in each, so while any pod's
+ * tc-translated self access is alive the slot says so everywhere; this
+ * keeps every pod's localhost traffic off the lookup then. */
+static __always_inline int pn_to_loopback(struct __sk_buff *skb)
+{
+	void *data = (void *)(long)skb->data;
+	void *end = (void *)(long)skb->data_end;
+	struct ethhdr *eth = data;
+
+	if ((void *)(eth + 1) > end)
+		return 0;
+	if (eth->h_proto == bpf_htons(ETH_P_IP)) {
+		struct iphdr *ip = (void *)(eth + 1);
+
+		return (void *)(ip + 1) <= end &&
+		       (ip->daddr & bpf_htonl(0xff000000)) == bpf_htonl(0x7f000000);
+	}
+	if (eth->h_proto == bpf_htons(ETH_P_IPV6)) {
+		struct ipv6hdr *ip6 = (void *)(eth + 1);
+
+		return (void *)(ip6 + 1) <= end && ip6->daddr.in6_u.u6_addr32[0] == 0 &&
+		       ip6->daddr.in6_u.u6_addr32[1] == 0 && ip6->daddr.in6_u.u6_addr32[2] == 0 &&
+		       ip6->daddr.in6_u.u6_addr32[3] == bpf_htonl(1);
+	}
+	return 0;
+}
+
 SEC("tc")
 int podnic_lo_out(struct __sk_buff *skb)
 {
@@ -600,7 +631,7 @@ int podnic_lo_out(struct __sk_buff *skb)
 	int reason = PN_PASS;
 	int verdict;
 
-	if (pn_nothing_alive(skb->ifindex))
+	if (pn_to_loopback(skb) || pn_nothing_alive(skb->ifindex))
 		return TC_ACT_UNSPEC;
 	verdict = pn_to_pod(skb, &p, &reason);
 
