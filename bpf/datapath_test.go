@@ -1266,3 +1266,19 @@ func TestNodeAddressOnANodePortIsTranslated(t *testing.T) {
 		})
 	}
 }
+
+// An IPv4 header whose version is not 4 is dropped as invalid, and
+// counted, even when its TCP segment to a pod address would take the
+// headers-only fast path.
+func TestBadIPVersionIsDroppedBeforeTheFastPath(t *testing.T) {
+	fam := families[0]
+	d := loadTest(t)
+	setFamilyCIDR(t, d, fam)
+	b := pkt{src: ap(fam.client, clientPort), dst: ap(fam.backends[0], backendPort), proto: TCP, flags: "A"}.bytes(t)
+	b[14] = 0x05 // version 0, IHL 5
+	before := counted(t, d, DirFromPod, DropInvalid)
+	if ret, _ := run(t, d.Programs.FromPod, b); ret != actShot {
+		t.Errorf("verdict %d, want TC_ACT_SHOT", ret)
+	}
+	expectCounted(t, d, DirFromPod, DropInvalid, before)
+}

@@ -180,7 +180,8 @@ static __always_inline int pn_tcp_pass(struct __sk_buff *skb, int any_flags)
 
 		if ((void *)(ip + 1) > end || ip->protocol != IPPROTO_TCP)
 			return 0;
-		if (!any_flags && (ip->ihl != 5 || (ip->frag_off & bpf_htons(IP_MF | IP_OFFSET))))
+		if (!any_flags && (ip->version != 4 || ip->ihl != 5 ||
+				   (ip->frag_off & bpf_htons(IP_MF | IP_OFFSET))))
 			return 0;
 		th = (void *)(ip + 1);
 		pn_addr_v4(&a, ip->daddr);
