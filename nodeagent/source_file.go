@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net/netip"
 	"os"
 	"time"
 
@@ -69,6 +70,9 @@ func parseObjectsFile(data []byte) (fileObjects, error) {
 			}
 			if s.Namespace == "" {
 				s.Namespace = "default"
+			}
+			if err := validateEndpointAddrs(&s); err != nil {
+				return objs, fmt.Errorf("document %d (EndpointSlice %s/%s): %w", i, s.Namespace, s.Name, err)
 			}
 			objs.slices[s.Namespace+"/"+s.Name] = &s
 		default:
@@ -143,4 +147,39 @@ func (s FileSource) Run(ctx context.Context, a *Agent) error {
 		case <-t.C:
 		}
 	}
+}
+
+// validateEndpointAddrs refuses, as the API server's EndpointSlice
+// validation does, an IP endpoint address that is no address, or one no
+// pod can have: unspecified, loopback, link-local, or link-local
+// multicast. The datapath relies on it: lo's program passes loopback
+// traffic untranslated (docs/datapath.md).
+func validateEndpointAddrs(s *discovery.EndpointSlice) error {
+	if s.AddressType != discovery.AddressTypeIPv4 && s.AddressType != discovery.AddressTypeIPv6 {
+		return nil
+	}
+	for i, e := range s.Endpoints {
+		for _, raw := range e.Addresses {
+			a, err := netip.ParseAddr(raw)
+			if err != nil {
+				return fmt.Errorf("endpoint %d: address %q: %w", i, raw, err)
+			}
+			a = a.Unmap()
+			var why string
+			switch {
+			case a.IsUnspecified():
+				why = "unspecified"
+			case a.IsLoopback():
+				why = "a loopback address"
+			case a.IsLinkLocalUnicast():
+				why = "a link-local address"
+			case a.IsLinkLocalMulticast():
+				why = "a link-local multicast address"
+			}
+			if why != "" {
+				return fmt.Errorf("endpoint %d: address %s is %s, which the API server refuses for an endpoint", i, raw, why)
+			}
+		}
+	}
+	return nil
 }

@@ -11,6 +11,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	discovery "k8s.io/api/discovery/v1"
 )
 
 // Address plan: as agent_test.go; the file's Services use 10.96.1.0/24.
@@ -195,6 +197,7 @@ func TestBrokenFileKeepsTheLastGoodState(t *testing.T) {
 		{"unknown kind", fileWeb + "\n---\napiVersion: v1\nkind: Pod\nmetadata: {name: p}\n"},
 		{"unknown field", strings.Replace(fileWeb, "clusterIP:", "clusterAddress:", 1)},
 		{"empty endpoint list cut off", fileWeb[:strings.Index(fileWeb, "endpoints:")] + "endpoints: [\n"},
+		{"loopback endpoint", strings.Replace(fileWeb, "192.0.2.1", "127.0.0.1", 1)},
 	} {
 		before := strings.Count(logs.String(), "does not parse")
 		f.ops = nil
@@ -219,8 +222,8 @@ func TestBrokenFileKeepsTheLastGoodState(t *testing.T) {
 	}
 	// Each bad content is reported once, not at every look.
 	time.Sleep(50 * time.Millisecond)
-	if n := strings.Count(logs.String(), "does not parse"); n != 4 {
-		t.Errorf("4 bad files logged %d times", n)
+	if n := strings.Count(logs.String(), "does not parse"); n != 5 {
+		t.Errorf("5 bad files logged %d times", n)
 	}
 	// Fixed: followed again.
 	writeAtomically(t, path, fileAPI)
@@ -256,5 +259,35 @@ func TestFileObjectsDefaultToTheDefaultNamespace(t *testing.T) {
 	slices.Sort(keys)
 	if want := []string{"default/web", "default/web-1", "prod/api", "prod/api-1"}; !slices.Equal(keys, want) {
 		t.Errorf("objects %q, want %q", keys, want)
+	}
+}
+
+// Endpoint addresses the API server refuses are refused in the file too;
+// FQDN slices are not checked.
+func TestFileEndpointAddressesAreValidatedAsTheAPIServerDoes(t *testing.T) {
+	for _, c := range []struct {
+		typ   discovery.AddressType
+		addr  string
+		valid bool
+	}{
+		{discovery.AddressTypeIPv4, "192.0.2.1", true},
+		{discovery.AddressTypeIPv6, "2001:db8::1", true},
+		{discovery.AddressTypeIPv4, "127.0.0.1", false},
+		{discovery.AddressTypeIPv4, "127.8.9.1", false},
+		{discovery.AddressTypeIPv6, "::1", false},
+		{discovery.AddressTypeIPv6, "::ffff:127.0.0.1", false},
+		{discovery.AddressTypeIPv4, "0.0.0.0", false},
+		{discovery.AddressTypeIPv6, "::", false},
+		{discovery.AddressTypeIPv4, "169.254.1.1", false},
+		{discovery.AddressTypeIPv6, "fe80::1", false},
+		{discovery.AddressTypeIPv4, "224.0.0.5", false},
+		{discovery.AddressTypeIPv6, "ff02::1", false},
+		{discovery.AddressTypeIPv4, "192.0.2.300", false},
+		{discovery.AddressTypeFQDN, "127.0.0.1", true},
+	} {
+		s := &discovery.EndpointSlice{AddressType: c.typ, Endpoints: []discovery.Endpoint{{Addresses: []string{c.addr}}}}
+		if err := validateEndpointAddrs(s); (err == nil) != c.valid {
+			t.Errorf("%s %s: error %v, want valid=%v", c.typ, c.addr, err, c.valid)
+		}
 	}
 }
