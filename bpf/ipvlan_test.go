@@ -5,10 +5,10 @@ package bpf
 // slaves of one master, as ipvlan CNI plugins make them, and podnic's
 // programs are attached inside the pod as on an exclusive NIC (or chained
 // after an ipvlan plugin). Address plan as vmPair's, plus the self-access
-// VIPs 10.96.0.11 and fd00:96::11; each pod routes the Service range
-// through the other, so the translated packet is switched between the
-// slaves inside ipvlan, and a VIP answers only when the programs translate
-// it.
+// VIPs of attach_test.go (simSelfV4, simSelfV6); each pod routes the
+// Service range through the other, so the translated packet is switched
+// between the slaves inside ipvlan, and a VIP answers only when the
+// programs translate it.
 
 import (
 	"fmt"
@@ -23,11 +23,6 @@ import (
 	"github.com/podnic/podnic/netdevice"
 )
 
-var (
-	vmSelfV4 = netip.MustParseAddr("10.96.0.11")
-	vmSelfV6 = netip.MustParseAddr("fd00:96::11")
-)
-
 func TestIPVlanPodsReachClusterIPs(t *testing.T) {
 	inVM(t)
 	d := loadTest(t)
@@ -36,7 +31,7 @@ func TestIPVlanPodsReachClusterIPs(t *testing.T) {
 	vmServe(t, client, "client", simBackendPort)
 	singleBackendServices(t, d,
 		[2]netip.Addr{vmVIPv4, server.v4.Addr()}, [2]netip.Addr{vmVIPv6, server.v6.Addr()},
-		[2]netip.Addr{vmSelfV4, client.v4.Addr()}, [2]netip.Addr{vmSelfV6, client.v6.Addr()})
+		[2]netip.Addr{simSelfV4, client.v4.Addr()}, [2]netip.Addr{simSelfV6, client.v6.Addr()})
 	if _, err := d.AttachPod(client.path, "eth0", vmOwner, ModeAuto); err != nil {
 		t.Fatalf("attaching to the ipvlan slave: %v", err)
 	}
@@ -54,8 +49,8 @@ func TestIPVlanPodsReachClusterIPs(t *testing.T) {
 		}{
 			{"v4", "server", vmVIPv4, client.v4.Addr()},
 			{"v6", "server", vmVIPv6, client.v6.Addr()},
-			{"v4-self", "client", vmSelfV4, client.v4.Addr()},
-			{"v6-self", "client", vmSelfV6, client.v6.Addr()},
+			{"v4-self", "client", simSelfV4, client.v4.Addr()},
+			{"v6-self", "client", simSelfV6, client.v6.Addr()},
 		} {
 			t.Run(c.name+"/"+proto.String(), func(t *testing.T) {
 				vip := netip.AddrPortFrom(c.vip, simServicePort)

@@ -104,9 +104,8 @@ type Phase struct {
 	// name (Config.Profile); ProfileNote says why there is none.
 	Profiles    map[string]*Profile
 	ProfileNote string
-	// Rounds are the rounds run; fewer than Config.Rounds when the
-	// budget cut the phase short (BudgetNote says so).
-	Rounds     int
+	// BudgetNote says how many rounds ran when the budget cut the phase
+	// short; each case's Samples hold one per round run.
 	BudgetNote string
 }
 
@@ -305,7 +304,6 @@ func Run(t *testing.T, cfg Config) *Results {
 				}
 			}
 			redraw(r)
-			ph.Rounds = r + 1
 			// Rotate the order each round, so no case always follows
 			// the same one.
 			for i := range ph.Cases {
